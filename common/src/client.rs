@@ -1,0 +1,245 @@
+//! A typed client for the master's REST API, used by the node proxy, the edge and tests.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{
+    error::ErrorBody,
+    lease::{Lease, LeaseGrant, LeaseRenewal, LeaseRequest},
+    node::{Heartbeat, NodeRegistration, NodeStatus},
+    task::{Task, TaskSpec},
+    watch::WatchResponse,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot reach the master at {url}: {source}; is it running and is SHADOW_MASTER_URL right?"
+    )]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("the master refused the API token (401); set SHADOW_API_TOKEN to the master's token")]
+    Unauthorized,
+    #[error("lease is held by {holder:?}: {message}")]
+    LeaseConflict {
+        holder: Option<String>,
+        message: String,
+    },
+    #[error("master answered {status}: {}{}", .body.error, .body.field.as_ref().map(|f| format!(" (field {f})")).unwrap_or_default())]
+    Api { status: StatusCode, body: ErrorBody },
+    #[error("master sent a response this client cannot read ({0}); are master and client the same version?")]
+    Decode(String),
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            ClientError::Unauthorized => Some(StatusCode::UNAUTHORIZED),
+            ClientError::LeaseConflict { .. } => Some(StatusCode::CONFLICT),
+            _ => None,
+        }
+    }
+}
+
+/// Cheap to clone; shares one connection pool.
+#[derive(Clone, Debug)]
+pub struct MasterClient {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl MasterClient {
+    /// `base` is the master's URL, e.g. `http://127.0.0.1:7070`.
+    pub fn new(base: impl Into<String>, token: Option<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .build()
+            .unwrap_or_default();
+        Self {
+            base: base.into().trim_end_matches('/').to_string(),
+            token,
+            http,
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method, &url).timeout(timeout);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Transport { url, source })?;
+        if status.is_success() {
+            let bytes = if bytes.is_empty() {
+                &b"null"[..]
+            } else {
+                &bytes[..]
+            };
+            return serde_json::from_slice(bytes).map_err(|e| ClientError::Decode(e.to_string()));
+        }
+        let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            ErrorBody::new(
+                String::from_utf8_lossy(&bytes)
+                    .chars()
+                    .take(200)
+                    .collect::<String>(),
+            )
+        });
+        Err(match status {
+            StatusCode::UNAUTHORIZED => ClientError::Unauthorized,
+            StatusCode::CONFLICT if path.starts_with("/leases/") => ClientError::LeaseConflict {
+                holder: body.holder,
+                message: body.error,
+            },
+            _ => ClientError::Api { status, body },
+        })
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    pub async fn create_task(&self, spec: &TaskSpec) -> Result<Task, ClientError> {
+        self.call(Method::POST, "/tasks/", Some(spec), Self::TIMEOUT)
+            .await
+    }
+    pub async fn update_task(&self, id: &str, spec: &TaskSpec) -> Result<Task, ClientError> {
+        self.call(
+            Method::PUT,
+            &format!("/tasks/{id}"),
+            Some(spec),
+            Self::TIMEOUT,
+        )
+        .await
+    }
+    pub async fn get_task(&self, id: &str) -> Result<Task, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/tasks/{id}"), None, Self::TIMEOUT)
+            .await
+    }
+    pub async fn list_tasks(&self) -> Result<Vec<Task>, ClientError> {
+        self.call::<(), _>(Method::GET, "/tasks/", None, Self::TIMEOUT)
+            .await
+    }
+    pub async fn delete_task(&self, id: &str) -> Result<(), ClientError> {
+        self.call::<(), serde_json::Value>(
+            Method::DELETE,
+            &format!("/tasks/{id}"),
+            None,
+            Self::TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn register_node(&self, reg: &NodeRegistration) -> Result<NodeStatus, ClientError> {
+        self.call(Method::POST, "/nodes/", Some(reg), Self::TIMEOUT)
+            .await
+    }
+    pub async fn heartbeat(&self, node: &str, hb: &Heartbeat) -> Result<NodeStatus, ClientError> {
+        self.call(
+            Method::PUT,
+            &format!("/nodes/{node}/heartbeat"),
+            Some(hb),
+            Self::TIMEOUT,
+        )
+        .await
+    }
+    pub async fn list_nodes(&self) -> Result<Vec<NodeStatus>, ClientError> {
+        self.call::<(), _>(Method::GET, "/nodes/", None, Self::TIMEOUT)
+            .await
+    }
+
+    pub async fn acquire_lease(
+        &self,
+        task_id: &str,
+        node: &str,
+        ttl: Duration,
+    ) -> Result<LeaseGrant, ClientError> {
+        let req = LeaseRequest {
+            node: node.to_string(),
+            ttl_ms: ttl.as_millis() as u64,
+        };
+        self.call(
+            Method::POST,
+            &format!("/leases/{task_id}"),
+            Some(&req),
+            Self::TIMEOUT,
+        )
+        .await
+    }
+    pub async fn renew_lease(
+        &self,
+        task_id: &str,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<LeaseGrant, ClientError> {
+        let req = LeaseRenewal {
+            token,
+            ttl_ms: ttl.as_millis() as u64,
+        };
+        self.call(
+            Method::PUT,
+            &format!("/leases/{task_id}"),
+            Some(&req),
+            Self::TIMEOUT,
+        )
+        .await
+    }
+    pub async fn release_lease(&self, task_id: &str, token: u64) -> Result<(), ClientError> {
+        self.call::<(), serde_json::Value>(
+            Method::DELETE,
+            &format!("/leases/{task_id}?token={token}"),
+            None,
+            Self::TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+    pub async fn list_leases(&self) -> Result<Vec<Lease>, ClientError> {
+        self.call::<(), _>(Method::GET, "/leases/", None, Self::TIMEOUT)
+            .await
+    }
+
+    /// One long poll: returns as soon as there are changes after `since`, or after `wait`.
+    pub async fn watch(
+        &self,
+        epoch: Option<&str>,
+        since: u64,
+        wait: Duration,
+    ) -> Result<WatchResponse, ClientError> {
+        let epoch = epoch.map(|e| format!("&epoch={e}")).unwrap_or_default();
+        let path = format!(
+            "/watch?since={since}&timeout_ms={}{epoch}",
+            wait.as_millis()
+        );
+        self.call::<(), _>(Method::GET, &path, None, wait + Self::TIMEOUT)
+            .await
+    }
+}

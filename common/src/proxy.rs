@@ -1,0 +1,45 @@
+//! The streaming HTTP/1.1 reverse-proxy core shared by the edge proxy and the node proxy.
+//!
+//! Both proxies do the same thing once they have picked an upstream: copy the client's request to
+//! it, copy the answer back, and for an `Upgrade` (WebSocket or anything else) splice the two
+//! connections together. This module does that once, with the invariants both rely on:
+//!
+//! - bodies stream in both directions and are never buffered whole; nothing here puts a timeout on
+//!   a response, so SSE and long polls stay open as long as the app keeps them open;
+//! - every end-to-end header is kept (several `Set-Cookie` included), hop-by-hop headers are
+//!   dropped both ways, `X-Forwarded-*` and `X-Request-Id` are set, `Host` passes unchanged;
+//! - an [`ActivityGuard`] lives until the response body is over or the upgraded tunnel closes, so a
+//!   caller that counts activity (the node proxy's idle reaper) sees open streams as busy;
+//! - errors are classified ([`ProxyError`]) so the caller picks the status in one place, and
+//!   a connect failure hands the unsent request back ([`Forwarder::try_forward`]) for a retry.
+//!
+//! ```text
+//!  client ──▶ serve() ──▶ caller's handler ──▶ Forwarder::forward ──▶ upstream
+//!                          (routing, waking)     │ headers::prepare_request
+//!                                                │ body: streamed, ActivityGuard held
+//!                                                └ 101: upgrade::spawn_tunnel (copy_bidirectional)
+//! ```
+//!
+//! # Layout
+//! - `context`: [`ForwardContext`] (who asked, how, request id) and the [`ActivityGuard`] token.
+//! - `forward`: the pooled [`Forwarder`] and its [`ForwarderConfig`].
+//! - `headers`: hop-by-hop removal, `X-Forwarded-*`, upgrade detection.
+//! - `body`: the [`ProxyBody`] type and the body wrappers that stream and hold the guard.
+//! - `upgrade`: the tunnel spawned after a `101 Switching Protocols`.
+//! - `error`: [`ProxyError`] and the plain-text [`error_response`].
+//! - `serve`: [`serve`], the accept loop both proxies (and tests) run their handler with.
+
+mod body;
+mod context;
+mod error;
+mod forward;
+mod headers;
+mod serve;
+mod upgrade;
+
+pub use body::{empty, full, ProxyBody};
+pub use context::{ActivityGuard, ForwardContext};
+pub use error::{error_response, ProxyError};
+pub use forward::{ForwardFailure, Forwarder, ForwarderConfig, Unsent};
+pub use headers::{is_upgrade_request, strip_hop_by_hop};
+pub use serve::{serve, serve_tls, serve_with_drain, DEFAULT_DRAIN_TIMEOUT};

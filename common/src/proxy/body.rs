@@ -1,0 +1,196 @@
+//! Body types: what the proxy hands to hyper in each direction.
+//!
+//! Both wrappers forward frames one at a time as they arrive, so nothing is ever buffered whole,
+//! and delegate `size_hint`/`is_end_stream` so hyper keeps `Content-Length` framing when it can.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::oneshot;
+
+use super::ActivityGuard;
+
+/// A streaming response body, usable as a hyper server response body.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// A body holding `data` whole (for small answers such as errors).
+pub fn full(data: impl Into<Bytes>) -> ProxyBody {
+    Full::new(data.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+/// An empty body.
+pub fn empty() -> ProxyBody {
+    Empty::<Bytes>::new()
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+/// A response body that holds an [`ActivityGuard`] until the body is over.
+///
+/// The guard goes as soon as the last frame is produced or the body fails; if the client goes
+/// away first, hyper drops the body and the guard with it.
+pub(crate) struct Guarded<B> {
+    inner: B,
+    guard: Option<ActivityGuard>,
+}
+
+impl<B> Guarded<B> {
+    pub(crate) fn new(inner: B, guard: Option<ActivityGuard>) -> Self {
+        Self { inner, guard }
+    }
+}
+
+impl<B> Body for Guarded<B>
+where
+    B: Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.guard = None,
+            // hyper may stop polling once `is_end_stream` says so; release the guard with the
+            // last frame instead of waiting for the body to be dropped.
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.guard = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The client's request body on its way upstream.
+///
+/// If the request never left (the connection to the upstream could not be made), the unread
+/// body is sent back through `reclaim` when hyper drops the request, so the caller can retry it
+/// elsewhere. `client_failed` records that an error came from the client's side, not upstream's.
+pub(crate) struct Outbound {
+    inner: Option<Incoming>,
+    polled: bool,
+    reclaim: Option<oneshot::Sender<Incoming>>,
+    client_failed: Arc<AtomicBool>,
+}
+
+impl Outbound {
+    pub(crate) fn new(
+        inner: Incoming,
+        reclaim: oneshot::Sender<Incoming>,
+        client_failed: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            inner: Some(inner),
+            polled: false,
+            reclaim: Some(reclaim),
+            client_failed,
+        }
+    }
+}
+
+impl Body for Outbound {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        self.polled = true;
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            self.client_failed.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        // A body that was read from can't be replayed; only an untouched one goes back.
+        if self.polled {
+            return;
+        }
+        if let (Some(inner), Some(reclaim)) = (self.inner.take(), self.reclaim.take()) {
+            // Nobody waiting means the request was sent; dropping the body is then right.
+            let _ = reclaim.send(inner);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends on drop, so a test can tell exactly when the guard went.
+    struct Flag(Option<oneshot::Sender<()>>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            if let Some(tx) = self.0.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    fn guarded(data: &'static str) -> (Guarded<Full<Bytes>>, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let guard = ActivityGuard::new(Flag(Some(tx)));
+        (Guarded::new(Full::new(Bytes::from(data)), Some(guard)), rx)
+    }
+
+    #[tokio::test]
+    async fn guard_is_released_with_the_last_frame_not_before() {
+        let (mut body, mut released) = guarded("hello");
+        assert!(
+            released.try_recv().is_err(),
+            "released before the body was sent"
+        );
+        let frame = body.frame().await.and_then(Result::ok);
+        assert_eq!(
+            frame.and_then(|f| f.into_data().ok()),
+            Some(Bytes::from("hello"))
+        );
+        // The body is still alive here: the guard went with its last frame.
+        assert!(released.try_recv().is_ok());
+        drop(body);
+    }
+
+    #[tokio::test]
+    async fn guard_is_released_when_the_body_is_dropped_unread() {
+        let (body, released) = guarded("never read");
+        drop(body);
+        assert!(released.await.is_ok());
+    }
+}

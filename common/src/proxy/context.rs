@@ -1,0 +1,93 @@
+//! What the forwarder needs to know about the client side of one request.
+
+use std::any::Any;
+use std::fmt;
+use std::net::SocketAddr;
+
+use http::uri::Scheme;
+
+/// A token the proxy keeps alive for as long as the exchange is in progress.
+///
+/// The node proxy reaps apps that have been idle for a while, and an open WebSocket or SSE stream
+/// must count as activity even though no new request arrives. The caller wraps whatever marks
+/// "busy" on its side (an RAII counter, an `Arc` whose strong count is watched, a oneshot sender…)
+/// and passes it in [`ForwardContext::activity`]. The proxy drops it:
+///
+/// - when the response body has been sent to its end, has failed, or was dropped (the client
+///   went away);
+/// - for an upgrade, when the tunnel between client and upstream closes;
+/// - on an error, when the error is returned (or, for a retryable connect error, it travels back
+///   with [`Unsent`](super::Unsent) so the retry keeps it).
+pub struct ActivityGuard(
+    // Never read: it is held only so that its `Drop` runs at the right moment.
+    #[allow(dead_code)] Box<dyn Any + Send + Sync>,
+);
+
+impl ActivityGuard {
+    /// Wraps any value; its `Drop` marks the end of the activity.
+    pub fn new<T: Send + Sync + 'static>(token: T) -> Self {
+        Self(Box::new(token))
+    }
+}
+
+impl fmt::Debug for ActivityGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ActivityGuard")
+    }
+}
+
+/// The client side of one forwarded request.
+#[derive(Debug)]
+pub struct ForwardContext {
+    /// The address of the peer that sent the request; its IP is appended to `X-Forwarded-For`.
+    pub peer: SocketAddr,
+    /// The scheme the client used (`http` or `https`), sent as `X-Forwarded-Proto`.
+    pub scheme: Scheme,
+    /// Sent as `X-Request-Id` when the request carries none; empty means "don't add one".
+    pub request_id: String,
+    /// Keep `X-Forwarded-Proto` and `X-Forwarded-Host` that arrive with the request.
+    ///
+    /// `false` (the default) is for the public edge: a client could forge them, so they are
+    /// overwritten. `true` is for a hop behind a trusted proxy (the node proxy behind the edge),
+    /// which must not replace the edge's `https` with its own `http`. `X-Forwarded-For` is appended
+    /// to either way.
+    pub trust_forwarded: bool,
+    /// Kept alive until the exchange is over; see [`ActivityGuard`].
+    pub activity: Option<ActivityGuard>,
+    /// Answers after which the request is handed back rather than passed on, when its body was
+    /// never read (see [`super::ForwardFailure::answer`]): the edge uses it to follow a node that
+    /// says "the app runs elsewhere".
+    pub hand_back_if: Option<fn(&http::response::Parts) -> bool>,
+}
+
+impl ForwardContext {
+    /// A context for a request from `peer` over `scheme`, untrusted, with no activity guard.
+    pub fn new(peer: SocketAddr, scheme: Scheme, request_id: impl Into<String>) -> Self {
+        Self {
+            peer,
+            scheme,
+            request_id: request_id.into(),
+            trust_forwarded: false,
+            activity: None,
+            hand_back_if: None,
+        }
+    }
+
+    /// Keeps incoming `X-Forwarded-Proto`/`-Host` (see [`ForwardContext::trust_forwarded`]).
+    pub fn trusting_forwarded(mut self) -> Self {
+        self.trust_forwarded = true;
+        self
+    }
+
+    /// Hands the request back (see [`ForwardContext::hand_back_if`]) on answers matching `pred`.
+    pub fn handing_back_if(mut self, pred: fn(&http::response::Parts) -> bool) -> Self {
+        self.hand_back_if = Some(pred);
+        self
+    }
+
+    /// Attaches a token held until the exchange is over (see [`ActivityGuard`]).
+    pub fn with_activity(mut self, token: impl Send + Sync + 'static) -> Self {
+        self.activity = Some(ActivityGuard::new(token));
+        self
+    }
+}

@@ -1,0 +1,283 @@
+//! The [`Forwarder`]: sends one client request to one upstream over a pooled HTTP/1.1 client and
+//! turns the answer into the client's response.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::oneshot;
+
+use super::body::{self, Guarded, Outbound};
+use super::{headers, upgrade, ForwardContext, ProxyBody, ProxyError};
+
+/// Tuning of the [`Forwarder`]'s client.
+#[derive(Clone, Debug)]
+pub struct ForwarderConfig {
+    /// How long a TCP connect may take before it counts as a (retryable) connect failure.
+    /// Default 5 s: a dead host otherwise takes minutes of SYN retries to give up on.
+    pub connect_timeout: Duration,
+    /// How long an idle pooled connection is kept. Default 20 s: below the 30 s after which
+    /// [`serve`](super::serve) (hyper's header-read timeout) closes idle connections, so the edge
+    /// rarely reuses a connection the node proxy is closing.
+    pub pool_idle_timeout: Duration,
+    /// Idle connections kept per upstream. Default 64.
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for ForwarderConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            pool_idle_timeout: Duration::from_secs(20),
+            pool_max_idle_per_host: 64,
+        }
+    }
+}
+
+/// Forwards requests to upstreams over pooled keep-alive HTTP/1.1 connections.
+///
+/// Cheap to clone: clones share one pool. There is no response timeout on purpose (SSE and long
+/// polls); bound the wait at the caller if a route needs one.
+#[derive(Clone)]
+pub struct Forwarder {
+    client: Client<HttpConnector, Outbound>,
+}
+
+impl fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Forwarder")
+    }
+}
+
+impl Default for Forwarder {
+    fn default() -> Self {
+        Self::new(&ForwarderConfig::default())
+    }
+}
+
+/// A request that never left, handed back by [`Forwarder::try_forward`] for a retry.
+#[derive(Debug)]
+pub struct Unsent {
+    /// The client's request, as it arrived (headers not yet rewritten, body unread).
+    pub request: Request<Incoming>,
+    /// The context it came with, activity guard included.
+    pub ctx: ForwardContext,
+}
+
+/// Why [`Forwarder::try_forward`] failed, with the request when it can be sent again.
+#[derive(Debug)]
+pub struct ForwardFailure {
+    /// What went wrong.
+    pub error: ProxyError,
+    /// The request and its context, when nothing of it reached the upstream and its body is
+    /// untouched. Set for a retryable [`ProxyError::Connect`] and [`ProxyError::HandedBack`].
+    pub unsent: Option<Unsent>,
+    /// For [`ProxyError::HandedBack`]: the head of the answer that made the proxy hand back.
+    pub answer: Option<http::response::Parts>,
+}
+
+impl From<ForwardFailure> for ProxyError {
+    fn from(failure: ForwardFailure) -> Self {
+        failure.error
+    }
+}
+
+impl Forwarder {
+    /// A forwarder with its own connection pool.
+    pub fn new(config: &ForwarderConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            // The timer is what makes the idle timeout fire.
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .build(connector);
+        Self { client }
+    }
+
+    /// Forwards `req` to `upstream` and returns the response to send to the client.
+    ///
+    /// The response body streams from the upstream as the client reads it; `ctx.activity` is
+    /// held until it ends (or, after a 101, until the tunnel closes). On a connect failure the
+    /// request is dropped; use [`Forwarder::try_forward`] to get it back for a retry.
+    pub async fn forward(
+        &self,
+        req: Request<Incoming>,
+        upstream: SocketAddr,
+        ctx: ForwardContext,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        self.try_forward(req, upstream, ctx)
+            .await
+            .map_err(ProxyError::from)
+    }
+
+    /// Like [`Forwarder::forward`], but a failure that left the request unsent carries it back in
+    /// [`ForwardFailure::unsent`], so the caller may send it again (for example once the app it
+    /// just started listens, or to another upstream).
+    pub async fn try_forward(
+        &self,
+        req: Request<Incoming>,
+        upstream: SocketAddr,
+        ctx: ForwardContext,
+    ) -> Result<Response<ProxyBody>, ForwardFailure> {
+        let (parts, body) = req.into_parts();
+        let upgrade = headers::is_upgrade_request(&parts.headers);
+        let uri = match upstream_uri(upstream, &parts.uri) {
+            Ok(uri) => uri,
+            Err(error) => {
+                return Err(ForwardFailure {
+                    error,
+                    unsent: None,
+                    answer: None,
+                })
+            }
+        };
+
+        // The original parts stay here untouched: a retry needs them as they came, and an
+        // upgrade needs their `OnUpgrade` extension once the upstream agrees.
+        let mut headers = parts.headers.clone();
+        headers::prepare_request(&mut headers, &ctx, upgrade);
+        let (reclaim_tx, mut reclaim_rx) = oneshot::channel();
+        let client_failed = Arc::new(AtomicBool::new(false));
+        let mut outbound = Request::new(Outbound::new(body, reclaim_tx, client_failed.clone()));
+        *outbound.method_mut() = parts.method.clone();
+        *outbound.uri_mut() = uri;
+        // Always 1.1 upstream, so keep-alive and chunked framing work whatever the client spoke.
+        *outbound.version_mut() = Version::HTTP_11;
+        *outbound.headers_mut() = headers;
+
+        let mut response = match self.client.request(outbound).await {
+            Ok(response) => response,
+            Err(error) if error.is_connect() => {
+                // hyper-util drops the request before returning, so an untouched body is back.
+                let unsent = reclaim_rx.try_recv().ok().map(|body| Unsent {
+                    request: Request::from_parts(parts, body),
+                    ctx,
+                });
+                return Err(ForwardFailure {
+                    error: ProxyError::Connect {
+                        upstream,
+                        cause: error.into(),
+                    },
+                    unsent,
+                    answer: None,
+                });
+            }
+            Err(error) => {
+                let cause = error.into();
+                let error = if client_failed.load(Ordering::Relaxed) {
+                    ProxyError::ClientBody { upstream, cause }
+                } else {
+                    ProxyError::Upstream { upstream, cause }
+                };
+                return Err(ForwardFailure {
+                    error,
+                    unsent: None,
+                    answer: None,
+                });
+            }
+        };
+
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if !upgrade {
+                return Err(ForwardFailure {
+                    error: ProxyError::UnexpectedUpgrade { upstream },
+                    unsent: None,
+                    answer: None,
+                });
+            }
+            let upstream_io = hyper::upgrade::on(&mut response);
+            let client_io = hyper::upgrade::on(Request::from_parts(parts, ()));
+            let (mut head, _empty) = response.into_parts();
+            headers::prepare_response(&mut head.headers, true);
+            head.version = Version::HTTP_11;
+            upgrade::spawn_tunnel(
+                client_io,
+                upstream_io,
+                upstream,
+                ctx.request_id,
+                ctx.activity,
+            );
+            return Ok(Response::from_parts(head, body::empty()));
+        }
+
+        let (mut head, body) = response.into_parts();
+        if ctx.hand_back_if.is_some_and(|pred| pred(&head)) {
+            // Only a request whose body hyper never touched can go elsewhere.
+            if let Ok(unread) = reclaim_rx.try_recv() {
+                return Err(ForwardFailure {
+                    error: ProxyError::HandedBack {
+                        upstream,
+                        status: head.status,
+                    },
+                    unsent: Some(Unsent {
+                        request: Request::from_parts(parts, unread),
+                        ctx,
+                    }),
+                    answer: Some(head),
+                });
+            }
+        }
+        headers::prepare_response(&mut head.headers, false);
+        // hyper answers an HTTP/1.0 client in kind; 1.1 here only says "the server's default".
+        head.version = Version::HTTP_11;
+        let body = ProxyBody::new(Guarded::new(body, ctx.activity));
+        Ok(Response::from_parts(head, body))
+    }
+}
+
+/// `http://<upstream><path?query>`; an absolute-form target from the client keeps only its path.
+fn upstream_uri(upstream: SocketAddr, target: &Uri) -> Result<Uri, ProxyError> {
+    let path = target.path_and_query().map_or("/", |pq| pq.as_str());
+    if !path.starts_with('/') {
+        return Err(ProxyError::BadRequest {
+            reason: "the request target is not a path",
+        });
+    }
+    Uri::builder()
+        .scheme("http")
+        .authority(upstream.to_string())
+        .path_and_query(path)
+        .build()
+        .map_err(|_| ProxyError::BadRequest {
+            reason: "the request target is not a valid path",
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_uri_keeps_path_and_query_only() {
+        let upstream = SocketAddr::from(([127, 0, 0, 1], 8000));
+        let from_origin = upstream_uri(upstream, &Uri::from_static("/a/b?c=d"));
+        assert_eq!(
+            from_origin.map(|u| u.to_string()).ok().as_deref(),
+            Some("http://127.0.0.1:8000/a/b?c=d")
+        );
+        let from_absolute = upstream_uri(upstream, &Uri::from_static("http://evil.example/x"));
+        assert_eq!(
+            from_absolute.map(|u| u.to_string()).ok().as_deref(),
+            Some("http://127.0.0.1:8000/x")
+        );
+        let v6 = upstream_uri(
+            "[::1]:9".parse().unwrap_or(upstream),
+            &Uri::from_static("/"),
+        );
+        assert_eq!(
+            v6.map(|u| u.to_string()).ok().as_deref(),
+            Some("http://[::1]:9/")
+        );
+        assert!(upstream_uri(upstream, &Uri::from_static("*")).is_err());
+    }
+}

@@ -1,0 +1,89 @@
+//! A local copy of the master's state, built from watch events, for lookups on the request path.
+
+use std::{collections::HashMap, sync::Arc};
+
+use crate::{
+    lease::Lease,
+    node::NodeStatus,
+    task::Task,
+    watch::{WatchEvent, WatchResponse},
+};
+
+/// What the master knows, as last seen by this process.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterState {
+    pub revision: u64,
+    tasks: HashMap<String, Arc<Task>>,
+    by_domain: HashMap<String, String>,
+    nodes: HashMap<String, NodeStatus>,
+    leases: HashMap<String, Lease>,
+}
+
+impl ClusterState {
+    pub fn apply_response(&mut self, resp: &WatchResponse) {
+        if resp.reset {
+            *self = ClusterState::default();
+        }
+        for ev in &resp.events {
+            self.apply(ev);
+        }
+        self.revision = resp.revision;
+    }
+
+    pub fn apply(&mut self, ev: &WatchEvent) {
+        match ev {
+            WatchEvent::TaskPut { task } => {
+                if let Some(old) = self.tasks.remove(&task.id) {
+                    for d in &old.spec.domains {
+                        self.by_domain.remove(d);
+                    }
+                }
+                for d in &task.spec.domains {
+                    self.by_domain.insert(d.clone(), task.id.clone());
+                }
+                self.tasks.insert(task.id.clone(), Arc::new(task.clone()));
+            }
+            WatchEvent::TaskDeleted { id } => {
+                if let Some(old) = self.tasks.remove(id) {
+                    for d in &old.spec.domains {
+                        self.by_domain.remove(d);
+                    }
+                }
+            }
+            WatchEvent::NodePut { node } => {
+                self.nodes.insert(node.id.clone(), node.clone());
+            }
+            WatchEvent::LeasePut { lease } => {
+                self.leases.insert(lease.task_id.clone(), lease.clone());
+            }
+            WatchEvent::LeaseReleased { task_id, token, .. } => {
+                if self.leases.get(task_id).is_some_and(|l| l.token == *token) {
+                    self.leases.remove(task_id);
+                }
+            }
+        }
+    }
+
+    /// The task serving `domain` (already lower-case, without port).
+    pub fn task_by_domain(&self, domain: &str) -> Option<Arc<Task>> {
+        self.by_domain
+            .get(domain)
+            .and_then(|id| self.tasks.get(id))
+            .cloned()
+    }
+    pub fn task(&self, id: &str) -> Option<Arc<Task>> {
+        self.tasks.get(id).cloned()
+    }
+    pub fn tasks(&self) -> impl Iterator<Item = &Arc<Task>> {
+        self.tasks.values()
+    }
+    pub fn node(&self, id: &str) -> Option<&NodeStatus> {
+        self.nodes.get(id)
+    }
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeStatus> {
+        self.nodes.values()
+    }
+    pub fn lease(&self, task_id: &str) -> Option<&Lease> {
+        self.leases.get(task_id)
+    }
+}

@@ -1,0 +1,438 @@
+//! The task (app) definition: what the master stores and the nodes run, and its validation.
+//!
+//! A [`TaskSpec`] is what a user sends; a [`Task`] is a spec with the id the master gave it.
+//! [`TaskSpec::from_json`] parses untrusted JSON and names the field at fault, so the master can
+//! answer `400 {"error", "field"}` without further work.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{parse_json, FieldError};
+
+/// The port an app listens on inside its container unless the task says otherwise.
+pub const DEFAULT_PORT: u16 = 8000;
+/// Where a task's volume is mounted inside its container.
+pub const DATA_MOUNT: &str = "/data";
+
+/// A stored task: the spec plus its server-made id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    #[serde(flatten)]
+    pub spec: TaskSpec,
+}
+
+/// What a user asks Shadow to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// A human name, for logs and container names.
+    pub name: String,
+    /// The hostnames routed to this task; unique across all tasks.
+    pub domains: Vec<String>,
+    /// The container image, e.g. `ghcr.io/me/app:1`.
+    pub image: String,
+    /// Overrides the image's command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// The port the app listens on inside the container.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub volume: VolumeSpec,
+    /// Seconds without a request or open connection before the container is stopped.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_s: u64,
+    /// Seconds a cold start may take before waiting requests get 503.
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout_s: u64,
+    #[serde(default)]
+    pub health: HealthSpec,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default)]
+    pub cold_start: ColdStart,
+}
+
+fn default_port() -> u16 {
+    DEFAULT_PORT
+}
+fn default_idle_timeout() -> u64 {
+    300
+}
+fn default_start_timeout() -> u64 {
+    60
+}
+
+/// Where the task's `/data` lives between runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSpec {
+    #[serde(default)]
+    pub kind: VolumeKind,
+    /// Size for block volumes, in GB.
+    #[serde(default = "default_size_gb")]
+    pub size_gb: u32,
+    /// S3 key of an archive to start from the first time (the ancestor's `source`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<String>,
+}
+
+fn default_size_gb() -> u32 {
+    1
+}
+
+impl Default for VolumeSpec {
+    fn default() -> Self {
+        Self {
+            kind: VolumeKind::None,
+            size_gb: default_size_gb(),
+            seed: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeKind {
+    /// No persistent data: `/data` is not mounted.
+    #[default]
+    None,
+    /// A directory on the node (development, single node).
+    Local,
+    /// A snapshot in S3 restored on attach and written back on detach.
+    S3,
+    /// An AWS EBS volume attached to the node.
+    Ebs,
+    /// A DigitalOcean block volume attached to the droplet.
+    Do,
+}
+
+impl VolumeKind {
+    /// Whether the task has data that must have a single writer (and so needs a lease).
+    pub fn is_stateful(self) -> bool {
+        self != VolumeKind::None
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    /// An HTTP path that answers 2xx when the app is ready; unset = TCP connect is enough.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// How often readiness is probed during a start.
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+}
+
+fn default_interval_ms() -> u64 {
+    100
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        Self {
+            path: None,
+            interval_ms: default_interval_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<i64>,
+}
+
+/// What a request for a stopped app gets while it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColdStart {
+    /// Hold the request until the app is ready (bounded by `start_timeout_s`).
+    #[default]
+    Hold,
+    /// Answer browsers at once with a self-refreshing loading page.
+    Page,
+}
+
+/// Limits enforced on specs; generous, but they stop typos such as a 10^9 s timeout.
+pub mod limits {
+    pub const MAX_DOMAINS: usize = 64;
+    pub const MAX_NAME: usize = 128;
+    pub const MAX_IDLE_TIMEOUT_S: u64 = 7 * 24 * 3600;
+    pub const MAX_START_TIMEOUT_S: u64 = 3600;
+    pub const MAX_SIZE_GB: u32 = 16 * 1024;
+    pub const MIN_MEMORY_MB: u64 = 6;
+    pub const MAX_MEMORY_MB: u64 = 1024 * 1024;
+    pub const MAX_CPUS: f64 = 256.0;
+    pub const MAX_PIDS: i64 = 1 << 22;
+    pub const MIN_INTERVAL_MS: u64 = 10;
+    pub const MAX_INTERVAL_MS: u64 = 60_000;
+}
+
+impl TaskSpec {
+    /// Parses and validates untrusted JSON, naming the field at fault on error.
+    pub fn from_json(body: &[u8]) -> Result<TaskSpec, FieldError> {
+        let spec: TaskSpec = parse_json(body)?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Checks every field; the first fault wins.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        use limits::*;
+        let name = self.name.trim();
+        if name.is_empty() || self.name.chars().count() > MAX_NAME {
+            return Err(FieldError::new(
+                "name",
+                format!("name must be 1 to {MAX_NAME} characters"),
+            ));
+        }
+        if self.domains.is_empty() {
+            return Err(FieldError::new(
+                "domains",
+                "domains must list at least one hostname",
+            ));
+        }
+        if self.domains.len() > MAX_DOMAINS {
+            return Err(FieldError::new(
+                "domains",
+                format!("at most {MAX_DOMAINS} domains per task"),
+            ));
+        }
+        for (i, d) in self.domains.iter().enumerate() {
+            if let Err(why) = check_hostname(d) {
+                return Err(FieldError::new(
+                    format!("domains[{i}]"),
+                    format!("{d:?} is not a valid hostname: {why}"),
+                ));
+            }
+            if self.domains[..i].iter().any(|o| o.eq_ignore_ascii_case(d)) {
+                return Err(FieldError::new(
+                    format!("domains[{i}]"),
+                    format!("{d:?} is listed twice"),
+                ));
+            }
+        }
+        if self.image.trim().is_empty() || self.image.chars().any(char::is_whitespace) {
+            return Err(FieldError::new(
+                "image",
+                "image must be a non-empty image reference without spaces, e.g. \"nginx:1.27\"",
+            ));
+        }
+        if let Some(cmd) = &self.command {
+            if cmd.is_empty() {
+                return Err(FieldError::new(
+                    "command",
+                    "command, when given, must have at least one element; omit it to use the image's",
+                ));
+            }
+        }
+        for k in self.env.keys() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(FieldError::new(
+                    format!("env.{k}"),
+                    "environment variable names must be non-empty and contain no '=' or NUL",
+                ));
+            }
+        }
+        if self.port == 0 {
+            return Err(FieldError::new("port", "port must be 1 to 65535"));
+        }
+        if self.volume.size_gb == 0 || self.volume.size_gb > MAX_SIZE_GB {
+            return Err(FieldError::new(
+                "volume.size_gb",
+                format!("volume.size_gb must be 1 to {MAX_SIZE_GB}"),
+            ));
+        }
+        if self
+            .volume
+            .seed
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty())
+        {
+            return Err(FieldError::new(
+                "volume.seed",
+                "volume.seed, when given, must be an S3 key",
+            ));
+        }
+        if self.idle_timeout_s == 0 || self.idle_timeout_s > MAX_IDLE_TIMEOUT_S {
+            return Err(FieldError::new(
+                "idle_timeout_s",
+                format!("idle_timeout_s must be 1 to {MAX_IDLE_TIMEOUT_S}"),
+            ));
+        }
+        if self.start_timeout_s == 0 || self.start_timeout_s > MAX_START_TIMEOUT_S {
+            return Err(FieldError::new(
+                "start_timeout_s",
+                format!("start_timeout_s must be 1 to {MAX_START_TIMEOUT_S}"),
+            ));
+        }
+        if let Some(p) = &self.health.path {
+            if !p.starts_with('/') || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(FieldError::new(
+                    "health.path",
+                    "health.path must be an absolute path such as \"/healthz\"",
+                ));
+            }
+        }
+        if !(MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&self.health.interval_ms) {
+            return Err(FieldError::new(
+                "health.interval_ms",
+                format!("health.interval_ms must be {MIN_INTERVAL_MS} to {MAX_INTERVAL_MS}"),
+            ));
+        }
+        if let Some(m) = self.resources.memory_mb {
+            if !(MIN_MEMORY_MB..=MAX_MEMORY_MB).contains(&m) {
+                return Err(FieldError::new(
+                    "resources.memory_mb",
+                    format!("resources.memory_mb must be {MIN_MEMORY_MB} to {MAX_MEMORY_MB}"),
+                ));
+            }
+        }
+        if let Some(c) = self.resources.cpus {
+            if !(c > 0.0 && c <= MAX_CPUS) {
+                return Err(FieldError::new(
+                    "resources.cpus",
+                    format!("resources.cpus must be above 0 and at most {MAX_CPUS}"),
+                ));
+            }
+        }
+        if let Some(p) = self.resources.pids {
+            if !(1..=MAX_PIDS).contains(&p) {
+                return Err(FieldError::new(
+                    "resources.pids",
+                    format!("resources.pids must be 1 to {MAX_PIDS}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The domains in the canonical (lower-case) form used for routing.
+    pub fn normalize(&mut self) {
+        for d in &mut self.domains {
+            *d = d.to_ascii_lowercase();
+        }
+    }
+}
+
+/// RFC 1123 hostname check (letters, digits, hyphens; labels of 1-63; 253 total).
+/// A leading `*.` is not accepted: routing is by exact host.
+pub fn check_hostname(host: &str) -> Result<(), &'static str> {
+    if host.is_empty() || host.len() > 253 {
+        return Err("must be 1 to 253 characters");
+    }
+    for label in host.trim_end_matches('.').split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("each dot-separated label must be 1 to 63 characters");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err("only letters, digits, '-' and '.' are allowed");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("a label may not start or end with '-'");
+        }
+    }
+    Ok(())
+}
+
+/// Strips the port from a Host header value and lower-cases it, for domain lookups.
+pub fn host_without_port(host: &str) -> String {
+    let h = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        host.rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(host, |(h, _)| h)
+    };
+    h.trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: serde_json::Value) -> Result<TaskSpec, FieldError> {
+        TaskSpec::from_json(v.to_string().as_bytes())
+    }
+
+    fn minimal() -> serde_json::Value {
+        serde_json::json!({"name": "app", "domains": ["app.example.com"], "image": "app:1"})
+    }
+
+    #[test]
+    fn defaults_fill_a_minimal_spec() {
+        let s = parse(minimal()).expect("valid");
+        assert_eq!(s.port, 8000);
+        assert_eq!(s.idle_timeout_s, 300);
+        assert_eq!(s.start_timeout_s, 60);
+        assert_eq!(s.volume.kind, VolumeKind::None);
+        assert_eq!(s.cold_start, ColdStart::Hold);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                serde_json::json!({"domains": ["a.b"], "image": "x"}),
+                "name",
+            ),
+            (
+                serde_json::json!({"name": "a", "domains": ["bad host"], "image": "x"}),
+                "domains[0]",
+            ),
+            (
+                serde_json::json!({"name": "a", "domains": ["a.b"], "image": ""}),
+                "image",
+            ),
+            (
+                serde_json::json!({"name": "a", "domains": ["a.b"], "image": "x", "volume": {"kind": "nfs"}}),
+                "volume.kind",
+            ),
+            (
+                serde_json::json!({"name": "a", "domains": ["a.b"], "image": "x", "volume": {"sizegb": 1}}),
+                "volume.sizegb",
+            ),
+            (
+                serde_json::json!({"name": "a", "domains": ["a.b"], "image": "x", "colour": 1}),
+                "colour",
+            ),
+            (
+                serde_json::json!({"name": "a", "domains": ["a.b"], "image": "x", "resources": {"memory_mb": 1}}),
+                "resources.memory_mb",
+            ),
+            (
+                serde_json::json!({"name": "a", "domains": ["a.b"], "image": "x", "port": 70000}),
+                "port",
+            ),
+            (
+                serde_json::json!({"name": "a", "domains": ["a.b"], "image": "x", "idle_timeout_s": 0}),
+                "idle_timeout_s",
+            ),
+        ];
+        for (body, field) in cases {
+            let err = parse(body.clone()).expect_err(&body.to_string());
+            assert_eq!(err.field, field, "{body}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn host_header_forms() {
+        assert_eq!(host_without_port("App.Example.com:8080"), "app.example.com");
+        assert_eq!(host_without_port("app.example.com."), "app.example.com");
+        assert_eq!(host_without_port("[::1]:80"), "::1");
+    }
+}

@@ -1,0 +1,481 @@
+//! The proxy core over real sockets: a hyper backend, the proxy served with `serve`, and a real
+//! client, all on 127.0.0.1. Nothing sleeps: each step awaits the event it depends on, and every
+//! test is bounded by `within` so a buffering bug fails instead of hanging.
+
+#[path = "proxy/harness.rs"]
+mod harness;
+
+/// The tests, in a module named `proxy` so `cargo test proxy` selects them.
+mod proxy {
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use http::uri::Scheme;
+    use http::{header, HeaderMap, Method, Request, Response, StatusCode};
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::TokioIo;
+    use shadow_common::proxy::{
+        error_response, full, serve, ForwardContext, Forwarder, ProxyError,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::harness::*;
+
+    // ---- streaming -----------------------------------------------------------------------------
+
+    #[tokio::test]
+    async fn sse_streams_event_by_event_and_the_token_lives_until_the_end() {
+        let (go_tx, go_rx) = oneshot::channel::<()>();
+        let go_rx = Arc::new(Mutex::new(Some(go_rx)));
+        let backend = start(move |_req, _peer| {
+            let go = go_rx.lock().expect("lock").take();
+            async move {
+                let (tx, rx) = mpsc::channel(4);
+                let _ = tx.send(Bytes::from("data: one\n\n")).await;
+                tokio::spawn(async move {
+                    // The second event only exists once the client has seen the first.
+                    if let Some(go) = go {
+                        let _ = go.await;
+                    }
+                    let _ = tx.send(Bytes::from("data: two\n\n")).await;
+                });
+                Response::builder()
+                    .header(header::CONTENT_TYPE, "text/event-stream")
+                    .body(ChannelBody(rx).map_err(|n| match n {}).boxed())
+                    .expect("response")
+            }
+        })
+        .await;
+        let (proxy, mut released) = start_proxy(backend).await;
+
+        within("the SSE exchange", async {
+            let response = send(proxy, get("/events").body(no_body()).expect("request")).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(
+                response.headers()[header::CONTENT_TYPE],
+                "text/event-stream"
+            );
+            let mut body = response.into_body();
+            let first = body.frame().await.expect("a frame").expect("frame ok");
+            assert_eq!(first.into_data().ok(), Some(Bytes::from("data: one\n\n")));
+            assert!(
+                released.try_recv().is_err(),
+                "activity token released while the stream is open"
+            );
+
+            let _ = go_tx.send(());
+            assert_eq!(text(body).await, "data: two\n\n");
+            released.await.expect("token released after the body ended");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn request_body_streams_to_the_backend_before_it_is_complete() {
+        let (first_tx, first_rx) = oneshot::channel::<Bytes>();
+        let first_tx = Arc::new(Mutex::new(Some(first_tx)));
+        let backend = start(move |req, _peer| {
+            let first_tx = first_tx.lock().expect("lock").take();
+            async move {
+                let mut body = req.into_body();
+                let first = body.frame().await.expect("frame").expect("frame ok");
+                let first = first.into_data().unwrap_or_default();
+                if let Some(tx) = first_tx {
+                    let _ = tx.send(first.clone());
+                }
+                let rest = body.collect().await.expect("rest").to_bytes();
+                Response::new(full([first, rest].concat()))
+            }
+        })
+        .await;
+        let (proxy, _released) = start_proxy(backend).await;
+
+        within("the streamed upload", async {
+            let (chunks, rx) = mpsc::channel(4);
+            let request = Request::post("/upload")
+                .header(header::HOST, "app.example")
+                .body(ChannelBody(rx).boxed_unsync())
+                .expect("request");
+            let response = tokio::spawn(send(proxy, request));
+
+            chunks
+                .send(Bytes::from("first "))
+                .await
+                .expect("send first");
+            // The backend holds the first chunk while the client has not sent the rest.
+            assert_eq!(first_rx.await.expect("backend got a chunk"), "first ");
+            chunks
+                .send(Bytes::from("second"))
+                .await
+                .expect("send second");
+            drop(chunks);
+
+            let response = response.await.expect("client task");
+            assert_eq!(text(response.into_body()).await, "first second");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn sixty_four_mib_up_and_down_pass_through_whole() {
+        let backend = start(|req, _peer| async move {
+            if req.method() == Method::POST {
+                let received = count_pattern(req.into_body()).await;
+                Response::new(full(received.to_string()))
+            } else {
+                let body = PatternBody::new(64 * MIB, true);
+                Response::new(body.map_err(|n| match n {}).boxed())
+            }
+        })
+        .await;
+        let (proxy, _released) = start_proxy(backend).await;
+
+        within("64 MiB each way", async {
+            let upload = Request::post("/upload")
+                .header(header::HOST, "app.example")
+                .body(PatternBody::new(64 * MIB, false).boxed_unsync())
+                .expect("request");
+            let response = send(proxy, upload).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(text(response.into_body()).await, (64 * MIB).to_string());
+
+            let response = send(proxy, get("/download").body(no_body()).expect("request")).await;
+            assert_eq!(
+                response.headers()[header::CONTENT_LENGTH],
+                (64 * MIB).to_string().as_str()
+            );
+            assert_eq!(count_pattern(response.into_body()).await, 64 * MIB);
+        })
+        .await;
+    }
+
+    // ---- headers -------------------------------------------------------------------------------
+
+    /// A backend that reports each request's headers and answers with `response_headers`.
+    async fn header_backend(
+        response_headers: &'static [(&'static str, &'static str)],
+    ) -> (SocketAddr, mpsc::UnboundedReceiver<HeaderMap>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let addr = start(move |req, _peer| {
+            let _ = tx.send(req.headers().clone());
+            async move {
+                let mut response = Response::new(full("ok"));
+                for (name, value) in response_headers {
+                    response.headers_mut().append(
+                        header::HeaderName::from_static(name),
+                        header::HeaderValue::from_static(value),
+                    );
+                }
+                response
+            }
+        })
+        .await;
+        (addr, rx)
+    }
+
+    #[tokio::test]
+    async fn three_set_cookie_headers_all_survive() {
+        let (backend, _seen) = header_backend(&[
+            ("set-cookie", "a=1; Path=/"),
+            ("set-cookie", "b=2; HttpOnly"),
+            ("set-cookie", "c=3; Secure"),
+        ])
+        .await;
+        let (proxy, _released) = start_proxy(backend).await;
+
+        let response = within(
+            "the response",
+            send(proxy, get("/").body(no_body()).expect("request")),
+        )
+        .await;
+        let cookies: Vec<_> = response
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .collect();
+        assert_eq!(cookies, ["a=1; Path=/", "b=2; HttpOnly", "c=3; Secure"]);
+    }
+
+    #[tokio::test]
+    async fn hop_by_hop_headers_are_dropped_both_ways() {
+        let (backend, mut seen) = header_backend(&[
+            ("connection", "x-internal"),
+            ("x-internal", "backend secret"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authenticate", "Basic realm=x"),
+            ("trailer", "x-checksum"),
+            ("x-end-to-end", "kept"),
+        ])
+        .await;
+        let (proxy, _released) = start_proxy(backend).await;
+
+        let request = get("/")
+            .header(header::CONNECTION, "keep-alive, X-Secret")
+            .header("x-secret", "client secret")
+            .header("keep-alive", "timeout=5")
+            .header(header::TE, "trailers")
+            .header(header::PROXY_AUTHORIZATION, "Basic Zm9vOmJhcg==")
+            .header("proxy-connection", "keep-alive")
+            .header("x-end-to-end", "kept")
+            .body(no_body())
+            .expect("request");
+        let response = within("the response", send(proxy, request)).await;
+
+        let upstream = within("the backend's request", seen.recv())
+            .await
+            .expect("headers");
+        for name in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "te",
+            "proxy-authorization",
+            "proxy-connection",
+        ] {
+            assert!(!upstream.contains_key(name), "{name} reached the backend");
+        }
+        assert_eq!(upstream["x-end-to-end"], "kept");
+        assert_eq!(upstream[header::HOST], "app.example");
+
+        let downstream = response.headers();
+        for name in [
+            "connection",
+            "x-internal",
+            "keep-alive",
+            "proxy-authenticate",
+            "trailer",
+        ] {
+            assert!(!downstream.contains_key(name), "{name} reached the client");
+        }
+        assert_eq!(downstream["x-end-to-end"], "kept");
+    }
+
+    #[tokio::test]
+    async fn forwarded_headers_are_appended_and_set() {
+        let (backend, mut seen) = header_backend(&[]).await;
+        let (proxy, _released) = start_proxy(backend).await;
+
+        let request = get("/")
+            .header("x-forwarded-for", "203.0.113.7")
+            .body(no_body())
+            .expect("request");
+        within("the response", send(proxy, request)).await;
+        let upstream = within("the backend's request", seen.recv())
+            .await
+            .expect("headers");
+        assert_eq!(upstream["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+        assert_eq!(upstream["x-forwarded-proto"], "https");
+        assert_eq!(upstream["x-forwarded-host"], "app.example");
+        assert_eq!(upstream["x-request-id"], "req-42");
+        assert_eq!(upstream[header::HOST], "app.example");
+
+        // A request id that came with the request is kept.
+        let request = get("/")
+            .header("x-request-id", "from-client")
+            .body(no_body())
+            .expect("request");
+        within("the response", send(proxy, request)).await;
+        let upstream = within("the backend's request", seen.recv())
+            .await
+            .expect("headers");
+        assert_eq!(upstream["x-request-id"], "from-client");
+        assert_eq!(upstream["x-forwarded-for"], "127.0.0.1");
+    }
+
+    // ---- upgrades ------------------------------------------------------------------------------
+
+    /// A backend that switches to a raw echo protocol when asked `Upgrade: echo`.
+    async fn echo_backend() -> SocketAddr {
+        start(|mut req, _peer| async move {
+            let asked = req.headers().get(header::UPGRADE).map(|v| v.as_bytes());
+            let connection_upgrade = req
+                .headers()
+                .get(header::CONNECTION)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"upgrade"));
+            if asked != Some(b"echo".as_slice()) || !connection_upgrade {
+                return error_response(StatusCode::BAD_REQUEST, "ask for Upgrade: echo");
+            }
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let Ok(upgraded) = on_upgrade.await else {
+                    return;
+                };
+                let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+                let _ = writer.shutdown().await;
+            });
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header(header::UPGRADE, "echo")
+                .header(header::CONNECTION, "upgrade")
+                .body(full(""))
+                .expect("response")
+        })
+        .await
+    }
+
+    /// Reads an HTTP response head byte by byte (nothing follows it until the client writes).
+    async fn read_head(stream: &mut TcpStream) -> String {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let byte = stream.read_u8().await.expect("response head");
+            head.push(byte);
+        }
+        String::from_utf8(head).expect("utf-8 head")
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_tunnels_bytes_both_ways_and_the_token_drops_when_it_closes() {
+        let backend = echo_backend().await;
+        let (proxy, mut released) = start_proxy(backend).await;
+
+        within("the tunnel", async {
+            let mut stream = TcpStream::connect(proxy).await.expect("connect");
+            stream
+                .write_all(
+                    b"GET /tunnel HTTP/1.1\r\nHost: app.example\r\n\
+                  Connection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+                )
+                .await
+                .expect("write request");
+            let head = read_head(&mut stream).await.to_ascii_lowercase();
+            assert!(head.starts_with("http/1.1 101"), "{head}");
+            assert!(head.contains("\r\nupgrade: echo\r\n"), "{head}");
+            assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
+
+            for message in [b"ping".as_slice(), b"a longer second message"] {
+                stream.write_all(message).await.expect("write");
+                let mut echoed = vec![0; message.len()];
+                stream.read_exact(&mut echoed).await.expect("echo");
+                assert_eq!(echoed, message);
+            }
+            assert!(
+                released.try_recv().is_err(),
+                "activity token released while the tunnel is open"
+            );
+
+            stream.shutdown().await.expect("half-close");
+            let mut rest = Vec::new();
+            stream.read_to_end(&mut rest).await.expect("read to close");
+            assert!(rest.is_empty());
+            released
+                .await
+                .expect("token released when the tunnel closed");
+        })
+        .await;
+    }
+
+    // ---- errors --------------------------------------------------------------------------------
+
+    /// An address nothing listens on.
+    async fn dead_address() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        listener.local_addr().expect("local addr")
+    }
+
+    #[tokio::test]
+    async fn connect_refused_is_retryable_and_hands_the_request_back() {
+        let live = start(|req, _peer| async move {
+            let body = req.into_body().collect().await.expect("body").to_bytes();
+            Response::new(full(body))
+        })
+        .await;
+        let dead = dead_address().await;
+        let (errors_tx, mut errors) = mpsc::unbounded_channel::<ProxyError>();
+        let forwarder = Forwarder::default();
+        let proxy = start(move |req, peer| {
+            let forwarder = forwarder.clone();
+            let errors = errors_tx.clone();
+            async move {
+                let retry = req.uri().path() == "/retry";
+                let ctx = ForwardContext::new(peer, Scheme::HTTP, "req-7");
+                let failure = match forwarder.try_forward(req, dead, ctx).await {
+                    Ok(_) => return error_response(StatusCode::IM_A_TEAPOT, "dead answered"),
+                    Err(failure) => failure,
+                };
+                let response = match (retry, failure.unsent) {
+                    (true, Some(unsent)) => forwarder
+                        .forward(unsent.request, live, unsent.ctx)
+                        .await
+                        .unwrap_or_else(|error| error.to_response()),
+                    _ => failure.error.to_response(),
+                };
+                let _ = errors.send(failure.error);
+                response
+            }
+        })
+        .await;
+
+        within("both requests", async {
+            let response = send(proxy, get("/").body(no_body()).expect("request")).await;
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let body = text(response.into_body()).await;
+            assert!(
+                !body.contains("127.0.0.1"),
+                "internal detail leaked: {body}"
+            );
+            let error = errors.recv().await.expect("error");
+            assert!(
+                matches!(error, ProxyError::Connect { upstream, .. } if upstream == dead),
+                "{error:?}"
+            );
+            assert!(error.is_retryable());
+            assert!(error.to_string().contains("refused"), "{error}");
+
+            let request = Request::post("/retry")
+                .header(header::HOST, "app.example")
+                .body(Full::new(Bytes::from("sent twice, delivered once")).boxed_unsync())
+                .expect("request");
+            let response = send(proxy, request).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(
+                text(response.into_body()).await,
+                "sent twice, delivered once"
+            );
+        })
+        .await;
+    }
+
+    // ---- serve ---------------------------------------------------------------------------------
+
+    #[tokio::test]
+    async fn serve_stops_accepting_and_closes_idle_connections_on_shutdown() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            |_req, peer: SocketAddr| async move { Response::new(full(peer.ip().to_string())) },
+            async {
+                let _ = stopped.await;
+            },
+        ));
+
+        within("shutdown", async {
+            let stream = TcpStream::connect(addr).await.expect("connect");
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake::<_, ClientBody>(TokioIo::new(stream))
+                    .await
+                    .expect("handshake");
+            let connection = tokio::spawn(connection);
+            let response = sender
+                .send_request(get("/").body(no_body()).expect("request"))
+                .await
+                .expect("response");
+            assert_eq!(text(response.into_body()).await, "127.0.0.1");
+
+            let _ = stop.send(());
+            server.await.expect("serve returned");
+            // The idle keep-alive connection was closed, and nobody accepts any more.
+            connection
+                .await
+                .expect("client connection")
+                .expect("clean close");
+            assert!(TcpStream::connect(addr).await.is_err());
+        })
+        .await;
+    }
+}

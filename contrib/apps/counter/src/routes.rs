@@ -1,0 +1,275 @@
+//! The HTTP routes.
+//!
+//! | route | answer |
+//! | --- | --- |
+//! | `GET /` | the count, as `N\n` (text/plain) |
+//! | `GET /count` | the count, as `N\n` |
+//! | `POST /count`, `GET /count?inc` | adds one (durably), answers the new count as `N\n` |
+//! | `POST /echo` | the request body streamed back as it arrives (same Content-Type) |
+//! | `GET /bytes?n=N` | N bytes, streamed in 64 KiB chunks; byte at offset `i` is `i % 251` |
+//! | `GET /ws` | WebSocket echo of text and binary messages |
+//! | `GET /sse?n=N` | `text/event-stream`: `data: 0\n\n` .. `data: N-1\n\n`, one per 100 ms; `n=0` (or no `n`): forever, one per second |
+//! | `GET /headers` | the request headers as a JSON object, name → value (repeated names joined with `, `) |
+//! | `GET /healthz` | 200 `ok`, or 503 when `HEALTHZ_FAIL=1` |
+//! | `GET /set-cookies` | three `Set-Cookie` headers (`a`, `b`, `c`; `c` has an `Expires` with a comma) |
+//!
+//! Anything else is 404; a bad query is 400.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{stream, SinkExt, StreamExt};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::counter::Counter;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// What the handlers share.
+pub struct State {
+    pub counter: Counter,
+    pub healthz_fail: bool,
+}
+
+/// Size of the chunks `/bytes` sends.
+const CHUNK: u64 = 64 * 1024;
+
+pub async fn handle(
+    req: Request<Incoming>,
+    state: Arc<State>,
+) -> Result<Response<Body>, Infallible> {
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let response = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/") => text(StatusCode::OK, format!("{}\n", state.counter.get().await)),
+        (&Method::POST, "/count") => increment(&state).await,
+        (&Method::GET, "/count") if param(&query, "inc").is_some() => increment(&state).await,
+        (&Method::GET, "/count") => {
+            text(StatusCode::OK, format!("{}\n", state.counter.get().await))
+        }
+        (&Method::POST, "/echo") => echo(req),
+        (&Method::GET, "/bytes") => bytes(&query),
+        (&Method::GET, "/ws") => websocket(req),
+        (&Method::GET, "/sse") => sse(&query),
+        (&Method::GET, "/headers") => headers(&req),
+        (&Method::GET, "/healthz") if state.healthz_fail => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "failing (HEALTHZ_FAIL=1)\n",
+        ),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
+        (&Method::GET, "/set-cookies") => set_cookies(),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    Ok(response)
+}
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The value of `name` in a query string: `Some("")` for a bare `name`, `None` when absent.
+fn param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then_some(value)
+    })
+}
+
+/// The numeric parameter `n`, or `default` when absent; the error says what is wrong.
+fn param_n(query: &str, default: Option<u64>) -> Result<u64, String> {
+    match (param(query, "n"), default) {
+        (Some(v), _) => v
+            .parse()
+            .map_err(|_| format!("n={v:?} is not a non-negative integer\n")),
+        (None, Some(default)) => Ok(default),
+        (None, None) => Err("missing the query parameter n\n".to_owned()),
+    }
+}
+
+async fn increment(state: &State) -> Response<Body> {
+    match state.counter.increment().await {
+        Ok(value) => text(StatusCode::OK, format!("{value}\n")),
+        Err(e) => {
+            crate::log_err(format_args!("cannot write the count: {e}"));
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot write the count: {e}\n"),
+            )
+        }
+    }
+}
+
+fn echo(req: Request<Incoming>) -> Response<Body> {
+    let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
+    // The request body is polled only as the response body is written: nothing is buffered whole.
+    let mut response = Response::new(req.into_body().map_err(BoxError::from).boxed());
+    if let Some(content_type) = content_type {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, content_type);
+    }
+    response
+}
+
+fn bytes(query: &str) -> Response<Body> {
+    let n = match param_n(query, None) {
+        Ok(n) => n,
+        Err(message) => return text(StatusCode::BAD_REQUEST, message),
+    };
+    let chunks = stream::unfold(0u64, move |offset| async move {
+        if offset >= n {
+            return None;
+        }
+        let end = n.min(offset + CHUNK);
+        let chunk: Vec<u8> = (offset..end).map(|i| (i % 251) as u8).collect();
+        Some((Ok::<_, BoxError>(Frame::data(Bytes::from(chunk))), end))
+    });
+    let mut response = Response::new(BodyExt::boxed(StreamBody::new(chunks)));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    response
+}
+
+fn sse(query: &str) -> Response<Body> {
+    let n = match param_n(query, Some(0)) {
+        Ok(n) => n,
+        Err(message) => return text(StatusCode::BAD_REQUEST, message),
+    };
+    let period = if n == 0 {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_millis(100)
+    };
+    // Each event is its own frame; hyper writes a frame out before polling for the next one.
+    let events = stream::unfold(0u64, move |i| async move {
+        if n != 0 && i >= n {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(period).await;
+        }
+        let event = Bytes::from(format!("data: {i}\n\n"));
+        Some((Ok::<_, BoxError>(Frame::data(event)), i + 1))
+    });
+    let mut response = Response::new(BodyExt::boxed(StreamBody::new(events)));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+fn headers(req: &Request<Incoming>) -> Response<Body> {
+    let mut object = serde_json::Map::new();
+    for name in req.headers().keys() {
+        let values: Vec<String> = req
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        object.insert(name.as_str().to_owned(), values.join(", ").into());
+    }
+    let mut response = Response::new(full(serde_json::Value::Object(object).to_string()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn set_cookies() -> Response<Body> {
+    let mut response = text(StatusCode::OK, "three cookies\n");
+    for cookie in [
+        "a=1; Path=/",
+        "b=2; Path=/; HttpOnly",
+        // A comma inside the value: a proxy that joins Set-Cookie headers with ", " breaks this one.
+        "c=3; Path=/; Expires=Wed, 21 Oct 2037 07:28:00 GMT",
+    ] {
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, HeaderValue::from_static(cookie));
+    }
+    response
+}
+
+fn websocket(mut req: Request<Incoming>) -> Response<Body> {
+    let upgrade_to_websocket = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
+        return text(StatusCode::BAD_REQUEST, "not a WebSocket handshake\n");
+    };
+    if !upgrade_to_websocket {
+        return text(StatusCode::BAD_REQUEST, "not a WebSocket handshake\n");
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let (mut sink, mut messages) = ws.split();
+        // Pings are answered by tungstenite itself; a close is answered and ends the stream.
+        while let Some(Ok(message)) = messages.next().await {
+            if (message.is_text() || message.is_binary()) && sink.send(message).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters() {
+        assert_eq!(param("inc", "inc"), Some(""));
+        assert_eq!(param("a=1&n=42", "n"), Some("42"));
+        assert_eq!(param("a=1", "n"), None);
+        assert_eq!(param("", "n"), None);
+        assert!(param_n("n=x", None).is_err());
+        assert_eq!(param_n("", Some(0)).ok(), Some(0));
+    }
+}

@@ -1,0 +1,3 @@
+module example.com/shadow-example-go
+
+go 1.19

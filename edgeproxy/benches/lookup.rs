@@ -1,0 +1,87 @@
+//! The edge's routing lookup per request, with 100 000 tasks and 10 nodes: Host → task
+//! (`ClusterState::task_by_domain`) → nodes to try (`placement::candidates`).
+//!
+//! Run with `cargo bench -p shadow-edgeproxy --bench lookup`; `contrib/bench/run.sh` runs it
+//! and puts the figures in `docs/benchmarks.md`.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use shadow_common::{
+    node::NodeStatus,
+    state::ClusterState,
+    task::{Task, TaskSpec},
+    watch::WatchEvent,
+};
+use shadow_edgeproxy::placement::{candidates, Sticky};
+
+const TASKS: usize = 100_000;
+const NODES: usize = 10;
+
+fn state() -> ClusterState {
+    let mut state = ClusterState::default();
+    for n in 0..NODES {
+        state.apply(&WatchEvent::NodePut {
+            node: NodeStatus {
+                id: format!("node-{n}"),
+                address: format!("10.0.0.{n}:7071"),
+                capacity: 100,
+                running: vec![],
+                load: (n as f64) / 20.0,
+                last_heartbeat_ms: Some(0),
+                healthy: true,
+            },
+        });
+    }
+    for t in 0..TASKS {
+        let spec = TaskSpec::from_json(
+            format!(
+                r#"{{"name":"app{t}","domains":["app{t}.example.com"],"image":"shadow-test/counter:latest","volume":{{"kind":"local"}}}}"#
+            )
+            .as_bytes(),
+        )
+        .expect("a valid spec");
+        state.apply(&WatchEvent::TaskPut {
+            task: Task {
+                id: format!("{t:032x}"),
+                spec,
+            },
+        });
+    }
+    state
+}
+
+fn lookup(c: &mut Criterion) {
+    let state = state();
+    let sticky = Sticky::default();
+    // Half the tasks were routed before (sticky), as on a busy edge.
+    for t in (0..TASKS).step_by(2) {
+        sticky.set(&format!("{t:032x}"), &format!("node-{}", t % NODES));
+    }
+    let domains: Vec<String> = (0..TASKS)
+        .map(|t| format!("app{}.example.com", (t * 7919) % TASKS))
+        .collect();
+    let mut i = 0usize;
+    c.bench_function("task_by_domain (100k tasks)", |b| {
+        b.iter(|| {
+            i = (i + 1) % TASKS;
+            black_box(state.task_by_domain(black_box(&domains[i])))
+        })
+    });
+    let mut i = 0usize;
+    c.bench_function("task_by_domain + candidates (100k tasks, 10 nodes)", |b| {
+        b.iter(|| {
+            i = (i + 1) % TASKS;
+            let task = state
+                .task_by_domain(black_box(&domains[i]))
+                .expect("a known domain");
+            black_box(candidates(&state, &sticky, &task.id, |n| n.healthy))
+        })
+    });
+    c.bench_function("unknown host (100k tasks)", |b| {
+        b.iter(|| black_box(state.task_by_domain(black_box("nope.example.org"))))
+    });
+}
+
+criterion_group!(benches, lookup);
+criterion_main!(benches);

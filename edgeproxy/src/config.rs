@@ -1,0 +1,289 @@
+//! The edge proxy's configuration: flags, `SHADOW_*` variables and an optional TOML file.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    provider::{AwsConfig, DigitalOceanConfig, ProviderConfig, NODE_TAG},
+    replacer::ReplacerConfig,
+};
+
+/// Command line; every option can also come from the environment or the config file.
+#[derive(Debug, clap::Parser, Serialize)]
+#[command(
+    name = "shadow-edgeproxy",
+    version,
+    about = "Shadow's edge proxy: routes each app's domain, sticky, to a healthy node"
+)]
+pub struct Cli {
+    /// TOML config file (keys as the long flags, with '_').
+    #[arg(long, env = "SHADOW_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on for HTTP [default: 127.0.0.1:8080].
+    #[arg(long, env = "SHADOW_EDGE_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// This edge's id, for logs and the replacement lock [default: the hostname].
+    #[arg(long, env = "SHADOW_EDGE_ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge_id: Option<String>,
+    /// The master's URL [default: http://127.0.0.1:7070].
+    #[arg(long, env = "SHADOW_MASTER_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
+    /// Interval of active health checks of every node [default: 1000].
+    #[arg(long, env = "SHADOW_HEALTH_INTERVAL_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_interval_ms: Option<u64>,
+    /// Failed checks (or refused/reset connections) before a node is unhealthy [default: 3].
+    #[arg(long, env = "SHADOW_HEALTH_FAILS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_fails: Option<u32>,
+    /// Passed checks before an unhealthy node gets traffic again [default: 2].
+    #[arg(long, env = "SHADOW_HEALTH_PASSES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_passes: Option<u32>,
+    /// Address for HTTPS; unset = no TLS listener.
+    #[arg(long, env = "SHADOW_EDGE_TLS_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chains, comma-separated; the one presented is picked by SNI.
+    #[arg(long, env = "SHADOW_EDGE_TLS_CERT", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<Vec<PathBuf>>,
+    /// PEM private keys, comma-separated, one per certificate in the same order.
+    #[arg(long, env = "SHADOW_EDGE_TLS_KEY", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<Vec<PathBuf>>,
+    /// Who replaces dead nodes: static (log only), aws or digitalocean [default: static].
+    #[arg(long, env = "SHADOW_NODE_PROVIDER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_provider: Option<String>,
+    /// Seconds a node must stay unhealthy before it is replaced [default: 10].
+    #[arg(long, env = "SHADOW_REPLACE_GRACE_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replace_grace_s: Option<u64>,
+    /// At most one replacement attempt per node per this many seconds [default: 300].
+    #[arg(long, env = "SHADOW_REPLACE_COOLDOWN_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replace_cooldown_s: Option<u64>,
+    /// Nodes dead longer than this are left alone [default: 3600].
+    #[arg(long, env = "SHADOW_REPLACE_MAX_DEAD_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replace_max_dead_s: Option<u64>,
+    /// aws: the node launch template, by name or lt- id.
+    #[arg(long, env = "SHADOW_AWS_LAUNCH_TEMPLATE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws_launch_template: Option<String>,
+    /// aws: region [default: the SDK's chain].
+    #[arg(long, env = "SHADOW_AWS_REGION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws_region: Option<String>,
+    /// aws: EC2 endpoint override [default: AWS].
+    #[arg(long, env = "SHADOW_AWS_ENDPOINT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws_endpoint: Option<String>,
+    /// digitalocean: API base [default: https://api.digitalocean.com].
+    #[arg(long, env = "SHADOW_DO_API_BASE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub do_api_base: Option<String>,
+    /// digitalocean: region of new node droplets, e.g. fra1.
+    #[arg(long, env = "SHADOW_DO_REGION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub do_region: Option<String>,
+    /// digitalocean: size slug of new node droplets.
+    #[arg(long, env = "SHADOW_DO_SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub do_size: Option<String>,
+    /// digitalocean: image slug or snapshot id of new node droplets.
+    #[arg(long, env = "SHADOW_DO_IMAGE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub do_image: Option<String>,
+    /// digitalocean: cloud-init user data for new node droplets.
+    #[arg(long, env = "SHADOW_DO_USER_DATA")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub do_user_data: Option<String>,
+    /// digitalocean: tag on node droplets [default: shadow-node].
+    #[arg(long, env = "SHADOW_DO_TAG")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub do_tag: Option<String>,
+    /// digitalocean: API token. Env only (SHADOW_DO_TOKEN).
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub do_token: Option<String>,
+    /// Bearer token for the master. Env only (SHADOW_API_TOKEN), so it never shows in `ps`.
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_edge_id")]
+    pub edge_id: String,
+    #[serde(default = "default_master")]
+    pub master: String,
+    #[serde(default = "default_health_interval_ms")]
+    pub health_interval_ms: u64,
+    #[serde(default = "default_health_fails")]
+    pub health_fails: u32,
+    #[serde(default = "default_health_passes")]
+    pub health_passes: u32,
+    #[serde(default)]
+    pub tls_listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub tls_cert: Vec<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Vec<PathBuf>,
+    #[serde(default)]
+    pub api_token: Option<String>,
+    #[serde(default = "default_provider")]
+    pub node_provider: String,
+    #[serde(default = "default_grace_s")]
+    pub replace_grace_s: u64,
+    #[serde(default = "default_cooldown_s")]
+    pub replace_cooldown_s: u64,
+    #[serde(default = "default_max_dead_s")]
+    pub replace_max_dead_s: u64,
+    #[serde(default)]
+    pub aws_launch_template: Option<String>,
+    #[serde(default)]
+    pub aws_region: Option<String>,
+    #[serde(default)]
+    pub aws_endpoint: Option<String>,
+    #[serde(default)]
+    pub do_api_base: Option<String>,
+    #[serde(default)]
+    pub do_region: Option<String>,
+    #[serde(default)]
+    pub do_size: Option<String>,
+    #[serde(default)]
+    pub do_image: Option<String>,
+    #[serde(default)]
+    pub do_user_data: Option<String>,
+    #[serde(default)]
+    pub do_tag: Option<String>,
+    #[serde(default)]
+    pub do_token: Option<String>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_edge_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| format!("edge-{}", h.trim()))
+        .unwrap_or_else(|| "edge".into())
+}
+fn default_master() -> String {
+    "http://127.0.0.1:7070".into()
+}
+fn default_health_interval_ms() -> u64 {
+    1000
+}
+fn default_health_fails() -> u32 {
+    3
+}
+fn default_health_passes() -> u32 {
+    2
+}
+fn default_provider() -> String {
+    "static".into()
+}
+fn default_grace_s() -> u64 {
+    10
+}
+fn default_cooldown_s() -> u64 {
+    300
+}
+fn default_max_dead_s() -> u64 {
+    3600
+}
+
+impl EdgeConfig {
+    /// Defaults with a given id and master, for tests and embedding.
+    pub fn new(edge_id: impl Into<String>, master: impl Into<String>) -> Self {
+        Self {
+            listen: default_listen(),
+            edge_id: edge_id.into(),
+            master: master.into(),
+            health_interval_ms: default_health_interval_ms(),
+            health_fails: default_health_fails(),
+            health_passes: default_health_passes(),
+            tls_listen: None,
+            tls_cert: vec![],
+            tls_key: vec![],
+            api_token: None,
+            node_provider: default_provider(),
+            replace_grace_s: default_grace_s(),
+            replace_cooldown_s: default_cooldown_s(),
+            replace_max_dead_s: default_max_dead_s(),
+            aws_launch_template: None,
+            aws_region: None,
+            aws_endpoint: None,
+            do_api_base: None,
+            do_region: None,
+            do_size: None,
+            do_image: None,
+            do_user_data: None,
+            do_tag: None,
+            do_token: None,
+        }
+    }
+    pub fn health_interval(&self) -> Duration {
+        Duration::from_millis(self.health_interval_ms.max(10))
+    }
+}
+
+impl EdgeConfig {
+    /// The node provider's settings, checked: what is missing is named with its variable.
+    pub fn provider(&self) -> Result<ProviderConfig, String> {
+        fn need(v: &Option<String>, var: &str, provider: &str) -> Result<String, String> {
+            v.clone()
+                .filter(|s| !s.trim().is_empty())
+                .ok_or_else(|| format!("SHADOW_NODE_PROVIDER={provider} needs {var}"))
+        }
+        match self.node_provider.as_str() {
+            "static" => Ok(ProviderConfig::Static),
+            "aws" => Ok(ProviderConfig::Aws(AwsConfig {
+                launch_template: need(
+                    &self.aws_launch_template,
+                    "SHADOW_AWS_LAUNCH_TEMPLATE",
+                    "aws",
+                )?,
+                region: self.aws_region.clone(),
+                endpoint: self.aws_endpoint.clone(),
+            })),
+            "digitalocean" => Ok(ProviderConfig::DigitalOcean(DigitalOceanConfig {
+                token: need(&self.do_token, "SHADOW_DO_TOKEN", "digitalocean")?,
+                api_base: self
+                    .do_api_base
+                    .clone()
+                    .unwrap_or_else(|| DigitalOceanConfig::API_BASE.to_string()),
+                region: need(&self.do_region, "SHADOW_DO_REGION", "digitalocean")?,
+                size: need(&self.do_size, "SHADOW_DO_SIZE", "digitalocean")?,
+                image: need(&self.do_image, "SHADOW_DO_IMAGE", "digitalocean")?,
+                user_data: self.do_user_data.clone(),
+                tag: self.do_tag.clone().unwrap_or_else(|| NODE_TAG.to_string()),
+            })),
+            other => Err(format!(
+                "SHADOW_NODE_PROVIDER={other:?} is not a provider; use static, aws or digitalocean"
+            )),
+        }
+    }
+
+    pub fn replacer(&self) -> ReplacerConfig {
+        ReplacerConfig {
+            grace: Duration::from_secs(self.replace_grace_s),
+            cooldown: Duration::from_secs(self.replace_cooldown_s),
+            max_dead: Duration::from_secs(self.replace_max_dead_s),
+            ..ReplacerConfig::default()
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The edge's request path: Host → task → node plan → forward, retrying on the next node when a
+//! connection fails before anything was sent, and following a node that says the app's lease is
+//! held elsewhere (once).
+
+use std::{net::SocketAddr, sync::Arc};
+
+use http::{header, uri::Scheme, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use shadow_common::{
+    follower::Follower,
+    node::NodeStatus,
+    proxy::{error_response, full, ForwardContext, Forwarder, ProxyBody, ProxyError},
+    task::{host_without_port, Task},
+};
+use tracing::Instrument;
+
+use crate::{health::Health, metrics::Metrics, placement};
+
+/// The node proxy's header naming the node that holds a stateful task's lease.
+pub const HOLDER_HEADER: &str = "x-shadow-lease-holder";
+
+/// At most this many nodes are tried for one request.
+const MAX_TRIES: usize = 3;
+
+pub struct Edge {
+    pub edge_id: String,
+    pub follower: Follower,
+    pub health: Arc<Health>,
+    pub sticky: placement::Sticky,
+    pub forwarder: Forwarder,
+    pub metrics: Metrics,
+}
+
+/// Serves one request that arrived over `scheme` (http or https).
+pub async fn handle(
+    edge: Arc<Edge>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    scheme: Scheme,
+) -> Response<ProxyBody> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())
+        .map(host_without_port)
+        .unwrap_or_default();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let task = edge.follower.read().task_by_domain(&host);
+    let Some(task) = task else {
+        return own_route(&edge, &req, &host);
+    };
+    let span = tracing::info_span!("request", task = %task.id, request_id = %request_id);
+    let task_id = task.id.clone();
+    let resp = route(&edge, task, req, peer, request_id, scheme)
+        .instrument(span)
+        .await;
+    edge.metrics.request(&task_id, resp.status().as_u16());
+    resp
+}
+
+fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn own_route(edge: &Edge, req: &Request<Incoming>, host: &str) -> Response<ProxyBody> {
+    match req.uri().path() {
+        "/healthz" if edge.follower.is_synced() => text(StatusCode::OK, "ok\n".into()),
+        "/healthz" => text(StatusCode::SERVICE_UNAVAILABLE, "not yet in contact with the master\n".into()),
+        "/metrics" => {
+            let (up, known) = edge.health.up_count();
+            text(StatusCode::OK, edge.metrics.render(up, known))
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            format!("no app is registered for {host:?}; check the address, or register it with the master (POST /tasks/)\n"),
+        ),
+    }
+}
+
+fn usable(edge: &Edge) -> impl Fn(&NodeStatus) -> bool + '_ {
+    |n| n.healthy && edge.health.is_up(&n.id)
+}
+
+async fn route(
+    edge: &Edge,
+    task: Arc<Task>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    request_id: String,
+    scheme: Scheme,
+) -> Response<ProxyBody> {
+    let mut plan = {
+        let state = edge.follower.read();
+        placement::candidates(&state, &edge.sticky, &task.id, usable(edge))
+    };
+    if plan.is_empty() {
+        tracing::warn!("no healthy node for the app");
+        let mut r = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "No server can run this app right now. Please try again shortly.",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        return r;
+    }
+    let mut req = req;
+    let mut followed = false;
+    let mut i = 0;
+    loop {
+        let node = plan[i].clone();
+        let Some(addr) = resolve(&node.address).await else {
+            tracing::error!(node = %node.id, address = %node.address, "node address does not resolve");
+            return error_response(
+                StatusCode::BAD_GATEWAY,
+                "The app's server is misconfigured.",
+            );
+        };
+        let ctx =
+            ForwardContext::new(peer, scheme.clone(), request_id.clone()).handing_back_if(|head| {
+                head.status == StatusCode::SERVICE_UNAVAILABLE
+                    && head.headers.contains_key(HOLDER_HEADER)
+            });
+        match edge.forwarder.try_forward(req, addr, ctx).await {
+            Ok(resp) => {
+                edge.sticky.set(&task.id, &node.id);
+                return resp;
+            }
+            Err(failure) => {
+                let retry_on = match &failure.error {
+                    ProxyError::Connect { .. } => {
+                        edge.health.record(&node.id, false);
+                        tracing::warn!(node = %node.id, error = %failure.error, "node unreachable; trying the next");
+                        edge.metrics.retry("connect");
+                        plan.get(i + 1).cloned()
+                    }
+                    ProxyError::HandedBack { .. } if !followed => {
+                        followed = true;
+                        let holder = failure
+                            .answer
+                            .as_ref()
+                            .and_then(|a| a.headers.get(HOLDER_HEADER))
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string);
+                        edge.metrics.retry("lease-holder");
+                        let state = edge.follower.read();
+                        holder
+                            .and_then(|h| state.node(&h).cloned())
+                            .filter(|n| usable(edge)(n))
+                    }
+                    ProxyError::Upstream { .. } => {
+                        // A reset after sending: the app may have acted, so no retry, but it is
+                        // evidence against the node.
+                        edge.health.record(&node.id, false);
+                        None
+                    }
+                    _ => None,
+                };
+                match (retry_on, failure.unsent) {
+                    (Some(next), Some(unsent)) if i + 1 < MAX_TRIES => {
+                        req = unsent.request;
+                        i += 1;
+                        if plan.get(i).map(|n| &n.id) != Some(&next.id) {
+                            plan.insert(i, next);
+                        }
+                    }
+                    _ => {
+                        tracing::warn!(node = %node.id, error = %failure.error, "request failed");
+                        let mut r = failure.error.to_response();
+                        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+                            r.headers_mut()
+                                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                        }
+                        return r;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Node addresses are `host:port`; most are IPs, names are resolved per request (the system
+/// resolver caches).
+async fn resolve(address: &str) -> Option<SocketAddr> {
+    if let Ok(a) = address.parse() {
+        return Some(a);
+    }
+    tokio::net::lookup_host(address).await.ok()?.next()
+}

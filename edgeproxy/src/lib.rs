@@ -1,0 +1,146 @@
+//! Shadow's edge proxy: the public entry. Routes each request by Host to the node that holds
+//! (or will hold) its task, sticky; checks the nodes' health; retries a request whose connection
+//! failed before anything was sent; follows a node that says the app runs elsewhere.
+//!
+//! # Layout
+//! - [`config`]: flags, environment and file.
+//! - [`handler`]: the request path; [`placement`]: lease holder, sticky choice, rendezvous hashing.
+//! - [`provider`] / [`replacer`]: replacing dead nodes (static, AWS, DigitalOcean), one edge at a time.
+//! - [`health`]: active and passive node health; [`metrics`]; [`tls`]: certificates by SNI.
+//! - [`provider`] and [`replacer`]: replacing dead nodes (AWS EC2, DigitalOcean, or static).
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod handler;
+pub mod health;
+pub mod metrics;
+pub mod placement;
+pub mod provider;
+pub mod replacer;
+pub mod tls;
+
+use std::{future::Future, sync::Arc};
+
+use http::uri::Scheme;
+use shadow_common::{client::MasterClient, follower::Follower, proxy};
+use tokio::net::TcpListener;
+
+pub use config::EdgeConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot read the listener's address: {0}")]
+    Listener(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("node provider: {0}")]
+    ProviderConfig(String),
+    #[error(transparent)]
+    Provider(#[from] provider::ProviderError),
+    #[error("cannot listen for HTTPS on {addr}: {source}; is another edge running there?")]
+    TlsBind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Serves HTTP on `listener` (and HTTPS on `tls_listen` when configured) until `shutdown`.
+pub async fn run(
+    config: EdgeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let tls = match config.tls_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::TlsBind { addr, source })?,
+        ),
+        None => None,
+    };
+    run_listeners(config, listener, tls, shutdown).await
+}
+
+/// Like [`run`], with the HTTPS listener given (tests bind port 0).
+pub async fn run_listeners(
+    config: EdgeConfig,
+    listener: TcpListener,
+    tls_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let bound = listener.local_addr().map_err(RunError::Listener)?;
+    let acceptor = match &tls_listener {
+        Some(_) => Some(tls::acceptor(&config.tls_cert, &config.tls_key)?),
+        None => None,
+    };
+    let master = MasterClient::new(config.master.clone(), config.api_token.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let follower = Follower::spawn(master.clone(), stopped());
+    let health = health::Health::new(config.health_fails, config.health_passes);
+    let checker = tokio::spawn(health::check_forever(
+        health.clone(),
+        follower.clone(),
+        config.health_interval(),
+    ));
+    let provider = provider::build(&config.provider().map_err(RunError::ProviderConfig)?).await?;
+    let replacer = replacer::Replacer::new(
+        provider,
+        master.clone(),
+        follower.clone(),
+        config.edge_id.clone(),
+        config.replacer(),
+    );
+    let metrics = metrics::Metrics::new();
+    if let Err(e) = metrics.registry.register(Box::new(replacer.metrics())) {
+        tracing::error!(error = %e, "cannot register the replacement metric");
+    }
+    let replacing = replacer.spawn(stopped());
+    let edge = Arc::new(handler::Edge {
+        edge_id: config.edge_id.clone(),
+        follower,
+        health,
+        sticky: placement::Sticky::default(),
+        forwarder: proxy::Forwarder::default(),
+        metrics,
+    });
+    tracing::info!(%bound, edge = %config.edge_id, master = %config.master, "edge proxy listening");
+    let https = match (tls_listener, acceptor) {
+        (Some(l), Some(acceptor)) => {
+            tracing::info!(addr = ?l.local_addr().ok(), certificates = config.tls_cert.len(), "edge proxy listening for HTTPS");
+            let edge = edge.clone();
+            Some(tokio::spawn(proxy::serve_tls(
+                l,
+                acceptor,
+                move |req, peer| handler::handle(edge.clone(), req, peer, Scheme::HTTPS),
+                stopped(),
+            )))
+        }
+        _ => None,
+    };
+    let http = proxy::serve(
+        listener,
+        move |req, peer| handler::handle(edge.clone(), req, peer, Scheme::HTTP),
+        stopped(),
+    );
+    tokio::pin!(http);
+    tokio::select! {
+        () = &mut http => {}
+        () = shutdown => {
+            let _ = stop_tx.send(true);
+            http.await;
+        }
+    }
+    let _ = stop_tx.send(true);
+    if let Some(h) = https {
+        let _ = h.await;
+    }
+    checker.abort();
+    let _ = replacing.await;
+    Ok(())
+}

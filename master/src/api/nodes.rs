@@ -1,0 +1,42 @@
+//! `/nodes/`: node registration, heartbeats and the node list.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::StatusCode;
+use shadow_common::{
+    error::parse_json,
+    node::{Heartbeat, NodeRegistration},
+};
+use warp::{filters::BoxedFilter, Filter};
+
+use super::{json_body, reply, AppState};
+
+pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
+    let s = state.clone();
+    let list = warp::path!("nodes")
+        .and(warp::get())
+        .map(move || reply::json(StatusCode::OK, &s.registry.list_nodes()));
+    let s = state.clone();
+    let register =
+        warp::path!("nodes")
+            .and(warp::post())
+            .and(json_body())
+            .map(
+                move |body: Bytes| match parse_json::<NodeRegistration>(&body) {
+                    Ok(reg) => reply::from_result(StatusCode::OK, s.registry.register_node(reg)),
+                    Err(e) => reply::invalid(e),
+                },
+            );
+    let s = state;
+    let heartbeat = warp::path!("nodes" / String / "heartbeat")
+        .and(warp::put())
+        .and(json_body())
+        .map(
+            move |id: String, body: Bytes| match parse_json::<Heartbeat>(&body) {
+                Ok(hb) => reply::from_result(StatusCode::OK, s.registry.heartbeat(&id, hb)),
+                Err(e) => reply::invalid(e),
+            },
+        );
+    list.or(register).unify().or(heartbeat).unify().boxed()
+}

@@ -1,0 +1,67 @@
+//! Turning registry answers into JSON replies with the right status.
+
+use http::StatusCode;
+use serde::Serialize;
+use shadow_common::error::{ErrorBody, FieldError};
+use warp::Reply;
+
+use crate::registry::RegistryError;
+
+pub fn json<T: Serialize>(status: StatusCode, body: &T) -> warp::reply::Response {
+    warp::reply::with_status(warp::reply::json(body), status).into_response()
+}
+
+pub fn error_reply(status: StatusCode, body: ErrorBody) -> warp::reply::Response {
+    json(status, &body)
+}
+
+pub fn invalid(e: FieldError) -> warp::reply::Response {
+    error_reply(StatusCode::BAD_REQUEST, e.into())
+}
+
+/// The one place registry errors become statuses.
+pub fn from_result<T: Serialize>(
+    ok: StatusCode,
+    r: Result<T, RegistryError>,
+) -> warp::reply::Response {
+    match r {
+        Ok(v) => json(ok, &v),
+        Err(e) => registry_error(e),
+    }
+}
+
+pub fn registry_error(e: RegistryError) -> warp::reply::Response {
+    match e {
+        RegistryError::Invalid(f) => invalid(f),
+        RegistryError::NotFound(m) => error_reply(StatusCode::NOT_FOUND, ErrorBody::new(m)),
+        RegistryError::Conflict { message, field } => error_reply(
+            StatusCode::CONFLICT,
+            ErrorBody {
+                error: message,
+                field,
+                holder: None,
+            },
+        ),
+        RegistryError::LeaseConflict { message, holder } => error_reply(
+            StatusCode::CONFLICT,
+            ErrorBody {
+                error: message,
+                field: None,
+                holder,
+            },
+        ),
+        RegistryError::Store(e) => {
+            tracing::error!(error = %e, "state store failed");
+            error_reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorBody::new(
+                    "the master could not save the change; nothing was changed, retry later",
+                ),
+            )
+        }
+    }
+}
+
+pub fn no_content() -> warp::reply::Response {
+    StatusCode::NO_CONTENT.into_response()
+}

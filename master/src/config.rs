@@ -1,0 +1,96 @@
+//! The master's configuration: flags, `SHADOW_*` variables and an optional TOML file.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+/// Command line; every option can also come from the environment or the config file.
+#[derive(Debug, clap::Parser, Serialize)]
+#[command(
+    name = "shadow-master",
+    version,
+    about = "Shadow's master: tasks, nodes and volume leases over a REST API"
+)]
+pub struct Cli {
+    /// TOML config file (keys as the long flags, with '_').
+    #[arg(long, env = "SHADOW_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7070].
+    #[arg(long, env = "SHADOW_MASTER_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Where the state database lives [default: ./shadow-data].
+    #[arg(long, env = "SHADOW_DATA_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Expected node heartbeat interval; 3 missed = unhealthy [default: 1000].
+    #[arg(long, env = "SHADOW_HEARTBEAT_INTERVAL_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Bearer token every API call must carry; unset = loopback only. Env only: not a flag, so it
+    /// never shows in `ps`.
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_interval_ms: u64,
+    #[serde(default)]
+    pub api_token: Option<String>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7070))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./shadow-data")
+}
+fn default_heartbeat_ms() -> u64 {
+    1000
+}
+
+impl MasterConfig {
+    /// Defaults for `data_dir`, for tests and embedding.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            listen: default_listen(),
+            data_dir,
+            heartbeat_interval_ms: default_heartbeat_ms(),
+            api_token: None,
+        }
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms.max(10))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigCheck {
+    #[error("refusing to listen on {0} without an API token: set SHADOW_API_TOKEN, or listen on 127.0.0.1")]
+    TokenRequired(SocketAddr),
+    #[error(
+        "SHADOW_API_TOKEN is set but empty; set a long random value (e.g. `openssl rand -hex 32`)"
+    )]
+    EmptyToken,
+}
+
+impl MasterConfig {
+    /// An open master on a non-loopback address would let anyone run containers.
+    pub fn check(&self, bound: SocketAddr) -> Result<(), ConfigCheck> {
+        match &self.api_token {
+            Some(t) if t.trim().is_empty() => Err(ConfigCheck::EmptyToken),
+            None if !bound.ip().is_loopback() => Err(ConfigCheck::TokenRequired(bound)),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! Shadow's master: the REST API that keeps task definitions, nodes and volume leases, and the
+//! watch that edges and nodes follow. It never talks to Docker.
+//!
+//! # Layout
+//! - [`config`]: flags, environment and file.
+//! - [`store`]: the durable-state seam and its SQLite implementation.
+//! - [`registry`]: the working state and its rules (tasks, nodes, leases, watch).
+//! - [`api`]: the warp routes over the registry; [`metrics`]: `/metrics`.
+//! - [`clock`]: wall-clock time driven by tokio's clock, for leases.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod metrics;
+pub mod registry;
+pub mod store;
+
+use std::{future::Future, sync::Arc};
+
+use tokio::net::TcpListener;
+
+pub use config::MasterConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigCheck),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("cannot read the listener's address: {0}")]
+    Listener(std::io::Error),
+}
+
+/// Builds the registry from the data dir and the API state around it.
+pub fn open_state(config: &MasterConfig) -> Result<Arc<api::AppState>, RunError> {
+    let store = store::sqlite::SqliteStore::open(&config.data_dir)?;
+    let registry = registry::Registry::open(Box::new(store), config.heartbeat_interval())?;
+    Ok(Arc::new(api::AppState {
+        registry: Arc::new(registry),
+        api_token: config.api_token.clone(),
+        metrics: metrics::Metrics::new(),
+    }))
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: MasterConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let bound = listener.local_addr().map_err(RunError::Listener)?;
+    config.check(bound)?;
+    let state = open_state(&config)?;
+    let registry = state.registry.clone();
+    let ticker = tokio::spawn(async move { registry.tick_forever().await });
+    tracing::info!(%bound, data_dir = %config.data_dir.display(), auth = config.api_token.is_some(), "master listening");
+    warp::serve(api::routes(state))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+    ticker.abort();
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! The master's working state: tasks, nodes and leases in memory, written through a [`Store`],
+//! with a revisioned event log that feeds the watch.
+//!
+//! One mutex guards it all; every mutation writes the store first, so a failed write changes
+//! nothing, then updates memory and appends an event. Sub-modules hold the rules per resource.
+
+mod leases;
+mod nodes;
+mod tasks;
+mod watch;
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{Mutex, MutexGuard},
+    time::Duration,
+};
+
+use shadow_common::{
+    error::FieldError, lease::Lease, node::NodeRegistration, task::Task, watch::WatchEvent,
+};
+use tokio::time::Instant;
+
+use crate::{
+    clock::Clock,
+    store::{Store, StoreError},
+};
+
+/// Why a registry call was refused; the API maps each to one status.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{0}")]
+    Invalid(FieldError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{message}")]
+    Conflict {
+        message: String,
+        field: Option<String>,
+    },
+    #[error("{message}")]
+    LeaseConflict {
+        message: String,
+        holder: Option<String>,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How many events the watch can replay before a client must start over from a snapshot.
+const LOG_LEN: usize = 10_000;
+
+pub struct Registry {
+    inner: Mutex<Inner>,
+    clock: Clock,
+    epoch: String,
+    heartbeat_interval: Duration,
+    revision_tx: tokio::sync::watch::Sender<u64>,
+}
+
+struct NodeEntry {
+    reg: NodeRegistration,
+    running: Vec<String>,
+    load: f64,
+    last_heartbeat: Option<Instant>,
+    last_heartbeat_ms: Option<u64>,
+    healthy: bool,
+}
+
+struct Inner {
+    store: Box<dyn Store>,
+    tasks: BTreeMap<String, Task>,
+    domains: HashMap<String, String>,
+    nodes: BTreeMap<String, NodeEntry>,
+    leases: BTreeMap<String, Lease>,
+    next_token: u64,
+    revision: u64,
+    log: VecDeque<(u64, WatchEvent)>,
+}
+
+impl Registry {
+    /// Loads the durable state. Nodes start unhealthy until their next heartbeat.
+    pub fn open(
+        mut store: Box<dyn Store>,
+        heartbeat_interval: Duration,
+    ) -> Result<Self, StoreError> {
+        let snap = store.load()?;
+        let mut domains = HashMap::new();
+        let mut tasks = BTreeMap::new();
+        for t in snap.tasks {
+            for d in &t.spec.domains {
+                domains.insert(d.clone(), t.id.clone());
+            }
+            tasks.insert(t.id.clone(), t);
+        }
+        let nodes = snap
+            .nodes
+            .into_iter()
+            .map(|reg| {
+                let entry = NodeEntry {
+                    reg,
+                    running: vec![],
+                    load: 0.0,
+                    last_heartbeat: None,
+                    last_heartbeat_ms: None,
+                    healthy: false,
+                };
+                (entry.reg.id.clone(), entry)
+            })
+            .collect();
+        let leases = snap
+            .leases
+            .into_iter()
+            .map(|l| (l.task_id.clone(), l))
+            .collect();
+        let (revision_tx, _) = tokio::sync::watch::channel(0);
+        Ok(Self {
+            inner: Mutex::new(Inner {
+                store,
+                tasks,
+                domains,
+                nodes,
+                leases,
+                next_token: snap.next_token.max(1),
+                revision: 0,
+                log: VecDeque::new(),
+            }),
+            clock: Clock::new(),
+            epoch: uuid::Uuid::new_v4().simple().to_string(),
+            heartbeat_interval,
+            revision_tx,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave memory ahead of the store (store first).
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Counts for the metrics endpoint: tasks, healthy nodes, all nodes, leases.
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        let g = self.lock();
+        let healthy = g.nodes.values().filter(|n| n.healthy).count();
+        (g.tasks.len(), healthy, g.nodes.len(), g.leases.len())
+    }
+}
+
+impl Inner {
+    fn emit(&mut self, tx: &tokio::sync::watch::Sender<u64>, ev: WatchEvent) {
+        self.revision += 1;
+        self.log.push_back((self.revision, ev));
+        if self.log.len() > LOG_LEN {
+            self.log.pop_front();
+        }
+        tx.send_replace(self.revision);
+    }
+}

@@ -1,0 +1,81 @@
+//! The watch: replaying events after a revision, waiting for the next one, and the ticker that
+//! turns the passing of time (missed heartbeats, lapsed leases) into events.
+
+use std::time::Duration;
+
+use shadow_common::watch::{WatchEvent, WatchResponse};
+
+use super::{NodeEntry, Registry};
+
+impl Registry {
+    /// Events after `since`, or the whole state when the client must start over.
+    pub fn changes_since(&self, epoch: Option<&str>, since: u64) -> WatchResponse {
+        let g = self.lock();
+        let oldest = g.log.front().map_or(g.revision + 1, |(r, _)| *r);
+        let replayable =
+            epoch == Some(self.epoch.as_str()) && since <= g.revision && since + 1 >= oldest;
+        if replayable {
+            let events = g
+                .log
+                .iter()
+                .filter(|(r, _)| *r > since)
+                .map(|(_, e)| e.clone())
+                .collect();
+            return WatchResponse {
+                epoch: self.epoch.clone(),
+                revision: g.revision,
+                reset: false,
+                events,
+            };
+        }
+        let now = self.clock.now_ms();
+        let mut events: Vec<WatchEvent> = g
+            .tasks
+            .values()
+            .map(|t| WatchEvent::TaskPut { task: t.clone() })
+            .collect();
+        events.extend(g.nodes.values().map(|n| WatchEvent::NodePut {
+            node: NodeEntry::status(n),
+        }));
+        events.extend(
+            g.leases
+                .values()
+                .filter(|l| l.expires_at > now)
+                .map(|l| WatchEvent::LeasePut { lease: l.clone() }),
+        );
+        WatchResponse {
+            epoch: self.epoch.clone(),
+            revision: g.revision,
+            reset: true,
+            events,
+        }
+    }
+
+    /// Long poll: answers at once if there is news for the client, else waits up to `timeout`.
+    pub async fn watch(&self, epoch: Option<&str>, since: u64, timeout: Duration) -> WatchResponse {
+        let mut rx = self.revision_tx.subscribe();
+        let resp = self.changes_since(epoch, since);
+        if resp.reset || !resp.events.is_empty() {
+            return resp;
+        }
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|r| *r > since)).await;
+        self.changes_since(epoch, since)
+    }
+
+    /// Runs the periodic checks until dropped.
+    pub async fn tick_forever(&self) {
+        // Half the heartbeat interval: a node is seen unhealthy at most half an interval late.
+        let mut every =
+            tokio::time::interval((self.heartbeat_interval / 2).max(Duration::from_millis(10)));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            self.tick();
+        }
+    }
+
+    pub fn tick(&self) {
+        self.check_node_health();
+        self.expire_leases();
+    }
+}

@@ -1,0 +1,40 @@
+//! The durable state seam: what the master must not forget across a restart.
+//!
+//! The master keeps its working state in memory ([`crate::registry`]) and writes every change
+//! through a [`Store`] first, so a failed write changes nothing. SQLite ([`sqlite`]) is the
+//! embedded default; the trait is small so PostgreSQL can follow.
+
+pub mod sqlite;
+
+use shadow_common::{lease::Lease, node::NodeRegistration, task::Task};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database error: {0}; check the data dir's disk space and permissions")]
+    Db(String),
+    #[error("state database holds a record this master cannot read ({0}); was it written by a newer version?")]
+    Corrupt(String),
+}
+
+/// Everything loaded at start-up.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub tasks: Vec<Task>,
+    pub nodes: Vec<NodeRegistration>,
+    pub leases: Vec<Lease>,
+    /// The next fencing token to grant; never goes down.
+    pub next_token: u64,
+}
+
+/// Durable storage of tasks, nodes, leases and the fencing generation.
+///
+/// Calls are synchronous and short; the registry serializes them.
+pub trait Store: Send {
+    fn load(&mut self) -> Result<Snapshot, StoreError>;
+    fn put_task(&mut self, task: &Task) -> Result<(), StoreError>;
+    fn delete_task(&mut self, id: &str) -> Result<(), StoreError>;
+    fn put_node(&mut self, node: &NodeRegistration) -> Result<(), StoreError>;
+    /// Stores a lease and the next token in one transaction.
+    fn put_lease(&mut self, lease: &Lease, next_token: u64) -> Result<(), StoreError>;
+    fn delete_lease(&mut self, task_id: &str) -> Result<(), StoreError>;
+}

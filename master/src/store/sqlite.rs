@@ -1,0 +1,144 @@
+//! The SQLite [`Store`]: one file, `state.db`, under the master's data dir.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use shadow_common::{lease::Lease, node::NodeRegistration, task::Task};
+
+use super::{Snapshot, Store, StoreError};
+
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tasks (id TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (id TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (task_id TEXT PRIMARY KEY, node TEXT NOT NULL, token INTEGER NOT NULL, expires_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+";
+
+impl SqliteStore {
+    /// Opens (creating if needed) `state.db` in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Db(format!("cannot create data dir {}: {e}", dir.display()))
+        })?;
+        let path = dir.join("state.db");
+        let conn = Connection::open(&path)
+            .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
+        // WAL + NORMAL: durable across a process crash, one fsync per checkpoint rather than per write.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db)?;
+        conn.execute_batch(SCHEMA).map_err(db)?;
+        Ok(Self { conn })
+    }
+}
+
+impl Store for SqliteStore {
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        let mut snap = Snapshot::default();
+        let mut st = self.conn.prepare("SELECT body FROM tasks").map_err(db)?;
+        for body in st.query_map([], |r| r.get::<_, String>(0)).map_err(db)? {
+            let body = body.map_err(db)?;
+            snap.tasks
+                .push(serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        }
+        let mut st = self.conn.prepare("SELECT body FROM nodes").map_err(db)?;
+        for body in st.query_map([], |r| r.get::<_, String>(0)).map_err(db)? {
+            let body = body.map_err(db)?;
+            snap.nodes
+                .push(serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        }
+        let mut st = self
+            .conn
+            .prepare("SELECT task_id, node, token, expires_at FROM leases")
+            .map_err(db)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(Lease {
+                    task_id: r.get(0)?,
+                    node: r.get(1)?,
+                    token: r.get::<_, i64>(2)? as u64,
+                    expires_at: r.get::<_, i64>(3)? as u64,
+                })
+            })
+            .map_err(db)?;
+        for l in rows {
+            snap.leases.push(l.map_err(db)?);
+        }
+        let next: Option<i64> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'next_token'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(db)?;
+        snap.next_token = next.map_or(1, |n| n as u64);
+        Ok(snap)
+    }
+
+    fn put_task(&mut self, task: &Task) -> Result<(), StoreError> {
+        let body = serde_json::to_string(task).map_err(|e| StoreError::Db(e.to_string()))?;
+        self.conn
+            .execute(
+                "INSERT INTO tasks (id, body) VALUES (?1, ?2) ON CONFLICT(id) DO UPDATE SET body = ?2",
+                params![task.id, body],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn delete_task(&mut self, id: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM tasks WHERE id = ?1", params![id])
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn put_node(&mut self, node: &NodeRegistration) -> Result<(), StoreError> {
+        let body = serde_json::to_string(node).map_err(|e| StoreError::Db(e.to_string()))?;
+        self.conn
+            .execute(
+                "INSERT INTO nodes (id, body) VALUES (?1, ?2) ON CONFLICT(id) DO UPDATE SET body = ?2",
+                params![node.id, body],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn put_lease(&mut self, lease: &Lease, next_token: u64) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(db)?;
+        tx.execute(
+            "INSERT INTO leases (task_id, node, token, expires_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(task_id) DO UPDATE SET node = ?2, token = ?3, expires_at = ?4",
+            params![
+                lease.task_id,
+                lease.node,
+                lease.token as i64,
+                lease.expires_at as i64
+            ],
+        )
+        .map_err(db)?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('next_token', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = max(value, ?1)",
+            params![next_token as i64],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    fn delete_lease(&mut self, task_id: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM leases WHERE task_id = ?1", params![task_id])
+            .map_err(db)?;
+        Ok(())
+    }
+}

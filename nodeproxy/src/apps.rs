@@ -1,0 +1,348 @@
+//! The apps on this node and each one's life cycle: idle → starting → running → stopping → idle.
+//!
+//! One [`Slot`] per task guards the state with a short, never-awaited lock. A request for an idle
+//! app starts it once; every request arriving meanwhile waits on that same start. A running app
+//! hands out [`ActivityToken`]s under the same lock its reaper decides under, so no request is
+//! ever sent to a container that is being stopped: it waits for the stop and starts it afresh.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use shadow_common::{client::MasterClient, task::Task};
+use tokio::{sync::watch, time::Instant};
+
+use crate::{
+    activity::ActivityToken,
+    config::NodeConfig,
+    lease_keeper,
+    runtime::ContainerRuntime,
+    start::{self, Partial, Running, StartError},
+    stop,
+    volume::Volumes,
+};
+
+/// What the start of an app needs, shared by all slots.
+pub struct AppContext {
+    pub config: Arc<NodeConfig>,
+    pub master: MasterClient,
+    pub runtime: Arc<dyn ContainerRuntime>,
+    pub volumes: Volumes,
+    pub metrics: crate::metrics::Metrics,
+    /// Asks the master whether a lease token is still current, right before a volume commit.
+    pub fence_check: Arc<dyn crate::volume::FenceCheck>,
+}
+
+impl AppContext {
+    /// The fence for a volume operation under `token` (none for a task without a lease).
+    pub fn fence(&self, token: Option<u64>) -> crate::volume::Fence {
+        match token {
+            Some(t) => crate::volume::Fence::new(t, self.fence_check.clone()),
+            None => crate::volume::Fence::unchecked(0),
+        }
+    }
+}
+
+type StartOutcome = Option<Result<(), Arc<StartError>>>;
+
+enum State {
+    Idle,
+    Starting(watch::Receiver<StartOutcome>),
+    Running(Arc<Running>),
+    Stopping(watch::Receiver<bool>),
+}
+
+struct Slot {
+    state: Mutex<State>,
+    /// True while the state is `Idle`, for whoever must wait until the app is fully stopped.
+    idle: watch::Sender<bool>,
+}
+
+impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, st: &mut State, new: State) {
+        self.idle.send_replace(matches!(new, State::Idle));
+        *st = new;
+    }
+}
+
+/// Why a request could not be given a running app.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    #[error("the app did not become ready within its start_timeout_s ({0:?})")]
+    StartTimeout(Duration),
+    #[error("the app failed to start: {0}")]
+    StartFailed(Arc<StartError>),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+pub struct Apps {
+    ctx: Arc<AppContext>,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// Where to send one request, and the token that keeps the app alive until the exchange ends.
+pub struct Route {
+    pub addr: SocketAddr,
+    pub token: ActivityToken,
+}
+
+enum Step {
+    Wait(watch::Receiver<StartOutcome>),
+    WaitStop(watch::Receiver<bool>),
+    WaitIdle(watch::Receiver<bool>),
+}
+
+impl Apps {
+    pub fn new(ctx: Arc<AppContext>) -> Arc<Self> {
+        Arc::new(Self {
+            ctx,
+            slots: Mutex::new(HashMap::new()),
+            shutdown: watch::channel(false).0,
+        })
+    }
+
+    fn slot(&self, task_id: &str) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .entry(task_id.to_string())
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    state: Mutex::new(State::Idle),
+                    idle: watch::channel(true).0,
+                })
+            })
+            .clone()
+    }
+
+    /// A running app for `task`, starting it if needed; waits at most `start_timeout_s`.
+    pub async fn route(self: &Arc<Self>, task: &Arc<Task>) -> Result<Route, Unavailable> {
+        let limit = Duration::from_secs(task.spec.start_timeout_s);
+        let deadline = Instant::now() + limit;
+        let slot = self.slot(&task.id);
+        loop {
+            let step = {
+                let mut st = slot.lock();
+                match &*st {
+                    State::Running(r) if r.task.spec == task.spec => {
+                        return Ok(Route {
+                            addr: r.container.host_addr,
+                            token: r.activity.enter(),
+                        })
+                    }
+                    // The task was changed (new image, env...): restart it with the new spec.
+                    State::Running(r) => {
+                        r.replaced.notify_one();
+                        Step::WaitIdle(slot.idle.subscribe())
+                    }
+                    State::Starting(rx) => Step::Wait(rx.clone()),
+                    State::Stopping(rx) => Step::WaitStop(rx.clone()),
+                    State::Idle => {
+                        if *self.shutdown.borrow() {
+                            return Err(Unavailable::ShuttingDown);
+                        }
+                        let rx = self.spawn_start(slot.clone(), task.clone());
+                        slot.set(&mut st, State::Starting(rx.clone()));
+                        Step::Wait(rx)
+                    }
+                }
+            };
+            match step {
+                Step::Wait(mut rx) => {
+                    match tokio::time::timeout_at(deadline, rx.wait_for(Option::is_some)).await {
+                        Err(_) => return Err(Unavailable::StartTimeout(limit)),
+                        Ok(Err(_)) => return Err(Unavailable::ShuttingDown),
+                        Ok(Ok(outcome)) => {
+                            if let Some(Err(e)) = &*outcome {
+                                return Err(Unavailable::StartFailed(e.clone()));
+                            }
+                        }
+                    }
+                }
+                Step::WaitIdle(mut rx) | Step::WaitStop(mut rx) => {
+                    if tokio::time::timeout_at(deadline, rx.wait_for(|done| *done))
+                        .await
+                        .is_err()
+                    {
+                        return Err(Unavailable::StartTimeout(limit));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts the app in the background if it is idle (for the loading page); true if running.
+    pub fn kick(self: &Arc<Self>, task: &Arc<Task>) -> bool {
+        let slot = self.slot(&task.id);
+        let mut st = slot.lock();
+        match &*st {
+            State::Running(_) => true,
+            State::Idle if !*self.shutdown.borrow() => {
+                let rx = self.spawn_start(slot.clone(), task.clone());
+                slot.set(&mut st, State::Starting(rx));
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Ids of the tasks running here, for heartbeats.
+    pub fn running(&self) -> Vec<String> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .iter()
+            .filter(|(_, s)| matches!(*s.lock(), State::Running(_)))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// The start runs in its own task, so it finishes (or cleans up) even if every waiting
+    /// client went away.
+    fn spawn_start(
+        self: &Arc<Self>,
+        slot: Arc<Slot>,
+        task: Arc<Task>,
+    ) -> watch::Receiver<StartOutcome> {
+        let (tx, rx) = watch::channel(None);
+        let apps = self.clone();
+        tokio::spawn(async move {
+            let limit = Duration::from_secs(task.spec.start_timeout_s);
+            let partial = Arc::new(Mutex::new(Partial::default()));
+            let began = Instant::now();
+            let result =
+                match tokio::time::timeout(limit, start::start(&apps.ctx, &task, &partial)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(StartError::Timeout(limit)),
+                };
+            match result {
+                Ok(running) => {
+                    let running = Arc::new(running);
+                    apps.ctx.metrics.cold_start(began.elapsed());
+                    slot.set(&mut slot.lock(), State::Running(running.clone()));
+                    let _ = tx.send(Some(Ok(())));
+                    tokio::spawn(apps.clone().supervise(slot, running));
+                }
+                Err(e) => {
+                    let e = Arc::new(e);
+                    tracing::error!(task = %task.id, error = %e, "start failed; cleaning up");
+                    apps.ctx.metrics.start_failed();
+                    let taken =
+                        std::mem::take(&mut *partial.lock().unwrap_or_else(|p| p.into_inner()));
+                    start::clean_up(&apps.ctx, &task, taken).await;
+                    slot.set(&mut slot.lock(), State::Idle);
+                    let _ = tx.send(Some(Err(e)));
+                }
+            }
+        });
+        rx
+    }
+
+    /// Watches a running app until it must stop (idle, lease lost, node shutting down), then
+    /// stops it.
+    async fn supervise(self: Arc<Self>, slot: Arc<Slot>, running: Arc<Running>) {
+        let idle = Duration::from_secs(running.task.spec.idle_timeout_s);
+        let (done_tx, done_rx) = watch::channel(false);
+        let keeper = running.lease.map(|token| {
+            tokio::spawn(lease_keeper::keep(self.ctx.clone(), running.clone(), token))
+        });
+        let mut shutdown = self.shutdown.subscribe();
+        let every = self.ctx.config.checkpoint_interval();
+        let mut checkpoints = tokio::time::interval_at(Instant::now() + every, every);
+        checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let checkpointing = !every.is_zero() && running.volume.is_some();
+        let reason = loop {
+            tokio::select! {
+                _ = checkpoints.tick(), if checkpointing => {
+                    if let Err(stop) = checkpoint(&self.ctx, &running).await {
+                        slot.set(&mut slot.lock(), State::Stopping(done_rx.clone()));
+                        break stop;
+                    }
+                }
+                _ = running.replaced.notified() => {
+                    slot.set(&mut slot.lock(), State::Stopping(done_rx.clone()));
+                    break stop::Reason::Updated;
+                }
+                _ = running.lost.notified() => {
+                    slot.set(&mut slot.lock(), State::Stopping(done_rx.clone()));
+                    break stop::Reason::LeaseLost;
+                }
+                _ = until_set(&mut shutdown) => {
+                    slot.set(&mut slot.lock(), State::Stopping(done_rx.clone()));
+                    break stop::Reason::Shutdown;
+                }
+                _ = running.activity.idle_for(idle) => {
+                    // Decide under the lock that hands out tokens, so no request slips in.
+                    let mut st = slot.lock();
+                    let still_idle = running
+                        .activity
+                        .idle_since()
+                        .is_some_and(|since| since + idle <= Instant::now());
+                    if still_idle {
+                        slot.set(&mut st, State::Stopping(done_rx.clone()));
+                        break stop::Reason::Idle;
+                    }
+                }
+            }
+        };
+        if let Some(k) = keeper {
+            k.abort();
+        }
+        stop::stop(&self.ctx, &running, reason).await;
+        slot.set(&mut slot.lock(), State::Idle);
+        let _ = done_tx.send(true);
+    }
+
+    /// Stops every app (persisting its volume) and waits until they are all stopped.
+    pub async fn stop_all(&self) {
+        self.shutdown.send_replace(true);
+        let slots: Vec<Arc<Slot>> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for slot in slots {
+            let mut idle = slot.idle.subscribe();
+            let _ = idle.wait_for(|i| *i).await;
+        }
+    }
+}
+
+/// Saves a running app's volume; a fenced checkpoint means the lease is gone: stop at once.
+async fn checkpoint(ctx: &AppContext, running: &Running) -> Result<(), stop::Reason> {
+    let Some((backend, attached)) = &running.volume else {
+        return Ok(());
+    };
+    let began = Instant::now();
+    match backend
+        .checkpoint(&running.task, attached, &ctx.fence(running.lease))
+        .await
+    {
+        Ok(()) => {
+            ctx.metrics.phase("checkpoint", began.elapsed());
+            Ok(())
+        }
+        Err(e @ crate::volume::VolumeError::Fenced { .. }) => {
+            tracing::error!(task = %running.task.id, error = %e, "checkpoint fenced off; stopping the app at once");
+            Err(stop::Reason::LeaseLost)
+        }
+        Err(e) => {
+            tracing::warn!(task = %running.task.id, error = %e, "checkpoint failed; the next one will try again");
+            Ok(())
+        }
+    }
+}
+
+/// Waits until the flag is set, without holding the channel's read guard across an await.
+async fn until_set(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}

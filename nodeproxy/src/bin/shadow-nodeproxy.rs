@@ -1,0 +1,25 @@
+//! `shadow-nodeproxy`: parse config, bind, run until Ctrl-C or SIGTERM (then stop every app).
+
+use anyhow::Context;
+use clap::Parser;
+use shadow_nodeproxy::config::{Cli, NodeConfig};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    shadow_common::telemetry::init("info");
+    let mut cli = Cli::parse();
+    cli.api_token = std::env::var("SHADOW_API_TOKEN").ok();
+    cli.s3_access_key = std::env::var("SHADOW_S3_ACCESS_KEY").ok();
+    cli.s3_secret_key = std::env::var("SHADOW_S3_SECRET_KEY").ok();
+    let config: NodeConfig = shadow_common::config::load(cli.config.as_deref(), &cli)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {}; is another node proxy running there?",
+                config.listen
+            )
+        })?;
+    shadow_nodeproxy::run(config, listener, shadow_common::shutdown_signal()).await?;
+    Ok(())
+}

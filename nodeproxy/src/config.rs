@@ -1,0 +1,214 @@
+//! The node proxy's configuration: flags, `SHADOW_*` variables and an optional TOML file.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+/// Command line; every option can also come from the environment or the config file.
+#[derive(Debug, clap::Parser, Serialize)]
+#[command(
+    name = "shadow-nodeproxy",
+    version,
+    about = "Shadow's node proxy: starts apps on demand, proxies to them, stops them when idle"
+)]
+pub struct Cli {
+    /// TOML config file (keys as the long flags, with '_').
+    #[arg(long, env = "SHADOW_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7071].
+    #[arg(long, env = "SHADOW_NODE_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// host:port edges use to reach this node [default: the listen address].
+    #[arg(long, env = "SHADOW_NODE_ADVERTISE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// The master's URL [default: http://127.0.0.1:7070].
+    #[arg(long, env = "SHADOW_MASTER_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
+    /// This node's id [default: the hostname].
+    #[arg(long, env = "SHADOW_NODE_ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// Where volumes and state live [default: ./shadow-data].
+    #[arg(long, env = "SHADOW_DATA_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Containers this node runs at once at most [default: 100].
+    #[arg(long, env = "SHADOW_NODE_CAPACITY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u32>,
+    /// Heartbeat interval to the master [default: 1000].
+    #[arg(long, env = "SHADOW_HEARTBEAT_INTERVAL_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Volume lease time to live; renewed every third of it [default: 15000].
+    #[arg(long, env = "SHADOW_LEASE_TTL_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_ttl_ms: Option<u64>,
+    /// Seconds between SIGTERM and SIGKILL when stopping an app [default: 10].
+    #[arg(long, env = "SHADOW_STOP_GRACE_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_grace_s: Option<u64>,
+    /// Docker daemon address, e.g. unix:///var/run/docker.sock [default: DOCKER_HOST or the local socket].
+    #[arg(long, env = "SHADOW_DOCKER_HOST")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker_host: Option<String>,
+    /// S3 endpoint for `s3` volumes; empty = AWS [default: empty].
+    #[arg(long, env = "SHADOW_S3_ENDPOINT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_endpoint: Option<String>,
+    /// Bucket holding `s3` volume snapshots (unset = no `s3` backend on this node).
+    #[arg(long, env = "SHADOW_S3_BUCKET")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_bucket: Option<String>,
+    /// S3 region [default: us-east-1].
+    #[arg(long, env = "SHADOW_S3_REGION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_region: Option<String>,
+    /// Path-style addressing (MinIO and most self-hosted servers need it) [default: false].
+    #[arg(long, env = "SHADOW_S3_PATH_STYLE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_path_style: Option<bool>,
+    /// Seconds between snapshots of a running `s3` app; 0 = off [default: 300].
+    #[arg(long, env = "SHADOW_CHECKPOINT_INTERVAL_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_interval_s: Option<u64>,
+    /// Snapshots kept per task after a commit [default: 2].
+    #[arg(long, env = "SHADOW_SNAPSHOT_KEEP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_keep: Option<u32>,
+    /// S3 access key. Env only (SHADOW_S3_ACCESS_KEY); unset = the SDK's credential chain.
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_access_key: Option<String>,
+    /// S3 secret key. Env only (SHADOW_S3_SECRET_KEY).
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_secret_key: Option<String>,
+    /// Bearer token for the master. Env only (SHADOW_API_TOKEN), so it never shows in `ps`.
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub advertise: Option<String>,
+    #[serde(default = "default_master")]
+    pub master: String,
+    #[serde(default = "default_node_id")]
+    pub node_id: String,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default = "default_capacity")]
+    pub capacity: u32,
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_interval_ms: u64,
+    #[serde(default = "default_lease_ttl_ms")]
+    pub lease_ttl_ms: u64,
+    #[serde(default = "default_stop_grace_s")]
+    pub stop_grace_s: u64,
+    #[serde(default)]
+    pub docker_host: Option<String>,
+    #[serde(default)]
+    pub api_token: Option<String>,
+    #[serde(default)]
+    pub s3_endpoint: Option<String>,
+    #[serde(default)]
+    pub s3_bucket: Option<String>,
+    #[serde(default)]
+    pub s3_region: Option<String>,
+    #[serde(default)]
+    pub s3_path_style: bool,
+    #[serde(default = "default_checkpoint_s")]
+    pub checkpoint_interval_s: u64,
+    #[serde(default = "default_snapshot_keep")]
+    pub snapshot_keep: u32,
+    #[serde(default)]
+    pub s3_access_key: Option<String>,
+    #[serde(default)]
+    pub s3_secret_key: Option<String>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7071))
+}
+fn default_master() -> String {
+    "http://127.0.0.1:7070".into()
+}
+fn default_node_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./shadow-data")
+}
+fn default_capacity() -> u32 {
+    100
+}
+fn default_heartbeat_ms() -> u64 {
+    1000
+}
+fn default_lease_ttl_ms() -> u64 {
+    15_000
+}
+fn default_stop_grace_s() -> u64 {
+    10
+}
+fn default_checkpoint_s() -> u64 {
+    300
+}
+fn default_snapshot_keep() -> u32 {
+    2
+}
+
+impl NodeConfig {
+    /// Defaults with a given id, master and data dir, for tests and embedding.
+    pub fn new(node_id: impl Into<String>, master: impl Into<String>, data_dir: PathBuf) -> Self {
+        Self {
+            listen: default_listen(),
+            advertise: None,
+            master: master.into(),
+            node_id: node_id.into(),
+            data_dir,
+            capacity: default_capacity(),
+            heartbeat_interval_ms: default_heartbeat_ms(),
+            lease_ttl_ms: default_lease_ttl_ms(),
+            stop_grace_s: default_stop_grace_s(),
+            docker_host: None,
+            api_token: None,
+            s3_endpoint: None,
+            s3_bucket: None,
+            s3_region: None,
+            s3_path_style: false,
+            checkpoint_interval_s: default_checkpoint_s(),
+            snapshot_keep: default_snapshot_keep(),
+            s3_access_key: None,
+            s3_secret_key: None,
+        }
+    }
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms.max(10))
+    }
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms.max(300))
+    }
+    /// Zero means no periodic checkpoints.
+    pub fn checkpoint_interval(&self) -> Duration {
+        Duration::from_secs(self.checkpoint_interval_s)
+    }
+    pub fn stop_grace(&self) -> Duration {
+        Duration::from_secs(self.stop_grace_s)
+    }
+}

@@ -1,0 +1,164 @@
+//! The node's HTTP entry: picks the task by Host, gets it a running app, forwards.
+//!
+//! Requests whose Host is no task's domain are the node's own: `/healthz` (for edges) and
+//! `/metrics`; anything else is a 404 that says why.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use http::{header, uri::Scheme, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use shadow_common::{
+    follower::Follower,
+    proxy::{ForwardContext, Forwarder, ProxyBody},
+    task::{host_without_port, ColdStart, Task},
+};
+use tracing::Instrument;
+
+use crate::{
+    apps::{Apps, Unavailable},
+    metrics::Metrics,
+    pages,
+    start::StartError,
+};
+
+/// Everything a request needs; shared by all connections.
+pub struct Node {
+    pub node_id: String,
+    pub apps: Arc<Apps>,
+    pub follower: Follower,
+    pub forwarder: Forwarder,
+    pub metrics: Metrics,
+}
+
+/// Tells the edge which node holds a stateful task, so it can send the request there.
+pub const HOLDER_HEADER: &str = "x-shadow-lease-holder";
+
+pub async fn handle(
+    node: Arc<Node>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())
+        .map(host_without_port)
+        .unwrap_or_default();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let task = node.follower.read().task_by_domain(&host);
+    let Some(task) = task else {
+        return own_route(&node, &req, &host);
+    };
+    let span = tracing::info_span!("request", task = %task.id, request_id = %request_id);
+    let task_id = task.id.clone();
+    let resp = serve_app(&node, task, req, peer, request_id)
+        .instrument(span)
+        .await;
+    node.metrics.request(&task_id, resp.status().as_u16());
+    resp
+}
+
+fn own_route(node: &Node, req: &Request<Incoming>, host: &str) -> Response<ProxyBody> {
+    match req.uri().path() {
+        "/healthz" => {
+            if node.follower.is_synced() {
+                pages::text(StatusCode::OK, "ok\n".into())
+            } else {
+                pages::unavailable("this node has not reached the master yet\n".into(), 1)
+            }
+        }
+        "/metrics" => {
+            let mut r = pages::text(StatusCode::OK, node.metrics.render());
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            r
+        }
+        _ => pages::text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no app serves the host {host:?} on node {}; register a task with this domain (POST /tasks/ on the master) or check the Host header\n",
+                node.node_id
+            ),
+        ),
+    }
+}
+
+fn wants_html(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"))
+}
+
+async fn serve_app(
+    node: &Node,
+    task: Arc<Task>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    request_id: String,
+) -> Response<ProxyBody> {
+    if task.spec.cold_start == ColdStart::Page && wants_html(&req) && !node.apps.kick(&task) {
+        return pages::loading(&task.spec.name);
+    }
+    let route = match node.apps.route(&task).await {
+        Ok(r) => r,
+        Err(e) => return unavailable(&task, &request_id, e),
+    };
+    let ctx = ForwardContext::new(peer, Scheme::HTTP, request_id)
+        .trusting_forwarded()
+        .with_activity(route.token);
+    match node.forwarder.forward(req, route.addr, ctx).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::warn!(error = %e, upstream = %route.addr, "forwarding to the app failed");
+            e.to_response()
+        }
+    }
+}
+
+fn unavailable(task: &Task, request_id: &str, e: Unavailable) -> Response<ProxyBody> {
+    tracing::warn!(error = %e, "request not served");
+    let retry = 1;
+    match e {
+        Unavailable::StartFailed(err) => {
+            if let StartError::LeaseHeld { holder } = &*err {
+                let mut r = pages::unavailable(
+                    format!(
+                        "app {} runs on node {holder}; send the request there\n",
+                        task.spec.name
+                    ),
+                    retry,
+                );
+                if let Ok(v) = HeaderValue::from_str(holder) {
+                    r.headers_mut().insert(HOLDER_HEADER, v);
+                }
+                return r;
+            }
+            pages::unavailable(
+                format!(
+                    "app {} could not start; the node's log has the reason (task {}, request {request_id}); retry later\n",
+                    task.spec.name, task.id
+                ),
+                retry,
+            )
+        }
+        Unavailable::StartTimeout(limit) => pages::unavailable(
+            format!(
+                "app {} did not become ready within {}s; retry shortly\n",
+                task.spec.name,
+                limit.as_secs()
+            ),
+            retry,
+        ),
+        Unavailable::ShuttingDown => pages::unavailable(
+            "this node is shutting down; retry on another\n".into(),
+            retry,
+        ),
+    }
+}

@@ -1,0 +1,142 @@
+//! Shadow's node proxy: takes requests from edges, starts the task's container on the first
+//! one, proxies everything (streams, upgrades), and stops the container when idle.
+//!
+//! # Layout
+//! - [`config`]: flags, environment and file.
+//! - [`handler`]: the HTTP entry; Host → task → running app → forward.
+//! - [`apps`]: each task's life cycle on this node (idle, starting, running, stopping).
+//! - [`start`] / [`stop`]: the phases of a cold start and of a stop; [`ready`]: readiness probes.
+//! - [`activity`]: what counts as idle; [`lease_keeper`]: renewing the volume lease.
+//! - [`runtime`]: the container seam (Docker via bollard); [`volume`]: the volume seam.
+//! - [`register`]: registration and heartbeats; [`metrics`], [`pages`].
+#![forbid(unsafe_code)]
+
+pub mod activity;
+pub mod apps;
+pub mod config;
+pub mod handler;
+pub mod lease_keeper;
+pub mod metrics;
+pub mod pages;
+pub mod ready;
+pub mod register;
+pub mod runtime;
+pub mod start;
+pub mod stop;
+pub mod volume;
+
+use std::{future::Future, sync::Arc};
+
+use shadow_common::{client::MasterClient, follower::Follower, node::NodeRegistration, proxy};
+use tokio::net::TcpListener;
+
+pub use config::NodeConfig;
+
+use crate::{
+    apps::{AppContext, Apps},
+    runtime::{ContainerRuntime, RuntimeError},
+    volume::{local::LocalVolumes, Volumes},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("cannot read the listener's address: {0}")]
+    Listener(std::io::Error),
+    #[error("invalid node id: {0}")]
+    NodeId(shadow_common::error::FieldError),
+}
+
+/// Runs the node with Docker until `shutdown` resolves, then stops every app.
+pub async fn run(
+    config: NodeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let runtime = runtime::docker::DockerRuntime::connect(config.docker_host.as_deref()).await?;
+    run_with(config, listener, Arc::new(runtime), shutdown).await
+}
+
+/// Like [`run`], with the container runtime given (tests may wrap the real one).
+pub async fn run_with(
+    config: NodeConfig,
+    listener: TcpListener,
+    runtime: Arc<dyn ContainerRuntime>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    shadow_common::node::check_node_id(&config.node_id).map_err(RunError::NodeId)?;
+    let bound = listener.local_addr().map_err(RunError::Listener)?;
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| bound.to_string());
+    remove_leftovers(&*runtime, &config.node_id).await?;
+
+    let master = MasterClient::new(config.master.clone(), config.api_token.clone());
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let follower = Follower::spawn(master.clone(), async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    });
+    let metrics = metrics::Metrics::new();
+    let config = Arc::new(config);
+    let apps = Apps::new(Arc::new(AppContext {
+        config: config.clone(),
+        master: master.clone(),
+        runtime,
+        volumes: Volumes {
+            local: Some(Arc::new(LocalVolumes::new(&config.data_dir))),
+            ..Volumes::default()
+        },
+        metrics: metrics.clone(),
+        fence_check: Arc::new(lease_keeper::MasterFence {
+            master: master.clone(),
+            ttl: config.lease_ttl(),
+        }),
+    }));
+    let reg = NodeRegistration {
+        id: config.node_id.clone(),
+        address: advertise,
+        capacity: config.capacity,
+    };
+    let heartbeat = tokio::spawn(register::heartbeat_loop(
+        master,
+        reg,
+        apps.clone(),
+        config.heartbeat_interval(),
+    ));
+    let node = Arc::new(handler::Node {
+        node_id: config.node_id.clone(),
+        apps: apps.clone(),
+        follower,
+        forwarder: proxy::Forwarder::default(),
+        metrics,
+    });
+    tracing::info!(%bound, node = %config.node_id, master = %config.master, "node proxy listening");
+    proxy::serve(
+        listener,
+        move |req, peer| handler::handle(node.clone(), req, peer),
+        shutdown,
+    )
+    .await;
+    tracing::info!("shutting down: stopping every app");
+    apps.stop_all().await;
+    heartbeat.abort();
+    let _ = stop_tx.send(true);
+    Ok(())
+}
+
+/// A node starts clean: containers it made in an earlier life are removed (their data is in
+/// their volume); containers without its label are never touched.
+async fn remove_leftovers(runtime: &dyn ContainerRuntime, node_id: &str) -> Result<(), RunError> {
+    for c in runtime.list_labelled(start::LABEL_NODE, node_id).await? {
+        tracing::info!(container = %c.name, "removing a container this node left behind");
+        if let Err(e) = runtime
+            .stop_and_remove(&c.id, std::time::Duration::from_secs(5))
+            .await
+        {
+            tracing::warn!(container = %c.name, error = %e, "cannot remove a leftover container");
+        }
+    }
+    Ok(())
+}

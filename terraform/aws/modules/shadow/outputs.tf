@@ -1,0 +1,59 @@
+output "edge_public_ip" {
+  description = "The edge's public (Elastic) IP: point the apps' DNS names at it."
+  value       = aws_eip.edge.public_ip
+}
+
+output "edge_address" {
+  description = "Where apps are served: http://<edge>/ with the app's domain as Host."
+  value       = var.domain != "" ? var.domain : aws_eip.edge.public_ip
+}
+
+output "master_url" {
+  description = "The master's API, reachable from inside the VPC only (the edge and the nodes): use SSH or a bastion to call it."
+  value       = local.master_url
+}
+
+output "master_private_ip" {
+  description = "The master's private IP."
+  value       = aws_instance.master.private_ip
+}
+
+output "api_token_parameter_name" {
+  description = "SSM parameter (SecureString) holding the API token: aws ssm get-parameter --with-decryption --name <this>."
+  value       = aws_ssm_parameter.api_token.name
+}
+
+output "bucket_name" {
+  description = "The S3 bucket of `s3` volume snapshots (and master-backups/)."
+  value       = aws_s3_bucket.volumes.bucket
+}
+
+output "kms_key_arn" {
+  description = "The KMS key encrypting the bucket and the token."
+  value       = aws_kms_key.shadow.arn
+}
+
+output "node_launch_template_id" {
+  description = "Launch template of the nodes (the edge launches replacements from it)."
+  value       = aws_launch_template.node.id
+}
+
+output "node_private_ips" {
+  description = "Private IPs of the nodes Terraform started."
+  value       = aws_instance.node[*].private_ip
+}
+
+output "node_instance_tag" {
+  description = "Tag key and value of this cluster's node instances."
+  value       = { key = local.node_tag, value = var.name }
+}
+
+output "volume_tag" {
+  description = "Tag key and value the `ebs` backend must put on the volumes and snapshots it creates; the node role manages only those."
+  value       = { key = local.volume_tag, value = var.name }
+}
+
+output "security_group_ids" {
+  description = "Security groups of the edge, the master and the nodes."
+  value       = local.security_groups
+}

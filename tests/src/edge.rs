@@ -1,0 +1,84 @@
+//! A real edge proxy, in-process, on a loopback socket.
+
+use std::net::SocketAddr;
+
+use shadow_edgeproxy::EdgeConfig;
+use tokio::{sync::oneshot, task::JoinHandle};
+
+use crate::master::{MasterHandle, TOKEN};
+
+pub struct EdgeHandle {
+    pub addr: SocketAddr,
+    /// The HTTPS address, when the config names certificates.
+    pub tls_addr: Option<SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+    join: Option<JoinHandle<Result<(), shadow_edgeproxy::RunError>>>,
+}
+
+pub async fn spawn(master: &MasterHandle, tweak: impl FnOnce(&mut EdgeConfig)) -> EdgeHandle {
+    let mut config = EdgeConfig::new(crate::node::unique_id("edge"), master.url.clone());
+    config.api_token = Some(TOKEN.to_string());
+    tweak(&mut config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    let tls = if config.tls_cert.is_empty() {
+        None
+    } else {
+        Some(
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind loopback"),
+        )
+    };
+    let tls_addr = tls.as_ref().map(|l| l.local_addr().expect("addr"));
+    let (tx, rx) = oneshot::channel::<()>();
+    let join = tokio::spawn(shadow_edgeproxy::run_listeners(
+        config,
+        listener,
+        tls,
+        async {
+            let _ = rx.await;
+        },
+    ));
+    let edge = EdgeHandle {
+        addr,
+        tls_addr,
+        stop: Some(tx),
+        join: Some(join),
+    };
+    let client = crate::http::Client::new(addr);
+    while !client
+        .get("edge.invalid", "/healthz")
+        .await
+        .is_ok_and(|r| r.status == 200)
+    {
+        // The edge answers /healthz once its first watch of the master came back.
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    edge
+}
+
+impl EdgeHandle {
+    pub fn client(&self) -> crate::http::Client {
+        crate::http::Client::new(self.addr)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(j) = self.join.take() {
+            j.await.expect("edge task").expect("edge ran cleanly");
+        }
+    }
+}
+
+impl Drop for EdgeHandle {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}

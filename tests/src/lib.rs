@@ -1,0 +1,18 @@
+//! Helpers for Shadow's end-to-end tests: start the real programs in-process on loopback
+//! sockets, build the test app's image, and wait for events instead of sleeping.
+//!
+//! # Layout
+//! - [`master`]: a master on `127.0.0.1:0` with its own data dir, restartable.
+//! - [`moto`]: a moto server (fake AWS APIs) on a free loopback port, for the EC2 provider.
+//! - [`node`]: a node proxy on `127.0.0.1:0` with the real Docker runtime and a unique node id.
+//! - [`http`]: a small client that sets Host and streams bodies.
+//! - [`image`]: the counter test app packed into a local `FROM scratch` image.
+
+pub mod edge;
+pub mod http;
+pub mod image;
+pub mod master;
+pub mod moto;
+pub mod node;
+pub mod procs;
+pub mod s3;

@@ -1,0 +1,357 @@
+//! The edge proxy end to end: real master, real node proxies (in-process, or processes where one
+//! must die by SIGKILL), real Docker, real sockets.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use serde_json::{json, Value};
+use shadow_common::{
+    follower::Follower,
+    node::{Heartbeat, NodeRegistration},
+    task::Task,
+};
+use shadow_tests::{
+    edge,
+    http::Client,
+    image::{counter_image, COUNTER_IMAGE},
+    master::{self, MasterHandle, MasterOptions},
+    node::{self, unique_id},
+    procs,
+};
+
+async fn task(m: &MasterHandle, domain: &str, tweak: impl FnOnce(&mut Value)) -> Task {
+    let mut spec = json!({"name": "counter", "domains": [domain], "image": COUNTER_IMAGE, "start_timeout_s": 30});
+    tweak(&mut spec);
+    m.client
+        .create_task(&serde_json::from_value(spec).expect("spec"))
+        .await
+        .expect("create")
+}
+
+fn fast_master() -> MasterOptions {
+    MasterOptions {
+        heartbeat_interval: Duration::from_millis(100),
+        ..Default::default()
+    }
+}
+
+/// Which node runs which task, from the containers' labels.
+async fn placement(nodes: &[&node::NodeHandle]) -> Vec<(String, String)> {
+    let mut out = vec![];
+    for n in nodes {
+        for c in n.containers().await {
+            if let Some(t) = c.labels.get("shadow.task") {
+                out.push((t.clone(), n.id.clone()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn a_thousand_requests_for_one_task_land_on_one_node() {
+    counter_image().await.expect("image");
+    let m = master::spawn(fast_master()).await;
+    let a = node::spawn(&m, |_| {}).await;
+    let b = node::spawn(&m, |_| {}).await;
+    let e = edge::spawn(&m, |_| {}).await;
+    let d = format!("{}.test", unique_id("sticky"));
+    let t = task(&m, &d, |_| {}).await;
+    let c = e.client();
+    for i in 0..1000 {
+        let r = c.get(&d, "/").await.expect("answer");
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+    }
+    let placed = placement(&[&a, &b]).await;
+    assert_eq!(placed.len(), 1, "one container on one node: {placed:?}");
+    assert_eq!(placed[0].0, t.id);
+    let holder = if placed[0].1 == a.id { &a } else { &b };
+    let metrics = Client::new(holder.addr)
+        .get("x.invalid", "/metrics")
+        .await
+        .expect("metrics")
+        .body;
+    assert!(
+        metrics.contains(&format!(
+            "shadow_node_requests_total{{status=\"200\",task=\"{}\"}} 1000",
+            t.id
+        )),
+        "{metrics}"
+    );
+    e.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn two_edges_agree_on_placement() {
+    counter_image().await.expect("image");
+    let m = master::spawn(fast_master()).await;
+    let a = node::spawn(&m, |_| {}).await;
+    let b = node::spawn(&m, |_| {}).await;
+    let e1 = edge::spawn(&m, |_| {}).await;
+    let e2 = edge::spawn(&m, |_| {}).await;
+    let mut domains = vec![];
+    for i in 0..8 {
+        let d = format!("{}-{i}.test", unique_id("agree"));
+        task(&m, &d, |_| {}).await;
+        domains.push(d);
+    }
+    for d in &domains {
+        // Alternate which edge sees a task first.
+        for c in [e1.client(), e2.client(), e1.client()] {
+            assert_eq!(c.get(d, "/").await.expect("answer").status, 200);
+        }
+    }
+    let placed = placement(&[&a, &b]).await;
+    let tasks: BTreeSet<&String> = placed.iter().map(|(t, _)| t).collect();
+    assert_eq!(
+        placed.len(),
+        8,
+        "each task runs once, on one node: {placed:?}"
+    );
+    assert_eq!(tasks.len(), 8);
+    let on_a = placed.iter().filter(|(_, n)| *n == a.id).count();
+    assert!(
+        on_a > 0 && on_a < 8,
+        "rendezvous spreads tasks over both nodes: {placed:?}"
+    );
+    for x in [e1, e2] {
+        x.stop().await;
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_on_the_next_node() {
+    counter_image().await.expect("image");
+    let m = master::spawn(fast_master()).await;
+    let real = node::spawn(&m, |_| {}).await;
+    // A node the master believes alive (it heartbeats) but whose port refuses connections.
+    let ghost = unique_id("ghost");
+    let dead_addr = procs::free_addr();
+    m.client
+        .register_node(&NodeRegistration {
+            id: ghost.clone(),
+            address: dead_addr.to_string(),
+            capacity: 10,
+        })
+        .await
+        .expect("register ghost");
+    let hb_client = m.client.clone();
+    let ghost_id = ghost.clone();
+    let beating = tokio::spawn(async move {
+        loop {
+            let _ = hb_client.heartbeat(&ghost_id, &Heartbeat::default()).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    // Health checks slow enough that the ghost is still "up" when requests come.
+    let e = edge::spawn(&m, |c| c.health_interval_ms = 60_000).await;
+    for i in 0..6 {
+        let d = format!("{}-{i}.test", unique_id("retry"));
+        task(&m, &d, |_| {}).await;
+        let r = e.client().get(&d, "/").await.expect("answer");
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let metrics = e
+        .client()
+        .get("x.invalid", "/metrics")
+        .await
+        .expect("metrics")
+        .body;
+    assert!(
+        metrics.contains("shadow_edge_retries_total{reason=\"connect\"}"),
+        "some task preferred the ghost and was retried: {metrics}"
+    );
+    beating.abort();
+    e.stop().await;
+    real.stop().await;
+}
+
+fn docker_rm_node(node_id: &str) {
+    let _ = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("docker ps -aq --filter label=shadow.node={node_id} | xargs -r docker rm -f >/dev/null 2>&1"))
+        .status();
+}
+
+#[tokio::test]
+async fn a_killed_node_is_routed_around_and_comes_back() {
+    counter_image().await.expect("image");
+    let m = master::spawn(fast_master()).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (ida, idb) = (unique_id("na"), unique_id("nb"));
+    let env = [
+        ("SHADOW_LEASE_TTL_MS", "1500"),
+        ("SHADOW_STOP_GRACE_S", "1"),
+    ];
+    let mut na = procs::spawn_node(&m.url, &ida, &dir.path().join("a"), &env).await;
+    let mut nb = procs::spawn_node(&m.url, &idb, &dir.path().join("b"), &env).await;
+    let f = Follower::spawn(m.client.clone(), std::future::pending());
+    f.synced().await;
+    f.wait_until(|s| {
+        [&ida, &idb]
+            .iter()
+            .all(|id| s.node(id).is_some_and(|n| n.healthy))
+    })
+    .await;
+    let e = edge::spawn(&m, |_| {}).await;
+
+    let d = format!("{}.test", unique_id("failover"));
+    let t = task(&m, &d, |s| s["volume"] = json!({"kind": "local"})).await;
+    let c = e.client();
+    assert_eq!(c.post(&d, "/count", "").await.expect("answer").status, 200);
+    let lease = m.client.list_leases().await.expect("leases");
+    let holder = lease
+        .iter()
+        .find(|l| l.task_id == t.id)
+        .expect("lease")
+        .node
+        .clone();
+    let (victim, survivor) = if holder == ida {
+        (&mut na, &idb)
+    } else {
+        (&mut nb, &ida)
+    };
+    let victim_id = holder.clone();
+
+    let killed_at = tokio::time::Instant::now();
+    victim.kill9();
+    // Keep asking through the edge; the app must answer again from the survivor once the dead
+    // node's lease lapsed. Every answer is a response (503 while waiting), never a hang.
+    let mut first_ok = None;
+    for _ in 0..400 {
+        let r = c.get(&d, "/").await.expect("the edge always answers");
+        if r.status == 200 {
+            first_ok = Some(killed_at.elapsed());
+            break;
+        }
+        assert_eq!(r.status, 503, "{r:?}");
+        assert!(r.headers.contains_key("retry-after"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first_ok = first_ok.expect("the app answers again from the other node");
+    eprintln!("failover: first 200 from the survivor {first_ok:?} after SIGKILL");
+    let now = m.client.list_leases().await.expect("leases");
+    assert_eq!(
+        now.iter()
+            .find(|l| l.task_id == t.id)
+            .map(|l| l.node.as_str()),
+        Some(survivor.as_str())
+    );
+    f.wait_until(|s| s.node(&victim_id).is_some_and(|n| !n.healthy))
+        .await;
+
+    // The dead node comes back with the same id: it removes what it left behind and rejoins.
+    let again = procs::spawn_node(&m.url, &victim_id, &dir.path().join("again"), &env).await;
+    f.wait_until(|s| s.node(&victim_id).is_some_and(|n| n.healthy))
+        .await;
+    let leftovers = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=shadow.node={victim_id}"),
+        ])
+        .output()
+        .expect("docker");
+    assert!(
+        String::from_utf8_lossy(&leftovers.stdout).trim().is_empty(),
+        "the restarted node removed its orphan"
+    );
+    let up = loop {
+        let metrics = c.get("x.invalid", "/metrics").await.expect("metrics").body;
+        if metrics.contains("shadow_edge_nodes_up 2") {
+            break true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(up);
+    drop(again);
+    docker_rm_node(&ida);
+    docker_rm_node(&idb);
+    e.stop().await;
+}
+
+/// A self-signed certificate for `name`: (PEM cert path, PEM key path, DER).
+fn cert_for(
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+    let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).expect("certificate");
+    let (c, k) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&c, ck.cert.pem()).expect("write cert");
+    std::fs::write(&k, ck.signing_key.serialize_pem()).expect("write key");
+    (c, k, ck.cert.der().to_vec())
+}
+
+#[tokio::test]
+async fn https_picks_the_certificate_by_sni_and_tells_the_app() {
+    use tokio_rustls::rustls::{
+        self,
+        pki_types::{CertificateDer, ServerName},
+    };
+    counter_image().await.expect("image");
+    let m = master::spawn(fast_master()).await;
+    let n = node::spawn(&m, |_| {}).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let id = unique_id("tls");
+    let (a, b) = (format!("a-{id}.test"), format!("b-{id}.test"));
+    let (ca, ka, der_a) = cert_for(dir.path(), &a);
+    let (cb, kb, der_b) = cert_for(dir.path(), &b);
+    task(&m, &b, |s| s["volume"] = json!({"kind": "none"})).await;
+    let e = edge::spawn(&m, |c| {
+        c.tls_cert = vec![ca, cb];
+        c.tls_key = vec![ka, kb];
+    })
+    .await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for der in [&der_a, &der_b] {
+        roots.add(CertificateDer::from(der.clone())).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    for (name, der) in [(&a, &der_a), (&b, &der_b)] {
+        let tcp = tokio::net::TcpStream::connect(e.tls_addr.expect("tls"))
+            .await
+            .expect("connect");
+        let tls = connector
+            .connect(ServerName::try_from(name.clone()).expect("name"), tcp)
+            .await
+            .expect("handshake verifies the certificate for the SNI name");
+        let presented = tls.get_ref().1.peer_certificates().expect("certs")[0].to_vec();
+        assert_eq!(&presented, der, "the certificate for {name}");
+        if name == &b {
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                    .await
+                    .expect("http over tls");
+            tokio::spawn(conn);
+            let req = http::Request::get("/headers")
+                .header("host", name.as_str())
+                .body(shadow_tests::http::empty())
+                .expect("req");
+            let resp = sender.send_request(req).await.expect("answer");
+            assert_eq!(resp.status(), 200);
+            use http_body_util::BodyExt;
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            let h: Value = serde_json::from_slice(&body).expect("json");
+            assert_eq!(h["x-forwarded-proto"], "https", "{h}");
+            assert_eq!(h["x-forwarded-host"], b.as_str(), "{h}");
+        }
+    }
+    e.stop().await;
+    n.stop().await;
+}

@@ -1,0 +1,592 @@
+//! The master's API through real HTTP on loopback, with real SQLite under a temp dir.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use shadow_common::{
+    client::ClientError,
+    follower::Follower,
+    node::{Heartbeat, NodeRegistration},
+    task::TaskSpec,
+};
+use shadow_tests::master::{spawn, spawn_in, MasterOptions, TOKEN};
+
+fn spec(name: &str, domain: &str) -> Value {
+    json!({"name": name, "domains": [domain], "image": "shadow-test/counter:latest"})
+}
+
+#[tokio::test]
+async fn task_life_cycle_through_http() {
+    let m = spawn(MasterOptions::default()).await;
+    let raw = m.raw();
+
+    let (st, created) = raw
+        .send(
+            "POST",
+            "/tasks/",
+            Some(&spec("blog", "Blog.Example.com").to_string()),
+        )
+        .await;
+    assert_eq!(st, 201, "{created}");
+    let id = created["id"].as_str().expect("server-made id").to_string();
+    assert_eq!(
+        created["domains"],
+        json!(["blog.example.com"]),
+        "domains are stored lower-case"
+    );
+    assert_eq!(created["port"], 8000);
+    assert_eq!(created["idle_timeout_s"], 300);
+    assert_eq!(created["start_timeout_s"], 60);
+    assert_eq!(created["cold_start"], "hold");
+    assert_eq!(created["volume"]["kind"], "none");
+
+    let (st, got) = raw.send("GET", &format!("/tasks/{id}"), None).await;
+    assert_eq!((st, &got), (200, &created));
+    let (st, list) = raw.send("GET", "/tasks/", None).await;
+    assert_eq!((st, list), (200, json!([created.clone()])));
+    let (st, by_domain) = raw
+        .send("GET", "/tasks/by-domain/blog.example.com", None)
+        .await;
+    assert_eq!((st, by_domain["id"].as_str()), (200, Some(id.as_str())));
+
+    let mut updated = spec("blog", "blog.example.com");
+    updated["domains"] = json!(["blog.example.com", "www.blog.example.com"]);
+    updated["idle_timeout_s"] = json!(30);
+    let (st, after) = raw
+        .send("PUT", &format!("/tasks/{id}"), Some(&updated.to_string()))
+        .await;
+    assert_eq!(st, 200, "{after}");
+    assert_eq!(after["idle_timeout_s"], 30);
+    assert_eq!(after["id"].as_str(), Some(id.as_str()));
+    let (st, _) = raw
+        .send("GET", "/tasks/by-domain/www.blog.example.com", None)
+        .await;
+    assert_eq!(st, 200);
+
+    let (st, _) = raw.send("DELETE", &format!("/tasks/{id}"), None).await;
+    assert_eq!(st, 204);
+    let (st, body) = raw.send("GET", &format!("/tasks/{id}"), None).await;
+    assert_eq!(st, 404);
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains(&id)),
+        "{body}"
+    );
+    let (st, _) = raw
+        .send("GET", "/tasks/by-domain/blog.example.com", None)
+        .await;
+    assert_eq!(st, 404);
+    let (st, _) = raw.send("DELETE", &format!("/tasks/{id}"), None).await;
+    assert_eq!(st, 404);
+}
+
+#[tokio::test]
+async fn invalid_specs_get_400_naming_the_field_and_change_nothing() {
+    let m = spawn(MasterOptions::default()).await;
+    let raw = m.raw();
+    let base = spec("a", "a.example.com");
+    let with = |k: &str, v: Value| {
+        let mut s = base.clone();
+        s[k] = v;
+        s
+    };
+    let cases: Vec<(Value, &str)> = vec![
+        (with("domains", json!(["not a host"])), "domains[0]"),
+        (with("domains", json!(["-bad.example.com"])), "domains[0]"),
+        (with("domains", json!([])), "domains"),
+        (with("image", json!("")), "image"),
+        (with("volume", json!({"kind": "floppy"})), "volume.kind"),
+        (
+            with("volume", json!({"kind": "s3", "size_gb": 0})),
+            "volume.size_gb",
+        ),
+        (
+            with("resources", json!({"memory_mb": 1})),
+            "resources.memory_mb",
+        ),
+        (with("resources", json!({"cpus": 0})), "resources.cpus"),
+        (with("resources", json!({"pids": -1})), "resources.pids"),
+        (with("start_timeout_s", json!(0)), "start_timeout_s"),
+        (with("idle_timeout_s", json!(99999999)), "idle_timeout_s"),
+        (with("cold_start", json!("maybe")), "cold_start"),
+        (with("health", json!({"path": "healthz"})), "health.path"),
+        (with("surprise", json!(1)), "surprise"),
+        (json!({"domains": ["x.example.com"], "image": "x"}), "name"),
+    ];
+    for (body, field) in cases {
+        let (st, err) = raw.send("POST", "/tasks/", Some(&body.to_string())).await;
+        assert_eq!(st, 400, "{body} -> {err}");
+        assert_eq!(err["field"], field, "{body} -> {err}");
+        assert!(
+            err["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{err}"
+        );
+    }
+    let (st, err) = raw.send("POST", "/tasks/", Some("{not json")).await;
+    assert_eq!(st, 400, "{err}");
+    assert_eq!(raw.send("GET", "/tasks/", None).await, (200, json!([])));
+
+    // An invalid update leaves the stored task as it was.
+    let (_, t) = raw.send("POST", "/tasks/", Some(&base.to_string())).await;
+    let id = t["id"].as_str().expect("id");
+    let (st, err) = raw
+        .send(
+            "PUT",
+            &format!("/tasks/{id}"),
+            Some(&with("image", json!("")).to_string()),
+        )
+        .await;
+    assert_eq!((st, err["field"].as_str()), (400, Some("image")));
+    assert_eq!(
+        raw.send("GET", &format!("/tasks/{id}"), None).await,
+        (200, t)
+    );
+}
+
+#[tokio::test]
+async fn a_domain_belongs_to_one_task() {
+    let m = spawn(MasterOptions::default()).await;
+    let raw = m.raw();
+    let (_, a) = raw
+        .send(
+            "POST",
+            "/tasks/",
+            Some(&spec("a", "a.example.com").to_string()),
+        )
+        .await;
+    let (_, b) = raw
+        .send(
+            "POST",
+            "/tasks/",
+            Some(&spec("b", "b.example.com").to_string()),
+        )
+        .await;
+
+    let (st, err) = raw
+        .send(
+            "POST",
+            "/tasks/",
+            Some(&spec("c", "A.example.com").to_string()),
+        )
+        .await;
+    assert_eq!(
+        (st, err["field"].as_str()),
+        (409, Some("domains[0]")),
+        "{err}"
+    );
+
+    let b_id = b["id"].as_str().expect("id");
+    let (st, err) = raw
+        .send(
+            "PUT",
+            &format!("/tasks/{b_id}"),
+            Some(&spec("b", "a.example.com").to_string()),
+        )
+        .await;
+    assert_eq!(st, 409, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(a["id"].as_str().expect("id"))),
+        "{err}"
+    );
+
+    // An update may keep its own domain.
+    let mut keep = spec("b2", "b.example.com");
+    keep["env"] = json!({"MODE": "prod"});
+    let (st, kept) = raw
+        .send("PUT", &format!("/tasks/{b_id}"), Some(&keep.to_string()))
+        .await;
+    assert_eq!((st, kept["name"].as_str()), (200, Some("b2")));
+    assert_eq!(
+        raw.send("GET", "/tasks/", None)
+            .await
+            .1
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+}
+
+#[tokio::test]
+async fn the_api_needs_the_token_but_health_and_metrics_do_not() {
+    let m = spawn(MasterOptions::default()).await;
+    for raw in [m.raw().without_token(), m.raw().with_token("wrong")] {
+        for (method, path) in [
+            ("GET", "/tasks/"),
+            ("POST", "/tasks/"),
+            ("GET", "/nodes/"),
+            ("GET", "/watch?since=0&timeout_ms=10"),
+        ] {
+            let (st, err) = raw.send(method, path, Some("{}")).await;
+            assert_eq!(st, 401, "{method} {path}");
+            assert!(
+                err["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("SHADOW_API_TOKEN")),
+                "{err}"
+            );
+        }
+    }
+    let anon = m.raw().without_token();
+    assert_eq!(anon.send("GET", "/healthz", None).await.0, 200);
+    let (st, text) = anon.send("GET", "/metrics", None).await;
+    assert_eq!(st, 200);
+    assert!(
+        text.as_str()
+            .is_some_and(|t| t.contains("shadow_master_requests_total")),
+        "{text}"
+    );
+    assert_eq!(m.raw().send("GET", "/tasks/", None).await.0, 200);
+    let (st, err) = m.raw().send("GET", "/no/such/route", None).await;
+    assert_eq!(st, 404, "{err}");
+}
+
+#[tokio::test]
+async fn without_a_token_the_master_refuses_a_public_address() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0")
+        .await
+        .expect("bind");
+    let config = shadow_master::MasterConfig::new(dir.path().to_path_buf());
+    let err = shadow_master::run(config, listener, async {})
+        .await
+        .expect_err("must refuse");
+    assert!(err.to_string().contains("SHADOW_API_TOKEN"), "{err}");
+}
+
+async fn register(m: &shadow_tests::master::MasterHandle, id: &str) {
+    m.client
+        .register_node(&NodeRegistration {
+            id: id.into(),
+            address: "127.0.0.1:7071".into(),
+            capacity: 10,
+        })
+        .await
+        .expect("register");
+}
+
+async fn stateful_task(m: &shadow_tests::master::MasterHandle, domain: &str) -> String {
+    let mut s = spec("db", domain);
+    s["volume"] = json!({"kind": "local"});
+    let spec: TaskSpec = serde_json::from_value(s).expect("spec");
+    m.client.create_task(&spec).await.expect("create").id
+}
+
+#[tokio::test]
+async fn two_nodes_contend_for_one_lease_and_tokens_grow() {
+    let m = spawn(MasterOptions::default()).await;
+    register(&m, "node-a").await;
+    register(&m, "node-b").await;
+    let task = stateful_task(&m, "db.example.com").await;
+    let ttl = Duration::from_secs(30);
+
+    let a = m
+        .client
+        .acquire_lease(&task, "node-a", ttl)
+        .await
+        .expect("a gets it");
+    match m.client.acquire_lease(&task, "node-b", ttl).await {
+        Err(ClientError::LeaseConflict { holder, .. }) => {
+            assert_eq!(holder.as_deref(), Some("node-a"))
+        }
+        other => panic!("node-b must get 409 with the holder, got {other:?}"),
+    }
+    let renewed = m
+        .client
+        .renew_lease(&task, a.token, ttl)
+        .await
+        .expect("renew");
+    assert_eq!(renewed.token, a.token, "renewal keeps the token");
+    assert!(renewed.expires_at >= a.expires_at);
+    // A stale token can neither renew nor release.
+    assert!(matches!(
+        m.client.release_lease(&task, a.token + 1000).await,
+        Err(ClientError::LeaseConflict { .. })
+    ));
+    m.client
+        .release_lease(&task, a.token)
+        .await
+        .expect("release");
+    let b = m
+        .client
+        .acquire_lease(&task, "node-b", ttl)
+        .await
+        .expect("b after release");
+    assert!(
+        b.token > a.token,
+        "fencing token grows: {} then {}",
+        a.token,
+        b.token
+    );
+    assert!(matches!(
+        m.client.renew_lease(&task, a.token, ttl).await,
+        Err(ClientError::LeaseConflict { .. })
+    ));
+
+    let raw = m.raw();
+    let (st, err) = raw
+        .send(
+            "POST",
+            &format!("/leases/{task}"),
+            Some(r#"{"node":"node-c","ttl_ms":1000}"#),
+        )
+        .await;
+    assert_eq!(
+        (st, err["field"].as_str()),
+        (400, Some("node")),
+        "unregistered node: {err}"
+    );
+    let (st, err) = raw
+        .send(
+            "POST",
+            &format!("/leases/{task}"),
+            Some(r#"{"node":"node-a","ttl_ms":5}"#),
+        )
+        .await;
+    assert_eq!((st, err["field"].as_str()), (400, Some("ttl_ms")), "{err}");
+    let (st, _) = raw
+        .send(
+            "POST",
+            "/leases/no-such-task",
+            Some(r#"{"node":"node-a","ttl_ms":1000}"#),
+        )
+        .await;
+    assert_eq!(st, 404);
+}
+
+#[tokio::test]
+async fn a_lapsed_lease_goes_to_the_next_node_with_a_larger_token() {
+    let m = spawn(MasterOptions {
+        heartbeat_interval: Duration::from_millis(50),
+        ..Default::default()
+    })
+    .await;
+    register(&m, "node-a").await;
+    register(&m, "node-b").await;
+    let task = stateful_task(&m, "lapse.example.com").await;
+    let follower = Follower::spawn(m.client.clone(), std::future::pending());
+    follower.synced().await;
+
+    let a = m
+        .client
+        .acquire_lease(&task, "node-a", Duration::from_millis(300))
+        .await
+        .expect("a");
+    follower
+        .wait_until(|s| s.lease(&task).is_some_and(|l| l.token == a.token))
+        .await;
+    // The master announces the lapse on its watch; no sleeping here.
+    follower.wait_until(|s| s.lease(&task).is_none()).await;
+    let b = m
+        .client
+        .acquire_lease(&task, "node-b", Duration::from_secs(30))
+        .await
+        .expect("b");
+    assert!(b.token > a.token);
+    assert!(matches!(
+        m.client
+            .renew_lease(&task, a.token, Duration::from_secs(1))
+            .await,
+        Err(ClientError::LeaseConflict { .. })
+    ));
+}
+
+#[tokio::test]
+async fn watch_blocks_until_a_change_and_returns_changes_in_order() {
+    let m = spawn(MasterOptions::default()).await;
+    let first = m
+        .client
+        .watch(None, 0, Duration::from_millis(10))
+        .await
+        .expect("watch");
+    assert!(first.reset, "the first answer is the whole state");
+
+    // Nothing new: the poll waits its full timeout and reports no events.
+    let idle = m
+        .client
+        .watch(
+            Some(&first.epoch),
+            first.revision,
+            Duration::from_millis(200),
+        )
+        .await
+        .expect("watch");
+    assert!(!idle.reset && idle.events.is_empty());
+    assert_eq!(idle.revision, first.revision);
+
+    let client = m.client.clone();
+    let (epoch, rev) = (first.epoch.clone(), first.revision);
+    let waiting = tokio::spawn(async move {
+        client
+            .watch(Some(&epoch), rev, Duration::from_secs(30))
+            .await
+    });
+    // Wait until the master reports the poll as waiting (its own gauge), then make a change.
+    let raw = m.raw();
+    loop {
+        let (_, text) = raw.send("GET", "/metrics", None).await;
+        if text
+            .as_str()
+            .is_some_and(|t| t.contains("shadow_master_watchers 1"))
+        {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let t1 = m
+        .client
+        .create_task(&serde_json::from_value(spec("one", "one.example.com")).expect("spec"))
+        .await
+        .expect("create");
+    let woke = waiting.await.expect("join").expect("watch");
+    assert!(!woke.reset);
+    assert!(woke.revision > rev);
+    assert!(
+        matches!(&woke.events[0], shadow_common::watch::WatchEvent::TaskPut { task } if task.id == t1.id)
+    );
+
+    let t2 = m
+        .client
+        .create_task(&serde_json::from_value(spec("two", "two.example.com")).expect("spec"))
+        .await
+        .expect("create");
+    m.client.delete_task(&t1.id).await.expect("delete");
+    let next = m
+        .client
+        .watch(Some(&first.epoch), woke.revision, Duration::from_secs(5))
+        .await
+        .expect("watch");
+    let kinds: Vec<String> = next
+        .events
+        .iter()
+        .map(|e| match e {
+            shadow_common::watch::WatchEvent::TaskPut { task } => format!("put {}", task.spec.name),
+            shadow_common::watch::WatchEvent::TaskDeleted { id } if *id == t1.id => {
+                "delete one".into()
+            }
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(kinds, vec!["put two".to_string(), "delete one".to_string()]);
+    assert_eq!(t2.spec.name, "two");
+}
+
+#[tokio::test]
+async fn nodes_turn_unhealthy_after_three_missed_heartbeats() {
+    let m = spawn(MasterOptions {
+        heartbeat_interval: Duration::from_millis(50),
+        ..Default::default()
+    })
+    .await;
+    register(&m, "node-a").await;
+    let hb = m
+        .client
+        .heartbeat(
+            "node-a",
+            &Heartbeat {
+                running: vec!["t1".into()],
+                load: 0.25,
+            },
+        )
+        .await
+        .expect("heartbeat");
+    assert!(hb.healthy);
+    assert_eq!(hb.running, vec!["t1".to_string()]);
+    let follower = Follower::spawn(m.client.clone(), std::future::pending());
+    follower
+        .wait_until(|s| s.node("node-a").is_some_and(|n| !n.healthy))
+        .await;
+    let listed = m.client.list_nodes().await.expect("list");
+    assert!(!listed[0].healthy);
+    // A heartbeat brings it back.
+    let back = m
+        .client
+        .heartbeat("node-a", &Heartbeat::default())
+        .await
+        .expect("hb");
+    assert!(back.healthy);
+    assert!(matches!(
+        m.client.heartbeat("ghost", &Heartbeat::default()).await,
+        Err(ClientError::Api { status, .. }) if status == 404
+    ));
+}
+
+#[tokio::test]
+async fn a_restarted_master_keeps_tasks_nodes_and_the_lease_generation() {
+    let m = spawn(MasterOptions::default()).await;
+    register(&m, "node-a").await;
+    register(&m, "node-b").await;
+    let task = stateful_task(&m, "keep.example.com").await;
+    let a = m
+        .client
+        .acquire_lease(&task, "node-a", Duration::from_secs(60))
+        .await
+        .expect("a");
+    let before = m.client.list_tasks().await.expect("tasks");
+
+    let dir = m.stop().await;
+    let m = spawn_in(dir, MasterOptions::default()).await;
+    assert_eq!(m.client.list_tasks().await.expect("tasks"), before);
+    let nodes: Vec<String> = m
+        .client
+        .list_nodes()
+        .await
+        .expect("nodes")
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(nodes, vec!["node-a".to_string(), "node-b".to_string()]);
+    // The lease itself survived: node-b still may not take it.
+    assert!(matches!(
+        m.client.acquire_lease(&task, "node-b", Duration::from_secs(1)).await,
+        Err(ClientError::LeaseConflict { holder: Some(h), .. }) if h == "node-a"
+    ));
+    m.client
+        .release_lease(&task, a.token)
+        .await
+        .expect("release with the old token");
+    let b = m
+        .client
+        .acquire_lease(&task, "node-b", Duration::from_secs(1))
+        .await
+        .expect("b");
+    assert!(
+        b.token > a.token,
+        "generation survives a restart: {} then {}",
+        a.token,
+        b.token
+    );
+    let _ = TOKEN;
+}
+
+#[tokio::test]
+async fn named_locks_need_no_task_and_exclude_each_other() {
+    let m = spawn(MasterOptions::default()).await;
+    let ttl = Duration::from_secs(5);
+    let a = m
+        .client
+        .acquire_lease("_replace-nodes", "edge-a", ttl)
+        .await
+        .expect("edge-a locks");
+    assert!(matches!(
+        m.client.acquire_lease("_replace-nodes", "edge-b", ttl).await,
+        Err(ClientError::LeaseConflict { holder: Some(h), .. }) if h == "edge-a"
+    ));
+    m.client
+        .release_lease("_replace-nodes", a.token)
+        .await
+        .expect("release");
+    m.client
+        .acquire_lease("_replace-nodes", "edge-b", ttl)
+        .await
+        .expect("edge-b after");
+    let (st, err) = m
+        .raw()
+        .send(
+            "POST",
+            "/leases/_replace-nodes",
+            Some(r#"{"node":"bad id!","ttl_ms":1000}"#),
+        )
+        .await;
+    assert_eq!((st, err["field"].as_str()), (400, Some("node")), "{err}");
+}
