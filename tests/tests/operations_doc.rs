@@ -20,7 +20,11 @@ use shadow_nodeproxy::config::NodeConfig;
 
 /// One program's environment-only options: (program, [(variable, config key)], the binary's
 /// source file that reads them).
-type EnvOnly = (&'static str, &'static [(&'static str, &'static str)], &'static str);
+type EnvOnly = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
 
 /// Environment-only options per program. They are `#[arg(skip)]` in the `Cli`, so clap cannot
 /// list them.
