@@ -25,12 +25,13 @@ docker info >/dev/null 2>&1 || { echo "Docker Engine is not reachable: start it 
 
 echo "== building shadow-master, shadow-nodeproxy, shadow-edgeproxy ($PROFILE)"
 cargo build "${flag[@]}" -p shadow-master -p shadow-nodeproxy -p shadow-edgeproxy --bins
-BIN=target/$PROFILE
+TARGET=${CARGO_TARGET_DIR:-target}
+BIN=$TARGET/$PROFILE
 
 echo "== building the example app's image $IMAGE (static binary FROM scratch)"
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p shadow-counter --target x86_64-unknown-linux-gnu
 ctx=$(mktemp -d)
-cp target/x86_64-unknown-linux-gnu/release/counter contrib/apps/counter/Dockerfile "$ctx"
+cp "$TARGET/x86_64-unknown-linux-gnu/release/counter" contrib/apps/counter/Dockerfile "$ctx"
 DOCKER_BUILDKIT=0 docker build --quiet -t "$IMAGE" "$ctx" >/dev/null
 rm -rf "$ctx"
 

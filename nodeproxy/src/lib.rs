@@ -35,7 +35,7 @@ pub use config::NodeConfig;
 use crate::{
     apps::{AppContext, Apps},
     runtime::{ContainerRuntime, RuntimeError},
-    volume::{local::LocalVolumes, Volumes},
+    volume::{local::LocalVolumes, s3::S3Volumes, VolumeBackend, Volumes},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,8 @@ pub enum RunError {
     Listener(std::io::Error),
     #[error("invalid node id: {0}")]
     NodeId(shadow_common::error::FieldError),
+    #[error("cannot set up a volume backend: {0}")]
+    Volume(#[from] volume::VolumeError),
 }
 
 /// Runs the node with Docker until `shutdown` resolves, then stops every app.
@@ -78,16 +80,14 @@ pub async fn run_with(
     let follower = Follower::spawn(master.clone(), async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     });
+    let volumes = volumes(&config).await?;
     let metrics = metrics::Metrics::new();
     let config = Arc::new(config);
     let apps = Apps::new(Arc::new(AppContext {
         config: config.clone(),
         master: master.clone(),
         runtime,
-        volumes: Volumes {
-            local: Some(Arc::new(LocalVolumes::new(&config.data_dir))),
-            ..Volumes::default()
-        },
+        volumes,
         metrics: metrics.clone(),
         fence_check: Arc::new(lease_keeper::MasterFence {
             master: master.clone(),
@@ -124,6 +124,21 @@ pub async fn run_with(
     heartbeat.abort();
     let _ = stop_tx.send(true);
     Ok(())
+}
+
+/// The volume backends this node's settings configure; `local` is always there.
+async fn volumes(config: &NodeConfig) -> Result<Volumes, RunError> {
+    let s3 = S3Volumes::from_config(config)
+        .await?
+        .map(|b| Arc::new(b) as Arc<dyn VolumeBackend>);
+    if s3.is_some() {
+        tracing::info!(bucket = ?config.s3_bucket, endpoint = ?config.s3_endpoint, "s3 volumes enabled");
+    }
+    Ok(Volumes {
+        local: Some(Arc::new(LocalVolumes::new(&config.data_dir))),
+        s3,
+        ..Volumes::default()
+    })
 }
 
 /// A node starts clean: containers it made in an earlier life are removed (their data is in

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use shadow_nodeproxy::config::NodeConfig;
+use shadow_nodeproxy::{config::NodeConfig, volume::s3::S3Volumes};
 use tempfile::TempDir;
 use tokio::time::Instant;
 
@@ -121,6 +121,18 @@ impl S3Server {
         config.s3_secret_key = Some(self.secret_key.clone());
     }
 
+    /// The same settings as environment variables, for a node proxy run as a process.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("SHADOW_S3_ENDPOINT", self.endpoint.clone()),
+            ("SHADOW_S3_BUCKET", self.bucket.clone()),
+            ("SHADOW_S3_REGION", REGION.into()),
+            ("SHADOW_S3_PATH_STYLE", "true".into()),
+            ("SHADOW_S3_ACCESS_KEY", self.access_key.clone()),
+            ("SHADOW_S3_SECRET_KEY", self.secret_key.clone()),
+        ]
+    }
+
     /// The directory where the server keeps `bucket`'s objects, one file per key.
     pub fn bucket_dir(&self) -> PathBuf {
         self.dir.path().join("data").join(&self.bucket)
@@ -131,5 +143,45 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A real S3 server with its bucket made, and a client of it for looking at the task pointers.
+pub async fn spawn_with_bucket() -> (S3Server, S3Volumes) {
+    let s3 = spawn().await;
+    let mut config = NodeConfig::new("probe", "http://127.0.0.1:1", s3.dir.path().join("probe"));
+    s3.configure(&mut config);
+    let probe = S3Volumes::from_config(&config)
+        .await
+        .expect("an S3 client")
+        .expect("a bucket is set");
+    probe.ensure_bucket().await.expect("make the bucket");
+    (s3, probe)
+}
+
+/// Milliseconds since the Unix epoch, the clock snapshot pointers are stamped with.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+/// Waits until two snapshots of `task` committed after `after_ms` were seen: checkpoints run one
+/// after the other, so the second began after `after_ms` and holds everything written before it.
+pub async fn two_checkpoints_after(probe: &S3Volumes, task: &str, after_ms: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no two checkpoints of task {task} within 30 s"
+        );
+        if let Some((p, _)) = probe.pointer(task).await.expect("read the pointer") {
+            if p.created_ms > after_ms && !seen.contains(&p.key) {
+                seen.push(p.key);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

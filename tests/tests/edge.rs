@@ -1,5 +1,5 @@
-//! The edge proxy end to end: real master, real node proxies (in-process, or processes where one
-//! must die by SIGKILL), real Docker, real sockets.
+//! The edge proxy end to end: a real master, real node proxies (in-process, or processes where one
+//! must die by SIGKILL), a real S3 server, real Docker, real sockets.
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -15,7 +15,7 @@ use shadow_tests::{
     image::{counter_image, COUNTER_IMAGE},
     master::{self, MasterHandle, MasterOptions},
     node::{self, unique_id},
-    procs,
+    procs, s3,
 };
 
 async fn task(m: &MasterHandle, domain: &str, tweak: impl FnOnce(&mut Value)) -> Task {
@@ -181,12 +181,16 @@ fn docker_rm_node(node_id: &str) {
 async fn a_killed_node_is_routed_around_and_comes_back() {
     counter_image().await.expect("image");
     let m = master::spawn(fast_master()).await;
+    let (s3, probe) = s3::spawn_with_bucket().await;
     let dir = tempfile::tempdir().expect("tmp");
     let (ida, idb) = (unique_id("na"), unique_id("nb"));
-    let env = [
-        ("SHADOW_LEASE_TTL_MS", "1500"),
-        ("SHADOW_STOP_GRACE_S", "1"),
-    ];
+    let mut env = s3.env();
+    env.extend([
+        ("SHADOW_LEASE_TTL_MS", "1500".to_string()),
+        ("SHADOW_STOP_GRACE_S", "1".to_string()),
+        ("SHADOW_CHECKPOINT_INTERVAL_S", "1".to_string()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut na = procs::spawn_node(&m.url, &ida, &dir.path().join("a"), &env).await;
     let mut nb = procs::spawn_node(&m.url, &idb, &dir.path().join("b"), &env).await;
     let f = Follower::spawn(m.client.clone(), std::future::pending());
@@ -200,9 +204,14 @@ async fn a_killed_node_is_routed_around_and_comes_back() {
     let e = edge::spawn(&m, |_| {}).await;
 
     let d = format!("{}.test", unique_id("failover"));
-    let t = task(&m, &d, |s| s["volume"] = json!({"kind": "local"})).await;
+    let t = task(&m, &d, |s| s["volume"] = json!({"kind": "s3"})).await;
     let c = e.client();
-    assert_eq!(c.post(&d, "/count", "").await.expect("answer").status, 200);
+    for want in ["1", "2"] {
+        let r = c.post(&d, "/count", "").await.expect("answer");
+        assert_eq!((r.status, r.body.trim()), (200, want));
+    }
+    // The victim's data reaches S3 by its periodic checkpoints, not by a stop.
+    s3::two_checkpoints_after(&probe, &t.id, s3::now_ms()).await;
     let lease = m.client.list_leases().await.expect("leases");
     let holder = lease
         .iter()
@@ -226,6 +235,7 @@ async fn a_killed_node_is_routed_around_and_comes_back() {
         let r = c.get(&d, "/").await.expect("the edge always answers");
         if r.status == 200 {
             first_ok = Some(killed_at.elapsed());
+            assert_eq!(r.body.trim(), "2", "the count came back from S3");
             break;
         }
         assert_eq!(r.status, 503, "{r:?}");
