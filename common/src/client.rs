@@ -171,6 +171,18 @@ impl MasterClient {
         )
         .await
     }
+    /// Removes a node that is no longer healthy (replaced or retired) from the master's list.
+    pub async fn delete_node(&self, id: &str) -> Result<(), ClientError> {
+        self.call::<(), serde_json::Value>(
+            Method::DELETE,
+            &format!("/nodes/{id}"),
+            None,
+            Self::TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+
     pub async fn list_nodes(&self) -> Result<Vec<NodeStatus>, ClientError> {
         self.call::<(), _>(Method::GET, "/nodes/", None, Self::TIMEOUT)
             .await

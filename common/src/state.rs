@@ -53,6 +53,9 @@ impl ClusterState {
             WatchEvent::NodePut { node } => {
                 self.nodes.insert(node.id.clone(), node.clone());
             }
+            WatchEvent::NodeDeleted { id } => {
+                self.nodes.remove(id);
+            }
             WatchEvent::LeasePut { lease } => {
                 self.leases.insert(lease.task_id.clone(), lease.clone());
             }

@@ -17,6 +17,10 @@ pub enum WatchEvent {
     NodePut {
         node: NodeStatus,
     },
+    /// Removed with `DELETE /nodes/{id}` (a node that was replaced, or retired).
+    NodeDeleted {
+        id: String,
+    },
     LeasePut {
         lease: Lease,
     },

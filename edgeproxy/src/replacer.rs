@@ -7,7 +7,8 @@
 //! 1. ask the master whether the node is still unhealthy (not the local copy: it may lag);
 //! 2. claim the marker lease `_replaced-<node id>` for the cooldown; if another edge holds one,
 //!    that edge has handled this node: do nothing;
-//! 3. call the provider; log and count the outcome in `shadow_edge_node_replacements_total`.
+//! 3. call the provider; log and count the outcome in `shadow_edge_node_replacements_total`;
+//! 4. when the provider removed the dead machine, delete the node from the master's list.
 //!
 //! # Rate limits
 //! - At most one attempt per node id per cooldown (`SHADOW_REPLACE_COOLDOWN_S`), by this edge (in
@@ -217,6 +218,8 @@ pub trait Cluster: Send + Sync {
     async fn node(&self, id: &str) -> Result<Option<NodeStatus>, ClientError>;
     /// Takes the node's marker lease for `ttl`; false when any edge holds a live one already.
     async fn claim(&self, node_id: &str, ttl: Duration) -> Result<bool, ClientError>;
+    /// Removes a node whose machine is gone from the master's list.
+    async fn forget(&self, node_id: &str) -> Result<(), ClientError>;
 }
 
 /// The real master: its client, the edge's follower and the edge id as lock holder.
@@ -273,6 +276,9 @@ impl Cluster for MasterCluster {
             Err(ClientError::LeaseConflict { .. }) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+    async fn forget(&self, node_id: &str) -> Result<(), ClientError> {
+        self.client.delete_node(node_id).await
     }
 }
 
@@ -449,6 +455,14 @@ impl Replacer {
             }) => {
                 self.replacements.with_label_values(&[provider, "ok"]).inc();
                 tracing::info!(node = %fresh.id, provider, new_instance = ?new_instance, removed = ?removed, "dead node handled");
+                // Its machine is gone: drop it from the master's list, so the list holds
+                // machines, not history. A provider that removed nothing (`static`) leaves
+                // the node listed for the operator.
+                if removed.is_some() {
+                    if let Err(e) = self.cluster.forget(&fresh.id).await {
+                        tracing::warn!(node = %fresh.id, error = %e, "cannot remove the replaced node from the master; delete it with DELETE /nodes/{{id}}");
+                    }
+                }
                 Outcome::Replaced
             }
             Err(e) => {

@@ -76,6 +76,7 @@ struct FakeCluster {
     changes: watch::Sender<u64>,
     lock_held_elsewhere: AtomicBool,
     markers: Mutex<HashMap<String, Instant>>,
+    forgotten: Mutex<Vec<String>>,
 }
 
 impl FakeCluster {
@@ -85,6 +86,7 @@ impl FakeCluster {
             changes: watch::channel(0).0,
             lock_held_elsewhere: AtomicBool::new(false),
             markers: Mutex::new(HashMap::new()),
+            forgotten: Mutex::new(vec![]),
         })
     }
 
@@ -135,6 +137,18 @@ impl Cluster for FakeCluster {
         }
         m.insert(node_id.to_string(), now + ttl);
         Ok(true)
+    }
+    async fn forget(&self, node_id: &str) -> Result<(), ClientError> {
+        self.nodes
+            .lock()
+            .expect("nodes")
+            .retain(|n| n.id != node_id);
+        self.forgotten
+            .lock()
+            .expect("forgotten")
+            .push(node_id.to_string());
+        self.changes.send_modify(|v| *v += 1);
+        Ok(())
     }
 }
 
@@ -199,6 +213,37 @@ async fn a_flapping_node_costs_nothing_and_a_dead_one_is_replaced_once_after_the
     sleep(3600 * S).await;
     assert!(drain(&mut calls).is_empty());
     assert_eq!(metrics.with_label_values(&["recording", "ok"]).get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_whose_machine_was_removed_is_dropped_from_the_list() {
+    let cluster = FakeCluster::new();
+    let (provider, mut calls) = Recording::new("edge-1");
+    provider
+        .script
+        .lock()
+        .expect("script")
+        .push_back(Ok(Replacement {
+            new_instance: Some("i-new".into()),
+            removed: Some("i-dead".into()),
+        }));
+    cluster.set("a", false, S);
+    cluster.set("b", false, S);
+    let _r = start(&cluster, provider);
+    sleep(11 * S).await;
+    let mut replaced = drain(&mut calls);
+    replaced.sort();
+    assert_eq!(replaced, ["a", "b"]);
+    // The first replacement removed a machine, the second (scripted default) did not.
+    let forgotten = cluster.forgotten.lock().expect("forgotten").clone();
+    assert_eq!(forgotten.len(), 1, "{forgotten:?}");
+    let listed: Vec<String> = cluster.nodes().into_iter().map(|n| n.id).collect();
+    assert!(!listed.contains(&forgotten[0]), "{listed:?}");
+    assert_eq!(
+        listed.len(),
+        1,
+        "the node whose machine stays is still listed"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -34,6 +34,7 @@ pub trait Store: Send {
     fn put_task(&mut self, task: &Task) -> Result<(), StoreError>;
     fn delete_task(&mut self, id: &str) -> Result<(), StoreError>;
     fn put_node(&mut self, node: &NodeRegistration) -> Result<(), StoreError>;
+    fn delete_node(&mut self, id: &str) -> Result<(), StoreError>;
     /// Stores a lease and the next token in one transaction.
     fn put_lease(&mut self, lease: &Lease, next_token: u64) -> Result<(), StoreError>;
     fn delete_lease(&mut self, task_id: &str) -> Result<(), StoreError>;

@@ -512,6 +512,61 @@ async fn nodes_turn_unhealthy_after_three_missed_heartbeats() {
 }
 
 #[tokio::test]
+async fn only_a_dead_node_can_be_deleted_and_it_stays_deleted() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let opts = || MasterOptions {
+        heartbeat_interval: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let m = spawn_in(dir, opts()).await;
+    register(&m, "node-a").await;
+    register(&m, "node-b").await;
+    let api_status = |r: Result<(), ClientError>| match r {
+        Ok(()) => 204,
+        Err(ClientError::Api { status, .. }) => status.as_u16(),
+        Err(e) => panic!("{e}"),
+    };
+    let (st, body) = m.raw().send("DELETE", "/nodes/node-a", None).await;
+    assert_eq!(st, 409, "a healthy node is refused: {body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("stop its shadow-nodeproxy first")),
+        "says what to do: {body}"
+    );
+
+    let follower = Follower::spawn(m.client.clone(), std::future::pending());
+    follower
+        .wait_until(|s| s.node("node-a").is_some_and(|n| !n.healthy))
+        .await;
+    assert_eq!(api_status(m.client.delete_node("node-a").await), 204);
+    follower.wait_until(|s| s.node("node-a").is_none()).await;
+    let listed: Vec<String> = m
+        .client
+        .list_nodes()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(listed, vec!["node-b".to_string()]);
+    assert_eq!(api_status(m.client.delete_node("node-a").await), 404);
+
+    // Gone for good: not back after a restart on the same data dir.
+    let dir = m.stop().await;
+    let m = spawn_in(dir, opts()).await;
+    let listed: Vec<String> = m
+        .client
+        .list_nodes()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(listed, vec!["node-b".to_string()]);
+}
+
+#[tokio::test]
 async fn a_restarted_master_keeps_tasks_nodes_and_the_lease_generation() {
     let m = spawn(MasterOptions::default()).await;
     register(&m, "node-a").await;

@@ -1,4 +1,4 @@
-//! `/nodes/`: node registration, heartbeats and the node list.
+//! `/nodes/`: node registration, heartbeats, the node list and removing dead nodes.
 
 use std::sync::Arc;
 
@@ -28,6 +28,13 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
                     Err(e) => reply::invalid(e),
                 },
             );
+    let s = state.clone();
+    let delete = warp::path!("nodes" / String)
+        .and(warp::delete())
+        .map(move |id: String| match s.registry.delete_node(&id) {
+            Ok(()) => reply::no_content(),
+            Err(e) => reply::registry_error(e),
+        });
     let s = state;
     let heartbeat = warp::path!("nodes" / String / "heartbeat")
         .and(warp::put())
@@ -38,5 +45,11 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
                 Err(e) => reply::invalid(e),
             },
         );
-    list.or(register).unify().or(heartbeat).unify().boxed()
+    list.or(register)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(heartbeat)
+        .unify()
+        .boxed()
 }

@@ -91,6 +91,33 @@ impl Registry {
         Ok(status)
     }
 
+    /// Forgets a node. Only an unhealthy one: a live node would register itself again at its
+    /// next heartbeat, and removing it would hide it from the edges until then. Its leases are
+    /// left to lapse, so no other node takes a volume it may still be writing.
+    pub fn delete_node(&self, id: &str) -> Result<(), RegistryError> {
+        let mut g = self.lock();
+        let entry = g.nodes.get(id).ok_or_else(|| {
+            RegistryError::NotFound(format!(
+                "node {id:?} is not registered; list nodes with GET /nodes/"
+            ))
+        })?;
+        if entry.healthy {
+            return Err(RegistryError::Conflict {
+                message: format!(
+                    "node {id:?} is healthy (it sends heartbeats); stop its shadow-nodeproxy first, then delete it once GET /nodes/ shows it unhealthy"
+                ),
+                field: None,
+            });
+        }
+        g.store.delete_node(id)?;
+        g.nodes.remove(id);
+        g.emit(
+            &self.revision_tx,
+            WatchEvent::NodeDeleted { id: id.to_string() },
+        );
+        Ok(())
+    }
+
     pub fn list_nodes(&self) -> Vec<NodeStatus> {
         self.lock().nodes.values().map(NodeEntry::status).collect()
     }

@@ -113,6 +113,13 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn delete_node(&mut self, id: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM nodes WHERE id = ?1", params![id])
+            .map_err(db)?;
+        Ok(())
+    }
+
     fn put_lease(&mut self, lease: &Lease, next_token: u64) -> Result<(), StoreError> {
         let tx = self.conn.transaction().map_err(db)?;
         tx.execute(
