@@ -88,6 +88,46 @@ pub struct Cli {
     #[arg(skip)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub s3_secret_key: Option<String>,
+    /// Where attached block volumes show up (symlinks named by the cloud) [default: /dev/disk/by-id].
+    #[arg(long, env = "SHADOW_BLOCK_DEVICE_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block_device_dir: Option<PathBuf>,
+    /// Enable `ebs` volumes: this node is an EC2 instance, or names one below [default: false].
+    #[arg(long, env = "SHADOW_EBS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ebs: Option<bool>,
+    /// This node's EC2 instance id for `ebs` volumes [default: from the instance metadata (IMDSv2)].
+    #[arg(long, env = "SHADOW_AWS_INSTANCE_ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws_instance_id: Option<String>,
+    /// This node's availability zone for `ebs` volumes [default: from the instance metadata (IMDSv2)].
+    #[arg(long, env = "SHADOW_AWS_AZ")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws_az: Option<String>,
+    /// AWS region for `ebs` volumes [default: the SDK's chain, else the zone's region].
+    #[arg(long, env = "SHADOW_AWS_REGION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws_region: Option<String>,
+    /// EC2 API endpoint for `ebs` volumes; empty = AWS [default: empty].
+    #[arg(long, env = "SHADOW_AWS_ENDPOINT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws_endpoint: Option<String>,
+    /// DigitalOcean API base for `do` volumes [default: https://api.digitalocean.com].
+    #[arg(long, env = "SHADOW_DO_API")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub do_api: Option<String>,
+    /// This node's droplet id for `do` volumes [default: from the droplet metadata service].
+    #[arg(long, env = "SHADOW_DO_DROPLET_ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub do_droplet_id: Option<String>,
+    /// This node's DigitalOcean region for `do` volumes [default: from the droplet metadata service].
+    #[arg(long, env = "SHADOW_DO_REGION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub do_region: Option<String>,
+    /// DigitalOcean API token. Env only (SHADOW_DO_TOKEN); set = `do` volumes on this node.
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub do_token: Option<String>,
     /// Bearer token for the master. Env only (SHADOW_API_TOKEN), so it never shows in `ps`.
     #[arg(skip)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -135,6 +175,26 @@ pub struct NodeConfig {
     pub s3_access_key: Option<String>,
     #[serde(default)]
     pub s3_secret_key: Option<String>,
+    #[serde(default = "default_block_device_dir")]
+    pub block_device_dir: PathBuf,
+    #[serde(default)]
+    pub ebs: bool,
+    #[serde(default)]
+    pub aws_instance_id: Option<String>,
+    #[serde(default)]
+    pub aws_az: Option<String>,
+    #[serde(default)]
+    pub aws_region: Option<String>,
+    #[serde(default)]
+    pub aws_endpoint: Option<String>,
+    #[serde(default = "default_do_api")]
+    pub do_api: String,
+    #[serde(default)]
+    pub do_droplet_id: Option<String>,
+    #[serde(default)]
+    pub do_region: Option<String>,
+    #[serde(default)]
+    pub do_token: Option<String>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -172,6 +232,12 @@ fn default_checkpoint_s() -> u64 {
 fn default_snapshot_keep() -> u32 {
     2
 }
+fn default_block_device_dir() -> PathBuf {
+    PathBuf::from("/dev/disk/by-id")
+}
+fn default_do_api() -> String {
+    "https://api.digitalocean.com".into()
+}
 
 impl NodeConfig {
     /// Defaults with a given id, master and data dir, for tests and embedding.
@@ -196,6 +262,16 @@ impl NodeConfig {
             snapshot_keep: default_snapshot_keep(),
             s3_access_key: None,
             s3_secret_key: None,
+            block_device_dir: default_block_device_dir(),
+            ebs: false,
+            aws_instance_id: None,
+            aws_az: None,
+            aws_region: None,
+            aws_endpoint: None,
+            do_api: default_do_api(),
+            do_droplet_id: None,
+            do_region: None,
+            do_token: None,
         }
     }
     pub fn heartbeat_interval(&self) -> Duration {

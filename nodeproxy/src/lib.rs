@@ -134,10 +134,17 @@ async fn volumes(config: &NodeConfig) -> Result<Volumes, RunError> {
     if s3.is_some() {
         tracing::info!(bucket = ?config.s3_bucket, endpoint = ?config.s3_endpoint, "s3 volumes enabled");
     }
+    let ebs = volume::ebs::EbsVolumes::from_config(config)
+        .await?
+        .map(|b| Arc::new(b) as Arc<dyn VolumeBackend>);
+    let digitalocean = volume::digitalocean::DoVolumes::from_config(config)
+        .await?
+        .map(|b| Arc::new(b) as Arc<dyn VolumeBackend>);
     Ok(Volumes {
         local: Some(Arc::new(LocalVolumes::new(&config.data_dir))),
         s3,
-        ..Volumes::default()
+        ebs,
+        digitalocean,
     })
 }
 

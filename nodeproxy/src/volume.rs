@@ -7,6 +7,9 @@
 //! at the last moment, whether that token is still the newest, so a backend that commits data
 //! never commits over a newer holder's.
 
+pub mod block;
+pub mod digitalocean;
+pub mod ebs;
 pub mod local;
 pub mod s3;
 

@@ -40,6 +40,7 @@ const ENV_ONLY: &[EnvOnly] = &[
             ("SHADOW_API_TOKEN", "api_token"),
             ("SHADOW_S3_ACCESS_KEY", "s3_access_key"),
             ("SHADOW_S3_SECRET_KEY", "s3_secret_key"),
+            ("SHADOW_DO_TOKEN", "do_token"),
         ],
         "nodeproxy/src/bin/shadow-nodeproxy.rs",
     ),

@@ -11,6 +11,7 @@ async fn main() -> anyhow::Result<()> {
     cli.api_token = std::env::var("SHADOW_API_TOKEN").ok();
     cli.s3_access_key = std::env::var("SHADOW_S3_ACCESS_KEY").ok();
     cli.s3_secret_key = std::env::var("SHADOW_S3_SECRET_KEY").ok();
+    cli.do_token = std::env::var("SHADOW_DO_TOKEN").ok();
     let config: NodeConfig = shadow_common::config::load(cli.config.as_deref(), &cli)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
