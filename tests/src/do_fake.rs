@@ -2,7 +2,7 @@
 //!
 //! It checks what a client sends (bearer token, JSON bodies, valid names, regions, droplets,
 //! attaching a volume only where it is free) and answers as DigitalOcean does: actions start
-//! `in-progress` and complete on the next poll, which is when the volume's `droplet_ids` change
+//! `in-progress` and complete on the next poll (or a later one, [`DoFake::slow_actions`]), which is when the volume's `droplet_ids` change
 //! and its disk (a [`LoopDisk`]) is linked into (or out of) the droplet's device dir as
 //! `scsi-0DO_Volume_<name>`. Requests that break a rule are answered with DigitalOcean's error
 //! shape and recorded in [`DoFake::problems`].
@@ -40,6 +40,8 @@ struct Action {
     droplet: u64,
     region: String,
     status: &'static str,
+    /// Polls left before it completes.
+    polls_left: u32,
 }
 
 #[derive(Default)]
@@ -51,6 +53,8 @@ struct State {
     droplets: HashMap<u64, (String, PathBuf)>,
     next: u64,
     fail_detaches: u32,
+    /// Polls an action takes to complete (at least one).
+    action_polls: u32,
     requests: Vec<String>,
     problems: Vec<String>,
 }
@@ -139,6 +143,11 @@ impl DoFake {
     /// The next `n` detach requests fail with a 500, as DigitalOcean's API sometimes does.
     pub fn fail_detaches(&self, n: u32) {
         self.lock().fail_detaches = n;
+    }
+
+    /// Actions complete only on their `polls`-th poll, as a slow cloud's do.
+    pub fn slow_actions(&self, polls: u32) {
+        self.lock().action_polls = polls;
     }
 
     /// Every request so far, as `METHOD path [action type]`.
@@ -479,6 +488,7 @@ async fn handle(st: &Mutex<State>, req: Request<Incoming>) -> Response<Full<Byte
                 droplet,
                 region: region.into(),
                 status: "in-progress",
+                polls_left: s.action_polls.max(1),
             };
             let body = json!({"action": action_json(&a)});
             s.actions.insert(a.id, a);
@@ -499,10 +509,12 @@ async fn handle(st: &Mutex<State>, req: Request<Incoming>) -> Response<Full<Byte
                 );
             };
             let (aid, kind, droplet, vol) = (a.id, a.kind.clone(), a.droplet, a.volume.clone());
+            let a = s.actions.get_mut(&aid).expect("the action");
             if a.status != "completed" {
-                complete(s, &vol, &kind, droplet);
-                if let Some(a) = s.actions.get_mut(&aid) {
+                a.polls_left = a.polls_left.saturating_sub(1);
+                if a.polls_left == 0 {
                     a.status = "completed";
+                    complete(s, &vol, &kind, droplet);
                 }
             }
             answer(

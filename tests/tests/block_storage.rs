@@ -656,3 +656,34 @@ async fn do_a_failed_detach_keeps_the_lease_and_is_retried() {
     b.stop().await;
     assert_eq!(f.api.problems(), Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn do_an_attach_longer_than_the_lease_keeps_the_lease_alive() {
+    if skipped() {
+        return;
+    }
+    let f = Do::start().await;
+    let a = f.node(401).await;
+    let d = domain("do-slow");
+    let task = counter_task_idle(&f.m, &d, "do", 3600).await;
+    // About 3 s of polling (0.1 + 0.2 + 0.4 + 0.8 + 1.6 s) against a 1.5 s lease.
+    f.api.slow_actions(6);
+
+    let ca = HttpClient::new(a.addr);
+    assert_eq!(
+        timed(&ca, "do cold start with a slow attach", "GET", &d, "/").await,
+        "0"
+    );
+    // Had the lease lapsed during the attach, the node would stop the app at its first renewal.
+    tokio::time::sleep(Duration::from_millis(2 * LEASE_TTL_MS)).await;
+    assert_eq!(request(&ca, "POST", &d, "/count").await, "1");
+    let leases = f.m.client.list_leases().await.expect("leases");
+    assert_eq!(leases.len(), 1);
+    assert_eq!(
+        (leases[0].task_id.as_str(), leases[0].node.as_str()),
+        (task.id.as_str(), a.id.as_str())
+    );
+    assert_eq!(a.containers().await.len(), 1, "the app kept running");
+    a.stop().await;
+    assert_eq!(f.api.problems(), Vec::<String>::new());
+}

@@ -11,6 +11,10 @@
 //!   the volume is free. Any error is returned: the node then keeps the lease and retries, so
 //!   the volume is never mounted on two nodes.
 //!
+//! An attach may take minutes (a move between zones) and a detach may wait long for the cloud,
+//! while the node's lease keeper runs only for a started app; so both renew the lease themselves
+//! (through the [`Fence`], which renews with this node's token) every third of its time to live.
+//!
 //! # Layout
 //! - [`device`]: the device on this node (wait, blank check, mkfs, mount, unmount).
 //! - [`poll`]: waiting on the cloud's state with backoff.
@@ -58,6 +62,7 @@ pub trait BlockCloud: Send + Sync {
 pub struct BlockVolumes<C> {
     cloud: C,
     root: PathBuf,
+    renew_every: Duration,
 }
 
 fn io(task: &Task, message: String) -> VolumeError {
@@ -68,11 +73,13 @@ fn io(task: &Task, message: String) -> VolumeError {
 }
 
 impl<C: BlockCloud> BlockVolumes<C> {
-    /// Mounts volumes under `<data_dir>/block/<task id>`.
-    pub fn new(cloud: C, data_dir: &std::path::Path) -> Self {
+    /// Mounts volumes under `<data_dir>/block/<task id>` and renews the lease every third of
+    /// `lease_ttl` during an attach or detach.
+    pub fn new(cloud: C, data_dir: &std::path::Path, lease_ttl: Duration) -> Self {
         Self {
             cloud,
             root: data_dir.join("block"),
+            renew_every: (lease_ttl / 3).max(Duration::from_millis(100)),
         }
     }
 
@@ -106,11 +113,34 @@ impl<C: BlockCloud> BlockVolumes<C> {
     }
 }
 
+/// Runs `work` while renewing the task's lease beside it. A failed renewal is only logged: the
+/// cloud steps check the fence themselves where it matters (before taking a volume away), and
+/// the caller sees the lease's loss when the app runs or stops.
+async fn keeping_lease<T>(
+    fence: &Fence,
+    task: &Task,
+    every: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let renew = async {
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = fence.verify(&task.id).await {
+                tracing::warn!(error = %e, "cannot renew the lease during a long volume step");
+            }
+        }
+    };
+    tokio::select! {
+        out = work => out,
+        never = renew => never,
+    }
+}
+
 #[async_trait]
 impl<C: BlockCloud> VolumeBackend for BlockVolumes<C> {
     async fn attach(&self, task: &Task, fence: &Fence) -> Result<Attached, VolumeError> {
         let span = tracing::info_span!("block_attach", backend = self.cloud.name(), task = %task.id, token = fence.token);
-        async {
+        let work = async {
             let began = Instant::now();
             let a = self.cloud.attach(task, fence).await?;
             let api_ms = began.elapsed().as_millis() as u64;
@@ -137,9 +167,10 @@ impl<C: BlockCloud> VolumeBackend for BlockVolumes<C> {
                     Err(e)
                 }
             }
-        }
-        .instrument(span)
-        .await
+        };
+        keeping_lease(fence, task, self.renew_every, work)
+            .instrument(span)
+            .await
     }
 
     async fn abandon(&self, task: &Task, _attached: &Attached) -> Result<(), VolumeError> {
@@ -157,7 +188,7 @@ impl<C: BlockCloud> VolumeBackend for BlockVolumes<C> {
         fence: &Fence,
     ) -> Result<(), VolumeError> {
         let span = tracing::info_span!("block_detach", backend = self.cloud.name(), task = %task.id, token = fence.token);
-        async {
+        let work = async {
             let began = Instant::now();
             let dir = self.mount_dir(task);
             if device::is_mounted(&dir).await.map_err(|m| io(task, m))? {
@@ -173,8 +204,9 @@ impl<C: BlockCloud> VolumeBackend for BlockVolumes<C> {
             self.cloud.detach(task, volume_id).await?;
             tracing::info!(volume = %volume_id, ms = began.elapsed().as_millis() as u64, "volume detached");
             Ok(())
-        }
-        .instrument(span)
-        .await
+        };
+        keeping_lease(fence, task, self.renew_every, work)
+            .instrument(span)
+            .await
     }
 }

@@ -112,6 +112,7 @@ impl DoVolumes {
                 device_dir: config.block_device_dir.clone(),
             },
             &config.data_dir,
+            config.lease_ttl(),
         )))
     }
 }

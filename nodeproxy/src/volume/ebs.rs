@@ -183,6 +183,7 @@ impl EbsVolumes {
                 device_dir: config.block_device_dir.clone(),
             },
             &config.data_dir,
+            config.lease_ttl(),
         )))
     }
 }
