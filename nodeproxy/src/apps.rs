@@ -38,6 +38,11 @@ pub struct AppContext {
 
 impl AppContext {
     /// The fence for a volume operation under `token` (none for a task without a lease).
+    /// How often a long volume step renews the lease: a third of its time to live.
+    pub fn renew_every(&self) -> std::time::Duration {
+        self.config.lease_ttl() / 3
+    }
+
     pub fn fence(&self, token: Option<u64>) -> crate::volume::Fence {
         match token {
             Some(t) => crate::volume::Fence::new(t, self.fence_check.clone()),

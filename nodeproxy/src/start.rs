@@ -115,7 +115,10 @@ pub async fn start(
     let t = Instant::now();
     let mut data_mount = None;
     if let Some(backend) = ctx.volumes.backend(task)? {
-        let attached = backend.attach(task, &ctx.fence(token)).await?;
+        let fence = ctx.fence(token);
+        let attached = fence
+            .keeping(&task.id, ctx.renew_every(), backend.attach(task, &fence))
+            .await?;
         data_mount = Some(attached.host_path.clone());
         record(partial, |p| p.volume = Some((backend, attached)));
     }
@@ -235,10 +238,9 @@ pub async fn clean_up(ctx: &AppContext, task: &Task, partial: Partial) {
     }
     let mut keep_lease = false;
     if let Some((backend, attached)) = &partial.volume {
-        if let Err(e) = backend
-            .detach(task, attached, &ctx.fence(partial.lease))
-            .await
-        {
+        let fence = ctx.fence(partial.lease);
+        let detach = backend.detach(task, attached, &fence);
+        if let Err(e) = fence.keeping(&task.id, ctx.renew_every(), detach).await {
             tracing::error!(task = %task.id, error = %e, "cannot detach the failed app's volume; keeping its lease");
             keep_lease = true;
         }

@@ -69,10 +69,9 @@ async fn detach_until_done(
     let task = &running.task;
     let mut wait = RETRY_FIRST;
     loop {
-        match backend
-            .detach(task, attached, &ctx.fence(running.lease))
-            .await
-        {
+        let fence = ctx.fence(running.lease);
+        let detach = backend.detach(task, attached, &fence);
+        match fence.keeping(&task.id, ctx.renew_every(), detach).await {
             Ok(()) => return true,
             Err(e @ VolumeError::Fenced { .. }) => {
                 tracing::error!(task = %task.id, error = %e, "detach fenced off: a newer holder exists; leaving the data");
