@@ -27,8 +27,10 @@ use tokio::time::Instant;
 
 const REGION: &str = "us-east-1";
 const DO_REGION: &str = "nyc3";
-/// Short leases, so a dead node's lapses quickly.
-const LEASE_TTL_MS: u64 = 1500;
+/// Short leases, so a dead node's lapses quickly; not shorter, because the node renews a lease
+/// only while a volume step runs and once the app started, not while the container is created
+/// and probed, which can take seconds on a busy machine.
+const LEASE_TTL_MS: u64 = 4000;
 
 fn skipped() -> bool {
     match skip_reason() {
@@ -663,11 +665,12 @@ async fn do_an_attach_longer_than_the_lease_keeps_the_lease_alive() {
         return;
     }
     let f = Do::start().await;
-    let a = f.node(401).await;
+    let ttl = 3000;
+    let a = f.node_with_lease(401, ttl).await;
     let d = domain("do-slow");
     let task = counter_task_idle(&f.m, &d, "do", 3600).await;
-    // About 3 s of polling (0.1 + 0.2 + 0.4 + 0.8 + 1.6 s) against a 1.5 s lease.
-    f.api.slow_actions(6);
+    // About 9 s of polling (0.1 + 0.2 + 0.4 + 0.8 + 1.6 + 3 + 3 s) against a 3 s lease.
+    f.api.slow_actions(8);
 
     let ca = HttpClient::new(a.addr);
     assert_eq!(
@@ -675,7 +678,7 @@ async fn do_an_attach_longer_than_the_lease_keeps_the_lease_alive() {
         "0"
     );
     // Had the lease lapsed during the attach, the node would stop the app at its first renewal.
-    tokio::time::sleep(Duration::from_millis(2 * LEASE_TTL_MS)).await;
+    tokio::time::sleep(Duration::from_millis(2 * ttl)).await;
     assert_eq!(request(&ca, "POST", &d, "/count").await, "1");
     let leases = f.m.client.list_leases().await.expect("leases");
     assert_eq!(leases.len(), 1);
