@@ -1,8 +1,8 @@
-//! The edge's routing lookup per request, with 100 000 tasks and 10 nodes: Host → task
-//! (`ClusterState::task_by_domain`) → nodes to try (`placement::candidates`).
+//! The edge's routing lookup per request, with 100 000 tasks (or `SHADOW_BENCH_TASKS`) and 10
+//! nodes: Host → task (`ClusterState::task_by_domain`) → nodes to try (`placement::candidates`).
 //!
 //! Run with `cargo bench -p shadow-edgeproxy --bench lookup`; `contrib/bench/run.sh` runs it
-//! and puts the figures in `docs/benchmarks.md`.
+//! for 10 000 and 100 000 tasks and puts the figures in `docs/benchmarks.md`.
 
 use std::hint::black_box;
 
@@ -15,10 +15,16 @@ use shadow_common::{
 };
 use shadow_edgeproxy::placement::{candidates, Sticky};
 
-const TASKS: usize = 100_000;
+/// Registered tasks, from `SHADOW_BENCH_TASKS` (default 100 000).
+fn tasks() -> usize {
+    std::env::var("SHADOW_BENCH_TASKS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000)
+}
 const NODES: usize = 10;
 
-fn state() -> ClusterState {
+fn state(tasks: usize) -> ClusterState {
     let mut state = ClusterState::default();
     for n in 0..NODES {
         state.apply(&WatchEvent::NodePut {
@@ -33,7 +39,7 @@ fn state() -> ClusterState {
             },
         });
     }
-    for t in 0..TASKS {
+    for t in 0..tasks {
         let spec = TaskSpec::from_json(
             format!(
                 r#"{{"name":"app{t}","domains":["app{t}.example.com"],"image":"shadow-test/counter:latest","volume":{{"kind":"local"}}}}"#
@@ -52,33 +58,37 @@ fn state() -> ClusterState {
 }
 
 fn lookup(c: &mut Criterion) {
-    let state = state();
+    let tasks = tasks();
+    let state = state(tasks);
     let sticky = Sticky::default();
     // Half the tasks were routed before (sticky), as on a busy edge.
-    for t in (0..TASKS).step_by(2) {
+    for t in (0..tasks).step_by(2) {
         sticky.set(&format!("{t:032x}"), &format!("node-{}", t % NODES));
     }
-    let domains: Vec<String> = (0..TASKS)
-        .map(|t| format!("app{}.example.com", (t * 7919) % TASKS))
+    let domains: Vec<String> = (0..tasks)
+        .map(|t| format!("app{}.example.com", (t * 7919) % tasks))
         .collect();
     let mut i = 0usize;
-    c.bench_function("task_by_domain (100k tasks)", |b| {
+    c.bench_function(&format!("task_by_domain ({tasks} tasks)"), |b| {
         b.iter(|| {
-            i = (i + 1) % TASKS;
+            i = (i + 1) % tasks;
             black_box(state.task_by_domain(black_box(&domains[i])))
         })
     });
     let mut i = 0usize;
-    c.bench_function("task_by_domain + candidates (100k tasks, 10 nodes)", |b| {
-        b.iter(|| {
-            i = (i + 1) % TASKS;
-            let task = state
-                .task_by_domain(black_box(&domains[i]))
-                .expect("a known domain");
-            black_box(candidates(&state, &sticky, &task.id, |n| n.healthy))
-        })
-    });
-    c.bench_function("unknown host (100k tasks)", |b| {
+    c.bench_function(
+        &format!("task_by_domain + candidates ({tasks} tasks, {NODES} nodes)"),
+        |b| {
+            b.iter(|| {
+                i = (i + 1) % tasks;
+                let task = state
+                    .task_by_domain(black_box(&domains[i]))
+                    .expect("a known domain");
+                black_box(candidates(&state, &sticky, &task.id, |n| n.healthy))
+            })
+        },
+    );
+    c.bench_function(&format!("unknown host ({tasks} tasks)"), |b| {
         b.iter(|| black_box(state.task_by_domain(black_box("nope.example.org"))))
     });
 }

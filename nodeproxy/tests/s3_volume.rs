@@ -796,74 +796,124 @@ async fn a_copy_not_yet_written_back_is_kept_until_another_node_commits() {
     assert_eq!(read(&back), "from b");
 }
 
-/// Restore and persist throughput against a raw PUT/GET of the same bytes on the same server.
+/// Restore and persist throughput against a raw PUT/GET of the same bytes on the same server,
+/// for incompressible ("noise") and compressible ("text") data. Sizes in MiB from
+/// `SHADOW_BENCH_SIZES_MIB` (comma-separated, default 100,500); one machine-readable
+/// `BENCH-S3 size_mib=.. kind=.. persist_s=.. raw_put_s=.. restore_s=.. raw_get_s=..` line per
+/// size and kind, which `contrib/bench/run.sh` puts in docs/benchmarks.md.
 /// Run: `cargo test -p shadow-nodeproxy --release --test s3_volume -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: prints figures, asserts nothing about time"]
 async fn throughput_against_raw_transfers() {
     let s3 = s3srv::spawn().await;
-    for size_mib in [100u64, 500] {
-        let (node_a, node_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let (a, b) = (
-            backend(&s3, node_a.path(), 2).await,
-            backend(&s3, node_b.path(), 2).await,
-        );
-        let t = task(None);
-        let attached = a.attach(&t, &Fence::unchecked(1)).await.unwrap();
-        let file = attached.host_path.join("data.bin");
-        {
-            let file = file.clone();
-            tokio::task::spawn_blocking(move || write_noise(&file, size_mib, size_mib * MIB))
+    let sizes: Vec<u64> = std::env::var("SHADOW_BENCH_SIZES_MIB")
+        .unwrap_or_else(|_| "100,500".to_owned())
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .expect("SHADOW_BENCH_SIZES_MIB: sizes in MiB")
+        })
+        .collect();
+    for size_mib in sizes {
+        for kind in ["noise", "text"] {
+            let (node_a, node_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let (a, b) = (
+                backend(&s3, node_a.path(), 2).await,
+                backend(&s3, node_b.path(), 2).await,
+            );
+            let t = task(None);
+            let attached = a.attach(&t, &Fence::unchecked(1)).await.unwrap();
+            let file = attached.host_path.join("data.bin");
+            {
+                let file = file.clone();
+                tokio::task::spawn_blocking(move || match kind {
+                    "noise" => write_noise(&file, size_mib, size_mib * MIB),
+                    _ => write_text(&file, size_mib * MIB),
+                })
                 .await
                 .unwrap();
-        }
-
-        // Raw PUT: the file's bytes, read from disk, in the same multipart upload.
-        let started = Instant::now();
-        let raw_key = format!("bench/{}", t.id);
-        let mut up = a.store().upload(&raw_key);
-        let mut f = tokio::fs::File::open(&file).await.unwrap();
-        let mut buf = vec![0u8; MIB as usize];
-        loop {
-            use tokio::io::AsyncReadExt;
-            let n = f.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
             }
-            up.push(&buf[..n]).await.unwrap();
+
+            // Raw PUT: the file's bytes, read from disk, in the same multipart upload.
+            let started = Instant::now();
+            let raw_key = format!("bench/{}", t.id);
+            let mut up = a.store().upload(&raw_key);
+            let mut f = tokio::fs::File::open(&file).await.unwrap();
+            let mut buf = vec![0u8; MIB as usize];
+            loop {
+                use tokio::io::AsyncReadExt;
+                let n = f.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                up.push(&buf[..n]).await.unwrap();
+            }
+            up.finish().await.unwrap();
+            let raw_put = started.elapsed();
+
+            // Raw GET: stream the object and drop the bytes.
+            let started = Instant::now();
+            let mut body = a.store().get(&raw_key).await.unwrap().unwrap().body;
+            let mut got = 0u64;
+            while let Some(chunk) = body.try_next().await.unwrap() {
+                got += chunk.len() as u64;
+            }
+            assert_eq!(got, size_mib * MIB);
+            let raw_get = started.elapsed();
+
+            let started = Instant::now();
+            a.detach(&t, &attached, &Fence::unchecked(1)).await.unwrap();
+            let persist = started.elapsed();
+            let started = Instant::now();
+            let restored = b.attach(&t, &Fence::unchecked(2)).await.unwrap();
+            let restore = started.elapsed();
+            assert_eq!(
+                std::fs::metadata(restored.host_path.join("data.bin"))
+                    .unwrap()
+                    .len(),
+                size_mib * MIB
+            );
+
+            let rate = |d: Duration| size_mib as f64 / d.as_secs_f64();
+            println!(
+                "{size_mib} MiB {kind}: persist {:.2} s ({:.0} MiB/s) vs raw PUT {:.2} s ({:.0} MiB/s); \
+                 restore {:.2} s ({:.0} MiB/s) vs raw GET {:.2} s ({:.0} MiB/s)",
+                persist.as_secs_f64(),
+                rate(persist),
+                raw_put.as_secs_f64(),
+                rate(raw_put),
+                restore.as_secs_f64(),
+                rate(restore),
+                raw_get.as_secs_f64(),
+                rate(raw_get),
+            );
+            println!(
+                "BENCH-S3 size_mib={size_mib} kind={kind} persist_s={:.3} raw_put_s={:.3} \
+                 restore_s={:.3} raw_get_s={:.3}",
+                persist.as_secs_f64(),
+                raw_put.as_secs_f64(),
+                restore.as_secs_f64(),
+                raw_get.as_secs_f64(),
+            );
         }
-        up.finish().await.unwrap();
-        let raw_put = started.elapsed();
-
-        // Raw GET: stream the object and drop the bytes.
-        let started = Instant::now();
-        let mut body = a.store().get(&raw_key).await.unwrap().unwrap().body;
-        let mut got = 0u64;
-        while let Some(chunk) = body.try_next().await.unwrap() {
-            got += chunk.len() as u64;
-        }
-        assert_eq!(got, size_mib * MIB);
-        let raw_get = started.elapsed();
-
-        let started = Instant::now();
-        a.detach(&t, &attached, &Fence::unchecked(1)).await.unwrap();
-        let persist = started.elapsed();
-        let started = Instant::now();
-        b.attach(&t, &Fence::unchecked(2)).await.unwrap();
-        let restore = started.elapsed();
-
-        let rate = |d: Duration| size_mib as f64 / d.as_secs_f64();
-        println!(
-            "{size_mib} MiB: persist {:.2} s ({:.0} MiB/s) vs raw PUT {:.2} s ({:.0} MiB/s); \
-             restore {:.2} s ({:.0} MiB/s) vs raw GET {:.2} s ({:.0} MiB/s)",
-            persist.as_secs_f64(),
-            rate(persist),
-            raw_put.as_secs_f64(),
-            rate(raw_put),
-            restore.as_secs_f64(),
-            rate(restore),
-            raw_get.as_secs_f64(),
-            rate(raw_get),
-        );
     }
+}
+
+/// Compressible bytes: numbered lines of text, as logs or a small database's pages might hold.
+fn write_text(path: &Path, len: u64) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut written = 0u64;
+    let mut i = 0u64;
+    while written < len {
+        let line = format!(
+            "{i:012} user={} status=ok the quick brown fox jumps over the lazy dog\n",
+            i % 977
+        );
+        let n = (line.len() as u64).min(len - written) as usize;
+        f.write_all(&line.as_bytes()[..n]).unwrap();
+        written += n as u64;
+        i += 1;
+    }
+    f.flush().unwrap();
 }
