@@ -11,9 +11,8 @@
 //!   the volume is free. Any error is returned: the node then keeps the lease and retries, so
 //!   the volume is never mounted on two nodes.
 //!
-//! An attach may take minutes (a move between zones) and a detach may wait long for the cloud,
-//! while the node's lease keeper runs only for a started app; so both renew the lease themselves
-//! (through the [`Fence`], which renews with this node's token) every third of its time to live.
+//! An attach may take minutes (a move between zones): the node renews the lease around every
+//! attach and detach ([`Fence::keeping`]), so the lease outlives it.
 //!
 //! # Layout
 //! - [`device`]: the device on this node (wait, blank check, mkfs, mount, unmount).
@@ -62,7 +61,6 @@ pub trait BlockCloud: Send + Sync {
 pub struct BlockVolumes<C> {
     cloud: C,
     root: PathBuf,
-    renew_every: Duration,
 }
 
 fn io(task: &Task, message: String) -> VolumeError {
@@ -73,13 +71,11 @@ fn io(task: &Task, message: String) -> VolumeError {
 }
 
 impl<C: BlockCloud> BlockVolumes<C> {
-    /// Mounts volumes under `<data_dir>/block/<task id>` and renews the lease every third of
-    /// `lease_ttl` during an attach or detach.
-    pub fn new(cloud: C, data_dir: &std::path::Path, lease_ttl: Duration) -> Self {
+    /// Mounts volumes under `<data_dir>/block/<task id>`.
+    pub fn new(cloud: C, data_dir: &std::path::Path) -> Self {
         Self {
             cloud,
             root: data_dir.join("block"),
-            renew_every: (lease_ttl / 3).max(Duration::from_millis(100)),
         }
     }
 
@@ -110,29 +106,6 @@ impl<C: BlockCloud> BlockVolumes<C> {
             .map_err(|e| io(task, format!("cannot resolve {}: {e}", dir.display())))?;
         tracing::info!(device = %dev.display(), dir = %dir.display(), "volume mounted");
         Ok(dir)
-    }
-}
-
-/// Runs `work` while renewing the task's lease beside it. A failed renewal is only logged: the
-/// cloud steps check the fence themselves where it matters (before taking a volume away), and
-/// the caller sees the lease's loss when the app runs or stops.
-async fn keeping_lease<T>(
-    fence: &Fence,
-    task: &Task,
-    every: Duration,
-    work: impl std::future::Future<Output = T>,
-) -> T {
-    let renew = async {
-        loop {
-            tokio::time::sleep(every).await;
-            if let Err(e) = fence.verify(&task.id).await {
-                tracing::warn!(error = %e, "cannot renew the lease during a long volume step");
-            }
-        }
-    };
-    tokio::select! {
-        out = work => out,
-        never = renew => never,
     }
 }
 
@@ -168,9 +141,7 @@ impl<C: BlockCloud> VolumeBackend for BlockVolumes<C> {
                 }
             }
         };
-        keeping_lease(fence, task, self.renew_every, work)
-            .instrument(span)
-            .await
+        work.instrument(span).await
     }
 
     async fn abandon(&self, task: &Task, _attached: &Attached) -> Result<(), VolumeError> {
@@ -205,8 +176,6 @@ impl<C: BlockCloud> VolumeBackend for BlockVolumes<C> {
             tracing::info!(volume = %volume_id, ms = began.elapsed().as_millis() as u64, "volume detached");
             Ok(())
         };
-        keeping_lease(fence, task, self.renew_every, work)
-            .instrument(span)
-            .await
+        work.instrument(span).await
     }
 }

@@ -112,7 +112,6 @@ impl DoVolumes {
                 device_dir: config.block_device_dir.clone(),
             },
             &config.data_dir,
-            config.lease_ttl(),
         )))
     }
 }

@@ -183,7 +183,6 @@ impl EbsVolumes {
                 device_dir: config.block_device_dir.clone(),
             },
             &config.data_dir,
-            config.lease_ttl(),
         )))
     }
 }
