@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use shadow_common::{client::MasterClient, task::Task};
+use shadow_common::{client::MasterClient, follower::Follower, state::ClusterState, task::Task};
 use tokio::{sync::watch, time::Instant};
 
 use crate::{
@@ -196,6 +196,31 @@ impl Apps {
                 false
             }
             _ => false,
+        }
+    }
+
+    /// Stops every app whose task was deleted or changed on the master, without waiting for its
+    /// idle timeout or its next request: a deleted app must not keep running and holding its
+    /// volume, and a changed one restarts with its new spec on the next request.
+    pub fn reconcile(&self, state: &ClusterState) {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        for slot in slots.values() {
+            if let State::Running(r) = &*slot.lock() {
+                if state.task(&r.task.id).is_none_or(|t| t.spec != r.task.spec) {
+                    r.replaced.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Reconciles on every change of the node's copy of the master's state, once it is synced;
+    /// returns when the follower stops.
+    pub async fn follow(self: Arc<Self>, follower: Follower) {
+        let mut changes = follower.changes();
+        while changes.changed().await.is_ok() {
+            if follower.is_synced() {
+                self.reconcile(&follower.read());
+            }
         }
     }
 

@@ -105,6 +105,7 @@ pub async fn run_with(
         apps.clone(),
         config.heartbeat_interval(),
     ));
+    let reconciler = tokio::spawn(apps.clone().follow(follower.clone()));
     let node = Arc::new(handler::Node {
         node_id: config.node_id.clone(),
         apps: apps.clone(),
@@ -122,6 +123,7 @@ pub async fn run_with(
     tracing::info!("shutting down: stopping every app");
     apps.stop_all().await;
     heartbeat.abort();
+    reconciler.abort();
     let _ = stop_tx.send(true);
     Ok(())
 }

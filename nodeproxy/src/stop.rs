@@ -19,7 +19,8 @@ pub enum Reason {
     Idle,
     LeaseLost,
     Shutdown,
-    /// The task's spec changed; it restarts with the new one.
+    /// The task's spec changed (it restarts with the new one on its next request), or the task
+    /// was deleted.
     Updated,
 }
 

@@ -165,6 +165,25 @@ async fn the_count_survives_an_idle_reap_and_a_fresh_start() {
 }
 
 #[tokio::test]
+async fn deleting_a_running_task_stops_its_app_without_waiting_for_idle() {
+    let (m, n) = setup().await;
+    let d = domain("deleted");
+    // The default idle timeout (300 s) is far beyond the bound below.
+    let task = counter_task(&m, &d, |_| {}).await;
+    let c = Client::new(n.addr);
+    assert_eq!(c.post(&d, "/count", "").await.expect("req").status, 200);
+    assert_eq!(n.containers().await.len(), 1);
+
+    m.client.delete_task(&task.id).await.expect("delete");
+    tokio::time::timeout(Duration::from_secs(60), until_released(&m, &task.id))
+        .await
+        .expect("the node stops a deleted task's app and releases its lease");
+    assert!(n.containers().await.is_empty(), "its container is removed");
+    assert_eq!(c.get(&d, "/").await.expect("req").status, 404);
+    n.stop().await;
+}
+
+#[tokio::test]
 async fn websocket_and_sse_pass_through_and_an_open_socket_keeps_the_app_alive() {
     let (m, n) = setup().await;
     let d = domain("ws");
