@@ -112,32 +112,16 @@ pub async fn start(
     }
     ctx.metrics.phase("lease", began.elapsed());
 
-    let t = Instant::now();
-    let mut data_mount = None;
-    if let Some(backend) = ctx.volumes.backend(task)? {
-        let fence = ctx.fence(token);
-        let attached = fence
-            .keeping(&task.id, ctx.renew_every(), backend.attach(task, &fence))
-            .await?;
-        data_mount = Some(attached.host_path.clone());
-        record(partial, |p| p.volume = Some((backend, attached)));
-    }
-    ctx.metrics.phase("volume", t.elapsed());
-
-    let t = Instant::now();
-    ctx.runtime.ensure_image(&task.spec.image).await?;
-    ctx.metrics.phase("image", t.elapsed());
-
-    let t = Instant::now();
-    let spec = container_spec(task, &cfg.node_id, data_mount);
-    record(partial, |p| p.container = Some(spec.name.clone()));
-    let container = ctx.runtime.create_and_start(&spec).await?;
-    record(partial, |p| p.container = Some(container.id.clone()));
-    ctx.metrics.phase("create_start", t.elapsed());
-
-    let t = Instant::now();
-    wait_ready(ctx, task, &container).await?;
-    ctx.metrics.phase("ready", t.elapsed());
+    // No lease keeper runs until the app does: renew the lease here meanwhile, since attaching a
+    // large volume, pulling an image or a slow readiness can each outlast it.
+    let fence = ctx.fence(token);
+    let container = fence
+        .keeping(
+            &task.id,
+            ctx.renew_every(),
+            bring_up(ctx, task, partial, &fence),
+        )
+        .await?;
     tracing::info!(
         task = %task.id,
         container = %container.name,
@@ -161,6 +145,40 @@ pub async fn start(
         lost: Notify::new(),
         replaced: Notify::new(),
     })
+}
+
+/// Volume, image, container, readiness: the steps of a start that run under the lease.
+async fn bring_up(
+    ctx: &AppContext,
+    task: &Arc<Task>,
+    partial: &Mutex<Partial>,
+    fence: &crate::volume::Fence,
+) -> Result<RunningContainer, StartError> {
+    let cfg = &ctx.config;
+    let t = Instant::now();
+    let mut data_mount = None;
+    if let Some(backend) = ctx.volumes.backend(task)? {
+        let attached = backend.attach(task, fence).await?;
+        data_mount = Some(attached.host_path.clone());
+        record(partial, |p| p.volume = Some((backend, attached)));
+    }
+    ctx.metrics.phase("volume", t.elapsed());
+
+    let t = Instant::now();
+    ctx.runtime.ensure_image(&task.spec.image).await?;
+    ctx.metrics.phase("image", t.elapsed());
+
+    let t = Instant::now();
+    let spec = container_spec(task, &cfg.node_id, data_mount);
+    record(partial, |p| p.container = Some(spec.name.clone()));
+    let container = ctx.runtime.create_and_start(&spec).await?;
+    record(partial, |p| p.container = Some(container.id.clone()));
+    ctx.metrics.phase("create_start", t.elapsed());
+
+    let t = Instant::now();
+    wait_ready(ctx, task, &container).await?;
+    ctx.metrics.phase("ready", t.elapsed());
+    Ok(container)
 }
 
 pub fn container_spec(

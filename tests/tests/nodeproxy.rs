@@ -341,6 +341,35 @@ async fn a_slow_start_is_answered_when_ready() {
 }
 
 #[tokio::test]
+async fn a_start_longer_than_the_lease_keeps_the_lease() {
+    counter_image().await.expect("test image builds");
+    let m = master::spawn(MasterOptions::default()).await;
+    // The app takes five lease lifetimes to come up.
+    let n = node::spawn(&m, |c| c.lease_ttl_ms = 600).await;
+    let d = domain("longstart");
+    let task = counter_task(&m, &d, |s| {
+        s["env"] = json!({"START_DELAY_MS": "3000"});
+        s["start_timeout_s"] = json!(20);
+    })
+    .await;
+    let c = Client::new(n.addr);
+    let r = c.post(&d, "/count", "").await.expect("req");
+    assert_eq!((r.status, r.body.trim()), (200, "1"), "{r:?}");
+    let leases = m.client.list_leases().await.expect("leases");
+    assert!(
+        leases
+            .iter()
+            .any(|l| l.task_id == task.id && l.node == n.id),
+        "the lease did not lapse during the start: {leases:?}"
+    );
+    let first = n.containers().await;
+    let r = c.post(&d, "/count", "").await.expect("req");
+    assert_eq!((r.status, r.body.trim()), (200, "2"), "{r:?}");
+    assert_eq!(n.containers().await, first, "the same container serves on");
+    n.stop().await;
+}
+
+#[tokio::test]
 async fn a_failing_start_gives_503_and_leaves_nothing_behind() {
     let (m, n) = setup().await;
     let d = domain("fail");
