@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECONDS_=${1:-10}
-BIN_DIR=$PWD/target/release IMAGE=${IMAGE:-shadow-test/counter:latest}
+BIN_DIR=${CARGO_TARGET_DIR:-$PWD/target}/release IMAGE=${IMAGE:-shadow-test/counter:latest}
 WORK=$(mktemp -d /tmp/shadow-profile.XXXXXX) OUT_MD=/dev/null
 # shellcheck source=contrib/bench/lib.sh
 source contrib/bench/lib.sh

@@ -43,7 +43,8 @@ fi
 for v in WRK_THREADS WRK_CONNS WARM_SECONDS WARM_ROUNDS COLD_PAIRS VOLUME_SIZES_MIB HERD_N REAP_RUNS REAP_IDLE_S SCALE_COUNTS LOOKUP_TASKS; do
   o=BENCH_$v; [ -z "${!o:-}" ] || printf -v "$v" '%s' "${!o}"
 done
-BIN_DIR=$ROOT/target/$PROFILE
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN_DIR=$TARGET_DIR/$PROFILE
 IMAGE=${IMAGE:-shadow-test/counter:latest}
 
 WORK=$(mktemp -d /tmp/shadow-bench.XXXXXX)
@@ -83,7 +84,7 @@ if [ -z "${SKIP_BUILD:-}" ]; then
   cargo build -q "${flag[@]}" -p shadow-master -p shadow-nodeproxy -p shadow-edgeproxy --bins
   RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release -p shadow-counter --target x86_64-unknown-linux-gnu
   ctx=$(mktemp -d -p "$WORK")
-  cp target/x86_64-unknown-linux-gnu/release/counter contrib/apps/counter/Dockerfile "$ctx"
+  cp "$TARGET_DIR/x86_64-unknown-linux-gnu/release/counter" contrib/apps/counter/Dockerfile "$ctx"
   DOCKER_BUILDKIT=0 docker build --quiet -t "$IMAGE" "$ctx" >/dev/null
 fi
 for b in master nodeproxy edgeproxy; do [ -x "$BIN_DIR/shadow-$b" ] || fail "no $BIN_DIR/shadow-$b"; done
