@@ -7,12 +7,14 @@
 //! - [`do_fake`]: a fake of DigitalOcean's volume API.
 //! - [`moto`]: a moto server (fake AWS APIs) on a free loopback port, for the EC2 provider.
 //! - [`node`]: a node proxy on `127.0.0.1:0` with the real Docker runtime and a unique node id.
+//! - [`fixtures`]: the counter app as a task, unique domains, waiting until a stop finished.
 //! - [`http`]: a small client that sets Host and streams bodies.
 //! - [`image`]: the counter test app packed into a local `FROM scratch` image.
 
 pub mod block;
 pub mod do_fake;
 pub mod edge;
+pub mod fixtures;
 pub mod http;
 pub mod image;
 pub mod master;

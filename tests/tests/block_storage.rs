@@ -11,11 +11,12 @@ use aws_sdk_ec2::{
     Client,
 };
 use serde_json::json;
-use shadow_common::{follower::Follower, task::Task};
+use shadow_common::task::Task;
 use shadow_nodeproxy::{volume::digitalocean::volume_name, NodeConfig};
 use shadow_tests::{
     block::{skip_reason, MotoDisks},
     do_fake::DoFake,
+    fixtures::{domain, until_released},
     http::Client as HttpClient,
     image::counter_image,
     master::{self, MasterHandle, MasterOptions, TOKEN},
@@ -213,22 +214,6 @@ async fn counter_task_idle(m: &MasterHandle, domain: &str, kind: &str, idle_s: u
 /// The counter app on a `kind` volume, reaped after a second idle.
 async fn counter_task(m: &MasterHandle, domain: &str, kind: &str) -> Task {
     counter_task_idle(m, domain, kind, 1).await
-}
-
-fn domain(prefix: &str) -> String {
-    format!("{}.test", node::unique_id(prefix))
-}
-
-/// Waits on the master's watch until the task's lease is released: the last step of a stop.
-async fn until_released(m: &MasterHandle, task: &str) {
-    let f = Follower::spawn(m.client.clone(), std::future::pending());
-    f.synced().await;
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        f.wait_until(|s| s.lease(task).is_none()),
-    )
-    .await
-    .expect("the lease is released within 60 s");
 }
 
 /// A request, retried while the node has not heard of the task yet (404: its watch of the

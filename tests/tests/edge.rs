@@ -11,6 +11,7 @@ use shadow_common::{
 };
 use shadow_tests::{
     edge,
+    fixtures::docker_rm_node,
     http::Client,
     image::{counter_image, COUNTER_IMAGE},
     master::{self, MasterHandle, MasterOptions},
@@ -149,32 +150,33 @@ async fn a_refused_connection_is_retried_on_the_next_node() {
     });
     // Health checks slow enough that the ghost is still "up" when requests come.
     let e = edge::spawn(&m, |c| c.health_interval_ms = 60_000).await;
-    for i in 0..6 {
+    // Each new task prefers one of the two nodes by rendezvous hashing; register tasks until one
+    // prefers the ghost (each does with probability ~1/2, so 40 tries miss with ~1e-12). Every
+    // request must be answered 200 by the real node, the ghost's refusals retried.
+    let mut retried = false;
+    for i in 0..40 {
         let d = format!("{}-{i}.test", unique_id("retry"));
         task(&m, &d, |_| {}).await;
         let r = e.client().get(&d, "/").await.expect("answer");
         assert_eq!(r.status, 200, "{r:?}");
+        let metrics = e
+            .client()
+            .get("x.invalid", "/metrics")
+            .await
+            .expect("metrics")
+            .body;
+        if metrics.contains("shadow_edge_retries_total{reason=\"connect\"}") {
+            retried = true;
+            break;
+        }
     }
-    let metrics = e
-        .client()
-        .get("x.invalid", "/metrics")
-        .await
-        .expect("metrics")
-        .body;
     assert!(
-        metrics.contains("shadow_edge_retries_total{reason=\"connect\"}"),
-        "some task preferred the ghost and was retried: {metrics}"
+        retried,
+        "no task preferred the ghost in 40 tries, or its refusal was not retried"
     );
     beating.abort();
     e.stop().await;
     real.stop().await;
-}
-
-fn docker_rm_node(node_id: &str) {
-    let _ = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("docker ps -aq --filter label=shadow.node={node_id} | xargs -r docker rm -f >/dev/null 2>&1"))
-        .status();
 }
 
 #[tokio::test]

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, StreamBody};
 use serde_json::{json, Value};
-use shadow_common::{follower::Follower, task::Task};
 use shadow_tests::{
+    fixtures::{counter_task, domain, until_released},
     http::{empty, Client},
     image::counter_image,
     master::{self, MasterHandle, MasterOptions},
@@ -23,39 +23,11 @@ async fn setup() -> (MasterHandle, NodeHandle) {
     (m, n)
 }
 
-/// Registers the counter app under `domain`, with `tweak` applied to its spec.
-async fn counter_task(m: &MasterHandle, domain: &str, tweak: impl FnOnce(&mut Value)) -> Task {
-    let mut spec = json!({
-        "name": "counter",
-        "domains": [domain],
-        "image": shadow_tests::image::COUNTER_IMAGE,
-        "volume": {"kind": "local"},
-        "start_timeout_s": 30,
-    });
-    tweak(&mut spec);
-    m.client
-        .create_task(&serde_json::from_value(spec).expect("spec"))
-        .await
-        .expect("create task")
-}
-
-/// Waits, on the master's watch (no sleeping), until the node released the task's lease: the
-/// last step of a stop, after the container is removed and the volume detached.
-async fn until_released(m: &MasterHandle, task: &str) {
-    let f = Follower::spawn(m.client.clone(), std::future::pending());
-    f.synced().await;
-    f.wait_until(|s| s.lease(task).is_none()).await;
-}
-
-fn domain(prefix: &str) -> String {
-    format!("{}.test", node::unique_id(prefix))
-}
-
 #[tokio::test]
 async fn the_first_request_starts_the_app_and_later_ones_reuse_it() {
     let (m, n) = setup().await;
     let d = domain("first");
-    let task = counter_task(&m, &d, |_| {}).await;
+    let task = counter_task(&m, &d, "local", |_| {}).await;
     assert!(
         n.containers().await.is_empty(),
         "nothing runs before a request"
@@ -96,7 +68,7 @@ async fn the_first_request_starts_the_app_and_later_ones_reuse_it() {
 async fn a_hundred_concurrent_first_requests_share_one_start() {
     let (m, n) = setup().await;
     let d = domain("herd");
-    counter_task(&m, &d, |_| {}).await;
+    counter_task(&m, &d, "local", |_| {}).await;
     let c = Client::new(n.addr);
     let answers = futures_util::future::join_all((0..100).map(|_| {
         let (c, d) = (c.clone(), d.clone());
@@ -134,7 +106,7 @@ async fn a_hundred_concurrent_first_requests_share_one_start() {
 async fn the_count_survives_an_idle_reap_and_a_fresh_start() {
     let (m, n) = setup().await;
     let d = domain("reap");
-    let task = counter_task(&m, &d, |s| s["idle_timeout_s"] = json!(1)).await;
+    let task = counter_task(&m, &d, "local", |s| s["idle_timeout_s"] = json!(1)).await;
     let c = Client::new(n.addr);
     assert_eq!(
         c.post(&d, "/count", "").await.expect("req").body.trim(),
@@ -169,7 +141,7 @@ async fn deleting_a_running_task_stops_its_app_without_waiting_for_idle() {
     let (m, n) = setup().await;
     let d = domain("deleted");
     // The default idle timeout (300 s) is far beyond the bound below.
-    let task = counter_task(&m, &d, |_| {}).await;
+    let task = counter_task(&m, &d, "local", |_| {}).await;
     let c = Client::new(n.addr);
     assert_eq!(c.post(&d, "/count", "").await.expect("req").status, 200);
     assert_eq!(n.containers().await.len(), 1);
@@ -187,7 +159,7 @@ async fn deleting_a_running_task_stops_its_app_without_waiting_for_idle() {
 async fn websocket_and_sse_pass_through_and_an_open_socket_keeps_the_app_alive() {
     let (m, n) = setup().await;
     let d = domain("ws");
-    let task = counter_task(&m, &d, |s| s["idle_timeout_s"] = json!(1)).await;
+    let task = counter_task(&m, &d, "local", |s| s["idle_timeout_s"] = json!(1)).await;
 
     let stream = tokio::net::TcpStream::connect(n.addr)
         .await
@@ -242,7 +214,7 @@ async fn websocket_and_sse_pass_through_and_an_open_socket_keeps_the_app_alive()
 async fn a_200_mib_body_streams_both_ways() {
     let (m, n) = setup().await;
     let d = domain("big");
-    counter_task(&m, &d, |_| {}).await;
+    counter_task(&m, &d, "local", |_| {}).await;
     let c = Client::new(n.addr);
     const SIZE: u64 = 200 << 20;
 
@@ -292,7 +264,7 @@ async fn a_200_mib_body_streams_both_ways() {
 async fn headers_survive_and_forwarded_headers_are_set() {
     let (m, n) = setup().await;
     let d = domain("hdr");
-    counter_task(&m, &d, |s| s["volume"] = json!({"kind": "none"})).await;
+    counter_task(&m, &d, "local", |s| s["volume"] = json!({"kind": "none"})).await;
     let c = Client::new(n.addr);
     let r = c.get(&d, "/set-cookies").await.expect("req");
     assert_eq!(
@@ -330,7 +302,7 @@ async fn headers_survive_and_forwarded_headers_are_set() {
 async fn a_slow_start_is_answered_when_ready() {
     let (m, n) = setup().await;
     let d = domain("slow");
-    counter_task(&m, &d, |s| {
+    counter_task(&m, &d, "local", |s| {
         s["env"] = json!({"START_DELAY_MS": "2000"});
         s["start_timeout_s"] = json!(20);
     })
@@ -347,7 +319,7 @@ async fn a_start_longer_than_the_lease_keeps_the_lease() {
     // The app takes five lease lifetimes to come up.
     let n = node::spawn(&m, |c| c.lease_ttl_ms = 600).await;
     let d = domain("longstart");
-    let task = counter_task(&m, &d, |s| {
+    let task = counter_task(&m, &d, "local", |s| {
         s["env"] = json!({"START_DELAY_MS": "3000"});
         s["start_timeout_s"] = json!(20);
     })
@@ -373,7 +345,7 @@ async fn a_start_longer_than_the_lease_keeps_the_lease() {
 async fn a_failing_start_gives_503_and_leaves_nothing_behind() {
     let (m, n) = setup().await;
     let d = domain("fail");
-    counter_task(&m, &d, |s| s["env"] = json!({"FAIL_START": "1"})).await;
+    counter_task(&m, &d, "local", |s| s["env"] = json!({"FAIL_START": "1"})).await;
     let c = Client::new(n.addr);
     let answers = futures_util::future::join_all((0..5).map(|_| c.get(&d, "/"))).await;
     for r in answers {
@@ -393,7 +365,7 @@ async fn a_failing_start_gives_503_and_leaves_nothing_behind() {
 async fn a_start_that_exceeds_its_timeout_gives_503() {
     let (m, n) = setup().await;
     let d = domain("late");
-    let task = counter_task(&m, &d, |s| {
+    let task = counter_task(&m, &d, "local", |s| {
         s["env"] = json!({"START_DELAY_MS": "60000"});
         s["start_timeout_s"] = json!(2);
     })
@@ -411,7 +383,7 @@ async fn a_start_that_exceeds_its_timeout_gives_503() {
 async fn a_browser_gets_a_loading_page_when_the_task_asks_for_it() {
     let (m, n) = setup().await;
     let d = domain("page");
-    counter_task(&m, &d, |s| {
+    counter_task(&m, &d, "local", |s| {
         s["cold_start"] = json!("page");
         s["env"] = json!({"START_DELAY_MS": "1000"});
     })
@@ -497,7 +469,7 @@ async fn the_node_removes_only_its_own_leftovers_at_start_up() {
 async fn stopping_the_node_stops_its_apps() {
     let (m, n) = setup().await;
     let d = domain("bye");
-    counter_task(&m, &d, |_| {}).await;
+    counter_task(&m, &d, "local", |_| {}).await;
     assert_eq!(
         Client::new(n.addr).get(&d, "/").await.expect("req").status,
         200

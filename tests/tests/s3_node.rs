@@ -5,10 +5,10 @@
 
 use std::{collections::HashMap, net::SocketAddr, path::Path, time::Duration};
 
-use serde_json::{json, Value};
-use shadow_common::{follower::Follower, task::Task};
+use serde_json::json;
 use shadow_nodeproxy::handler::HOLDER_HEADER;
 use shadow_tests::{
+    fixtures::{counter_task, docker_rm_node, domain, until_released},
     http::{Client, Reply},
     image::counter_image,
     master::{self, MasterHandle, MasterOptions},
@@ -22,33 +22,6 @@ async fn s3_node(m: &MasterHandle, s3: &S3Server) -> NodeHandle {
     node::spawn(m, |c| s3.configure(c)).await
 }
 
-async fn counter_task(m: &MasterHandle, domain: &str, tweak: impl FnOnce(&mut Value)) -> Task {
-    let mut spec = json!({
-        "name": "counter",
-        "domains": [domain],
-        "image": shadow_tests::image::COUNTER_IMAGE,
-        "volume": {"kind": "s3"},
-        "start_timeout_s": 30,
-    });
-    tweak(&mut spec);
-    m.client
-        .create_task(&serde_json::from_value(spec).expect("spec"))
-        .await
-        .expect("create task")
-}
-
-fn domain(prefix: &str) -> String {
-    format!("{}.test", unique_id(prefix))
-}
-
-/// Waits on the master's watch until the task's lease is released: the last step of a stop,
-/// after the snapshot was committed.
-async fn until_released(m: &MasterHandle, task: &str) {
-    let f = Follower::spawn(m.client.clone(), std::future::pending());
-    f.synced().await;
-    f.wait_until(|s| s.lease(task).is_none()).await;
-}
-
 fn body(r: &Reply) -> (u16, &str) {
     (r.status, r.body.trim())
 }
@@ -60,7 +33,7 @@ async fn the_count_survives_a_reap_on_the_same_node_and_on_another() {
     let m = master::spawn(MasterOptions::default()).await;
     let (a, b) = (s3_node(&m, &s3).await, s3_node(&m, &s3).await);
     let d = domain("s3reap");
-    let t = counter_task(&m, &d, |s| s["idle_timeout_s"] = json!(1)).await;
+    let t = counter_task(&m, &d, "s3", |s| s["idle_timeout_s"] = json!(1)).await;
     let (ca, cb) = (Client::new(a.addr), Client::new(b.addr));
 
     assert_eq!(
@@ -131,7 +104,7 @@ async fn two_nodes_racing_for_a_cold_app_run_it_once() {
     let nodes: HashMap<String, SocketAddr> =
         [(a.id.clone(), a.addr), (b.id.clone(), b.addr)].into();
     let d = domain("s3race");
-    counter_task(&m, &d, |_| {}).await;
+    counter_task(&m, &d, "s3", |_| {}).await;
 
     // 40 first requests at once, half to each node.
     let answers = futures_util::future::join_all((0..40).map(|i| {
@@ -163,15 +136,6 @@ async fn two_nodes_racing_for_a_cold_app_run_it_once() {
     b.stop().await;
 }
 
-fn docker_rm_node(node_id: &str) {
-    let _ = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "docker ps -aq --filter label=shadow.node={node_id} | xargs -r docker rm -f >/dev/null 2>&1"
-        ))
-        .status();
-}
-
 #[tokio::test]
 async fn a_killed_node_s_app_restarts_elsewhere_from_its_last_checkpoint() {
     counter_image().await.expect("image");
@@ -187,7 +151,7 @@ async fn a_killed_node_s_app_restarts_elsewhere_from_its_last_checkpoint() {
     let survivor = s3_node(&m, &s3).await;
 
     let d = domain("s3kill");
-    let t = counter_task(&m, &d, |_| {}).await;
+    let t = counter_task(&m, &d, "s3", |_| {}).await;
     let cv = Client::new(victim.addr);
     let ready = Instant::now() + Duration::from_secs(20);
     let first = loop {
@@ -256,7 +220,7 @@ async fn an_unreachable_store_gives_503_and_starts_no_container() {
     })
     .await;
     let d = domain("s3down");
-    let t = counter_task(&m, &d, |_| {}).await;
+    let t = counter_task(&m, &d, "s3", |_| {}).await;
     let c = Client::new(n.addr);
     let answers = futures_util::future::join_all((0..10).map(|_| {
         let (c, d) = (c.clone(), d.clone());
