@@ -511,6 +511,20 @@ async fn nodes_turn_unhealthy_after_three_missed_heartbeats() {
     ));
 }
 
+/// The ids of the nodes the master lists, sorted.
+async fn node_ids(m: &shadow_tests::master::MasterHandle) -> Vec<String> {
+    let mut ids: Vec<String> = m
+        .client
+        .list_nodes()
+        .await
+        .expect("list nodes")
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
 #[tokio::test]
 async fn only_a_dead_node_can_be_deleted_and_it_stays_deleted() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -541,29 +555,13 @@ async fn only_a_dead_node_can_be_deleted_and_it_stays_deleted() {
         .await;
     assert_eq!(api_status(m.client.delete_node("node-a").await), 204);
     follower.wait_until(|s| s.node("node-a").is_none()).await;
-    let listed: Vec<String> = m
-        .client
-        .list_nodes()
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|n| n.id)
-        .collect();
-    assert_eq!(listed, vec!["node-b".to_string()]);
+    assert_eq!(node_ids(&m).await, ["node-b"]);
     assert_eq!(api_status(m.client.delete_node("node-a").await), 404);
 
     // Gone for good: not back after a restart on the same data dir.
     let dir = m.stop().await;
     let m = spawn_in(dir, opts()).await;
-    let listed: Vec<String> = m
-        .client
-        .list_nodes()
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|n| n.id)
-        .collect();
-    assert_eq!(listed, vec!["node-b".to_string()]);
+    assert_eq!(node_ids(&m).await, ["node-b"]);
 }
 
 #[tokio::test]
