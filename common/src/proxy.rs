@@ -23,23 +23,34 @@
 //! # Layout
 //! - `context`: [`ForwardContext`] (who asked, how, request id) and the [`ActivityGuard`] token.
 //! - `forward`: the pooled [`Forwarder`] and its [`ForwarderConfig`].
-//! - `headers`: hop-by-hop removal, `X-Forwarded-*`, upgrade detection.
+//! - `headers`: hop-by-hop removal, `X-Forwarded-*`, upgrade detection; `addr_text`: the
+//!   addresses in them, formatted once per thread.
+//! - `request_id`: [`request_id`], the client's `X-Request-Id` or a new one.
 //! - `body`: the [`ProxyBody`] type and the body wrappers that stream and hold the guard.
 //! - `upgrade`: the tunnel spawned after a `101 Switching Protocols`.
 //! - `error`: [`ProxyError`] and the plain-text [`error_response`].
-//! - `serve`: [`serve`], the accept loop both proxies (and tests) run their handler with.
+//! - `serve`: [`serve`] / [`serve_with`], the accept loop both proxies (and tests) run their
+//!   handler with.
+//! - `workers`: [`Workers`], the single-threaded runtimes connections run on.
 
+mod addr_text;
 mod body;
 mod context;
 mod error;
 mod forward;
 mod headers;
+mod request_id;
 mod serve;
 mod upgrade;
+mod workers;
 
 pub use body::{empty, full, ProxyBody};
 pub use context::{ActivityGuard, ForwardContext};
 pub use error::{error_response, ProxyError};
 pub use forward::{ForwardFailure, Forwarder, ForwarderConfig, Unsent};
 pub use headers::{is_upgrade_request, strip_hop_by_hop};
-pub use serve::{serve, serve_tls, serve_with_drain, DEFAULT_DRAIN_TIMEOUT};
+pub use request_id::{new_request_id, request_id, MAX_REQUEST_ID_LEN};
+pub use serve::{
+    serve, serve_tls, serve_with, serve_with_drain, ServeOptions, DEFAULT_DRAIN_TIMEOUT,
+};
+pub use workers::Workers;

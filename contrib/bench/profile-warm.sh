@@ -28,4 +28,5 @@ for who in edge node; do
   perf report -q -i "$WORK/$who.data" --no-children -g none --sort symbol 2>/dev/null | grep "%" | head -30 || true
   echo "== $who: by shared object"
   perf report -q -i "$WORK/$who.data" --no-children -g none --sort dso 2>/dev/null | grep "%" | head -8 || true
+  [ -z "${CHILDREN:-}" ] || { echo "== $who: inclusive"; perf report -q -i "$WORK/$who.data" --children -g none --sort symbol 2>/dev/null | grep "%" | head -${CHILDREN} | cut -c1-160; }
 done

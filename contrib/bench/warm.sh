@@ -1,27 +1,47 @@
 # Part 1, warm path (sourced by run.sh, after lib.sh). One running counter container, started by
 # Shadow; wrk (fixed connections and duration) against GET / of it: direct to its published
 # port, through the node proxy, through edge + node, and through two nginx (edge-like nginx ->
-# node-like nginx -> container, worker_processes auto, upstream keep-alive).
+# node-like nginx -> container, worker_processes auto, upstream keep-alive). Besides req/s, the
+# CPU time each proxy and the backend (docker-proxy + the app) spent per request, from
+# /proc/PID/stat: a figure the machine's noise moves much less than req/s.
 
-# wrk_run NAME URL [HOST]: runs wrk, appends "NAME req/s p50_ms p99_ms" to $WORK/warm.txt.
+# cpu_ticks PID...: user + system clock ticks of the processes (all their threads) so far.
+cpu_ticks() {
+  local p t=0 v
+  for p in "$@"; do
+    v=$(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)
+    t=$((t + v))
+  done
+  echo "$t"
+}
+
+# wrk_run NAME URL HOST "PROXY_PIDS": runs wrk, appends "NAME req/s p50_ms p99_ms proxy_us
+# backend_us" to $WORK/warm.txt (CPU microseconds per request of the proxies and of
+# $BACKEND_PIDS).
 wrk_run() {
-  local name=$1 url=$2 host=${3:-} out args=()
+  local name=$1 url=$2 host=${3:-} proxies=${4:-} out args=() p0 b0 p1 b1
   [ -z "$host" ] || args=(-H "Host: $host")
+  # shellcheck disable=SC2086
+  p0=$(cpu_ticks $proxies); b0=$(cpu_ticks $BACKEND_PIDS)
   out=$(wrk -t "$WRK_THREADS" -c "$WRK_CONNS" -d "${WARM_SECONDS}s" --latency "${args[@]}" "$url")
+  # shellcheck disable=SC2086
+  p1=$(cpu_ticks $proxies); b1=$(cpu_ticks $BACKEND_PIDS)
   echo "$out" >>"$WORK/warm-wrk.log"
-  python3 - "$name" "$out" >>"$WORK/warm.txt" <<'PY'
+  python3 - "$name" "$out" "$((p1 - p0))" "$((b1 - b0))" "$(getconf CLK_TCK)" >>"$WORK/warm.txt" <<'PY'
 import re, sys
-name, out = sys.argv[1], sys.argv[2]
+name, out, proxy_ticks, backend_ticks, hz = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 def ms(v):
     n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
     return float(n) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+requests = int(re.search(r"(\d+) requests in", out).group(1))
 lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
 socket_errors = re.search(r"Socket errors: (.*)", out)
 if errors or socket_errors:
     sys.exit(f"{name}: wrk saw errors: {errors.group(0) if errors else ''} {socket_errors.group(0) if socket_errors else ''}")
-print(name, f"{rps:.0f}", f"{ms(lat['50']):.3f}", f"{ms(lat['99']):.3f}")
+per_req = lambda ticks: ticks * 1e6 / hz / max(requests, 1)
+print(name, f"{rps:.0f}", f"{ms(lat['50']):.3f}", f"{ms(lat['99']):.3f}", f"{per_req(proxy_ticks):.1f}", f"{per_req(backend_ticks):.1f}")
 PY
 }
 
@@ -58,6 +78,8 @@ part_warm() {
   curl -sf -o /dev/null -H "Host: $domain" "http://127.0.0.1:$EPORT/" || fail "warm: the app does not answer through the edge"
   cid=$(containers_of "$id"); [ -n "$cid" ] || fail "warm: no container for the task"
   cport=$(published_port "$cid")
+  # The backend every path ends in: the app's process and the docker-proxy of its port.
+  BACKEND_PIDS="$(docker inspect -f '{{.State.Pid}}' "$cid") $(pgrep -f "docker-proxy.*-host-port $cport( |$)" | tr '\n' ' ')"
 
   n1=$(free_port); n2=$(free_port)
   nginx_conf "$WORK/nginx-node" "$n2" "$cport"
@@ -67,6 +89,9 @@ part_warm() {
   nginx -e stderr -p "$WORK/nginx-edge" -c "$WORK/nginx-edge/nginx.conf" -g 'daemon off;' 2>>"$WORK/nginx.log" &
   NGINX_PIDS+=($!)
   wait_http "http://127.0.0.1:$n1/" "$domain" || fail "warm: nginx does not answer ($WORK/nginx.log)"
+  # Both nginx masters and their workers.
+  local nginx_pids
+  nginx_pids="${NGINX_PIDS[*]} $(for p in "${NGINX_PIDS[@]}"; do pgrep -P "$p"; done | tr '\n' ' ')"
 
   # A short warm-up, then $WARM_ROUNDS rounds of the four paths in turn (so a burst of load
   # from elsewhere on the machine hits every path alike); per path, the round with the median
@@ -78,10 +103,10 @@ part_warm() {
   : >"$WORK/warm.txt"
   log "warm: $WARM_ROUNDS rounds of wrk -t$WRK_THREADS -c$WRK_CONNS -d${WARM_SECONDS}s on 4 paths"
   for r in $(seq 1 "$WARM_ROUNDS"); do
-    wrk_run direct "http://127.0.0.1:$cport/" || fail "warm: direct"
-    wrk_run node "http://127.0.0.1:$NPORT/" "$domain" || fail "warm: node"
-    wrk_run edge+node "http://127.0.0.1:$EPORT/" "$domain" || fail "warm: edge+node"
-    wrk_run nginx+nginx "http://127.0.0.1:$n1/" "$domain" || fail "warm: nginx"
+    wrk_run direct "http://127.0.0.1:$cport/" "" "" || fail "warm: direct"
+    wrk_run node "http://127.0.0.1:$NPORT/" "$domain" "$NODE_PID" || fail "warm: node"
+    wrk_run edge+node "http://127.0.0.1:$EPORT/" "$domain" "$EDGE_PID $NODE_PID" || fail "warm: edge+node"
+    wrk_run nginx+nginx "http://127.0.0.1:$n1/" "$domain" "$nginx_pids" || fail "warm: nginx"
   done
   cp "$WORK/warm.txt" "$WORK/warm-rounds.txt"
   # The median round per path (by req/s), in the order measured.
@@ -111,13 +136,14 @@ PY
   md ""
   md "Req/s of every round (direct, node, edge+node, nginx+nginx): $(awk '{ printf "%s%s %s", (NR > 1 ? "; " : ""), $1, $2 }' "$WORK/warm-rounds.txt")"
   md ""
-  md "| path | req/s | p50 ms | p99 ms | req/s vs direct |"
-  md "| --- | ---: | ---: | ---: | ---: |"
-  while read -r name rps p50 p99; do
-    md "| $name | $rps | $p50 | $p99 | $(ratio "$rps" "$direct") |"
+  md "| path | req/s | p50 ms | p99 ms | req/s vs direct | proxies' CPU µs/request | backend's CPU µs/request |"
+  md "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+  while read -r name rps p50 p99 pus bus; do
+    md "| $name | $rps | $p50 | $p99 | $(ratio "$rps" "$direct") | $pus | $bus |"
   done <"$WORK/warm.txt"
   md ""
   md "- Shadow (node) / direct: **$(ratio "$node" "$direct")**; Shadow (edge+node) / direct: **$(ratio "$edge" "$direct")**"
+  md "- CPU per request of the two hops, nginx's / Shadow's: **$(ratio "$(awk '$1=="nginx+nginx" {print $5}' "$WORK/warm.txt")" "$(awk '$1=="edge+node" {print $5}' "$WORK/warm.txt")")** (above 1: Shadow spends less)"
   md "- Shadow's two hops / nginx's two hops: **$WARM_RATIO_NGINX** (target ≥ 1.3: $(awk -v r="$WARM_RATIO_NGINX" 'BEGIN { print (r >= 1.3 ? "met" : "**missed**") }'))"
   md ""
 }

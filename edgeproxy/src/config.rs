@@ -41,6 +41,10 @@ pub struct Cli {
     #[arg(long, env = "SHADOW_HEALTH_FAILS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_fails: Option<u32>,
+    /// Threads serving connections, each with its own event loop; 0 = one per CPU [default: 0].
+    #[arg(long, env = "SHADOW_WORKERS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
     /// Passed checks before an unhealthy node gets traffic again [default: 2].
     #[arg(long, env = "SHADOW_HEALTH_PASSES")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -135,6 +139,8 @@ pub struct EdgeConfig {
     #[serde(default = "default_health_passes")]
     pub health_passes: u32,
     #[serde(default)]
+    pub workers: usize,
+    #[serde(default)]
     pub tls_listen: Option<SocketAddr>,
     #[serde(default)]
     pub tls_cert: Vec<PathBuf>,
@@ -216,6 +222,7 @@ impl EdgeConfig {
             health_interval_ms: default_health_interval_ms(),
             health_fails: default_health_fails(),
             health_passes: default_health_passes(),
+            workers: 0,
             tls_listen: None,
             tls_cert: vec![],
             tls_key: vec![],

@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use shadow_common::{
     follower::Follower,
     node::NodeStatus,
-    proxy::{error_response, full, ForwardContext, Forwarder, ProxyBody, ProxyError},
+    proxy::{self, error_response, full, ForwardContext, Forwarder, ProxyBody, ProxyError},
     task::{host_without_port, Task},
 };
 use tracing::Instrument;
@@ -45,13 +45,7 @@ pub async fn handle(
         .or_else(|| req.uri().host())
         .map(host_without_port)
         .unwrap_or_default();
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let request_id = proxy::request_id(req.headers());
     let task = edge.follower.read().task_by_domain(&host);
     let Some(task) = task else {
         return own_route(&edge, &req, &host);
@@ -61,7 +55,7 @@ pub async fn handle(
     let resp = route(&edge, task, req, peer, request_id, scheme)
         .instrument(span)
         .await;
-    edge.metrics.request(&task_id, resp.status().as_u16());
+    edge.metrics.request(&task_id, resp.status());
     resp
 }
 

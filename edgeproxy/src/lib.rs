@@ -37,6 +37,8 @@ pub enum RunError {
     ProviderConfig(String),
     #[error(transparent)]
     Provider(#[from] provider::ProviderError),
+    #[error("cannot start the worker threads: {0}; lower --workers (SHADOW_WORKERS)")]
+    Workers(std::io::Error),
     #[error("cannot listen for HTTPS on {addr}: {source}; is another edge running there?")]
     TlsBind {
         addr: std::net::SocketAddr,
@@ -109,24 +111,36 @@ pub async fn run_listeners(
         forwarder: proxy::Forwarder::default(),
         metrics,
     });
-    tracing::info!(%bound, edge = %config.edge_id, master = %config.master, "edge proxy listening");
+    let workers =
+        Arc::new(proxy::Workers::start(config.workers, "shadow-edge").map_err(RunError::Workers)?);
+    tracing::info!(%bound, edge = %config.edge_id, master = %config.master, workers = workers.len(), "edge proxy listening");
     let https = match (tls_listener, acceptor) {
         (Some(l), Some(acceptor)) => {
             tracing::info!(addr = ?l.local_addr().ok(), certificates = config.tls_cert.len(), "edge proxy listening for HTTPS");
             let edge = edge.clone();
-            Some(tokio::spawn(proxy::serve_tls(
+            let options = proxy::ServeOptions {
+                tls: Some(acceptor),
+                workers: Some(workers.clone()),
+                drain: None,
+            };
+            Some(tokio::spawn(proxy::serve_with(
                 l,
-                acceptor,
                 move |req, peer| handler::handle(edge.clone(), req, peer, Scheme::HTTPS),
                 stopped(),
+                options,
             )))
         }
         _ => None,
     };
-    let http = proxy::serve(
+    let options = proxy::ServeOptions {
+        workers: Some(workers),
+        ..proxy::ServeOptions::default()
+    };
+    let http = proxy::serve_with(
         listener,
         move |req, peer| handler::handle(edge.clone(), req, peer, Scheme::HTTP),
         stopped(),
+        options,
     );
     tokio::pin!(http);
     tokio::select! {

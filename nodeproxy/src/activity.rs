@@ -6,8 +6,8 @@
 
 use std::{
     sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
     },
     time::Duration,
 };
@@ -17,7 +17,11 @@ use tokio::{sync::Notify, time::Instant};
 #[derive(Debug)]
 pub struct Activity {
     inflight: AtomicUsize,
-    last: Mutex<Instant>,
+    /// When this was made; `last` counts from it.
+    origin: Instant,
+    /// The end of the last exchange, in nanoseconds after `origin`: an atomic rather than a
+    /// locked `Instant`, because every request on every thread writes it.
+    last: AtomicU64,
     changed: Notify,
 }
 
@@ -29,7 +33,8 @@ impl Activity {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             inflight: AtomicUsize::new(0),
-            last: Mutex::new(Instant::now()),
+            origin: Instant::now(),
+            last: AtomicU64::new(0),
             changed: Notify::new(),
         })
     }
@@ -48,7 +53,7 @@ impl Activity {
         if self.inflight() > 0 {
             return None;
         }
-        Some(*self.last.lock().unwrap_or_else(|e| e.into_inner()))
+        Some(self.origin + Duration::from_nanos(self.last.load(Ordering::SeqCst)))
     }
 
     /// Resolves once the app has been idle for `timeout` (it may be busy again by the time the
@@ -74,9 +79,14 @@ impl Activity {
 
 impl Drop for ActivityToken {
     fn drop(&mut self) {
-        *self.0.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
-        self.0.changed.notify_waiters();
+        let a = &self.0;
+        let since = u64::try_from(a.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        a.last.fetch_max(since, Ordering::SeqCst);
+        // Only the last exchange to end can make the app idle; waking the reaper on every
+        // response would cost a cross-thread wake-up per request for nothing.
+        if a.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            a.changed.notify_waiters();
+        }
     }
 }
 
@@ -102,5 +112,28 @@ mod tests {
         drop(token);
         let idle_at = waiter.await.expect("join");
         assert_eq!(idle_at - t0, Duration::from_secs(106));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_only_once_every_exchange_has_ended() {
+        let a = Activity::new();
+        let (first, second) = (a.enter(), a.enter());
+        let waiter = {
+            let a = a.clone();
+            tokio::spawn(async move { a.idle_for(Duration::from_secs(5)).await })
+        };
+        tokio::time::advance(Duration::from_secs(10)).await;
+        drop(first);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(
+            !waiter.is_finished(),
+            "idle while an exchange was still open"
+        );
+        assert_eq!(a.inflight(), 1);
+        let t_end = Instant::now();
+        drop(second);
+        assert_eq!(a.idle_since(), Some(t_end));
+        waiter.await.expect("join");
+        assert_eq!(Instant::now() - t_end, Duration::from_secs(5));
     }
 }

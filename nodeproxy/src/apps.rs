@@ -90,6 +90,10 @@ pub enum Unavailable {
 
 pub struct Apps {
     ctx: Arc<AppContext>,
+    /// The runtime starts run on: the one that made `Apps`, not the worker thread of the
+    /// request that happened to need the app (workers end with their listener; an app's life
+    /// cycle must not).
+    spawner: tokio::runtime::Handle,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     shutdown: watch::Sender<bool>,
 }
@@ -107,9 +111,11 @@ enum Step {
 }
 
 impl Apps {
+    /// Must be called on the runtime that should run the apps' starts and stops.
     pub fn new(ctx: Arc<AppContext>) -> Arc<Self> {
         Arc::new(Self {
             ctx,
+            spawner: tokio::runtime::Handle::current(),
             slots: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,
         })
@@ -117,6 +123,10 @@ impl Apps {
 
     fn slot(&self, task_id: &str) -> Arc<Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        // Every request comes here: look up before `entry`, which needs an owned key.
+        if let Some(slot) = slots.get(task_id) {
+            return slot.clone();
+        }
         slots
             .entry(task_id.to_string())
             .or_insert_with(|| {
@@ -137,7 +147,8 @@ impl Apps {
             let step = {
                 let mut st = slot.lock();
                 match &*st {
-                    State::Running(r) if r.task.spec == task.spec => {
+                    // The same `Arc` (the common case) needs no deep comparison of the specs.
+                    State::Running(r) if Arc::ptr_eq(&r.task, task) || r.task.spec == task.spec => {
                         return Ok(Route {
                             addr: r.container.host_addr,
                             token: r.activity.enter(),
@@ -243,7 +254,7 @@ impl Apps {
     ) -> watch::Receiver<StartOutcome> {
         let (tx, rx) = watch::channel(None);
         let apps = self.clone();
-        tokio::spawn(async move {
+        self.spawner.spawn(async move {
             let limit = Duration::from_secs(task.spec.start_timeout_s);
             let partial = Arc::new(Mutex::new(Partial::default()));
             let began = Instant::now();

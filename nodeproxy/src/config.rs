@@ -40,6 +40,10 @@ pub struct Cli {
     #[arg(long, env = "SHADOW_NODE_CAPACITY")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity: Option<u32>,
+    /// Threads serving connections, each with its own event loop; 0 = one per CPU [default: 0].
+    #[arg(long, env = "SHADOW_WORKERS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
     /// Heartbeat interval to the master [default: 1000].
     #[arg(long, env = "SHADOW_HEARTBEAT_INTERVAL_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -149,6 +153,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     #[serde(default = "default_capacity")]
     pub capacity: u32,
+    #[serde(default)]
+    pub workers: usize,
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_interval_ms: u64,
     #[serde(default = "default_lease_ttl_ms")]
@@ -249,6 +255,7 @@ impl NodeConfig {
             node_id: node_id.into(),
             data_dir,
             capacity: default_capacity(),
+            workers: 0,
             heartbeat_interval_ms: default_heartbeat_ms(),
             lease_ttl_ms: default_lease_ttl_ms(),
             stop_grace_s: default_stop_grace_s(),

@@ -9,7 +9,7 @@ use http::{header, uri::Scheme, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use shadow_common::{
     follower::Follower,
-    proxy::{ForwardContext, Forwarder, ProxyBody},
+    proxy::{self, ForwardContext, Forwarder, ProxyBody},
     task::{host_without_port, ColdStart, Task},
 };
 use tracing::Instrument;
@@ -45,13 +45,7 @@ pub async fn handle(
         .or_else(|| req.uri().host())
         .map(host_without_port)
         .unwrap_or_default();
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let request_id = proxy::request_id(req.headers());
     let task = node.follower.read().task_by_domain(&host);
     let Some(task) = task else {
         return own_route(&node, &req, &host);
@@ -61,7 +55,7 @@ pub async fn handle(
     let resp = serve_app(&node, task, req, peer, request_id)
         .instrument(span)
         .await;
-    node.metrics.request(&task_id, resp.status().as_u16());
+    node.metrics.request(&task_id, resp.status());
     resp
 }
 

@@ -46,6 +46,8 @@ pub enum RunError {
     Listener(std::io::Error),
     #[error("invalid node id: {0}")]
     NodeId(shadow_common::error::FieldError),
+    #[error("cannot start the worker threads: {0}; lower --workers (SHADOW_WORKERS)")]
+    Workers(std::io::Error),
     #[error("cannot set up a volume backend: {0}")]
     Volume(#[from] volume::VolumeError),
 }
@@ -113,11 +115,18 @@ pub async fn run_with(
         forwarder: proxy::Forwarder::default(),
         metrics,
     });
-    tracing::info!(%bound, node = %config.node_id, master = %config.master, "node proxy listening");
-    proxy::serve(
+    let workers =
+        proxy::Workers::start(config.workers, "shadow-node").map_err(RunError::Workers)?;
+    tracing::info!(%bound, node = %config.node_id, master = %config.master, workers = workers.len(), "node proxy listening");
+    let options = proxy::ServeOptions {
+        workers: Some(Arc::new(workers)),
+        ..proxy::ServeOptions::default()
+    };
+    proxy::serve_with(
         listener,
         move |req, peer| handler::handle(node.clone(), req, peer),
         shutdown,
+        options,
     )
     .await;
     tracing::info!("shutting down: stopping every app");

@@ -72,9 +72,9 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, task: &str, status: u16) {
+    pub fn request(&self, task: &str, status: http::StatusCode) {
         self.requests
-            .with_label_values(&[task, &status.to_string()])
+            .with_label_values(&[task, status.as_str()])
             .inc();
     }
     pub fn phase(&self, phase: &str, took: Duration) {

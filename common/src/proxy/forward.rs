@@ -7,15 +7,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use thread_local::ThreadLocal;
 use tokio::sync::oneshot;
 
 use super::body::{self, Guarded, Outbound};
-use super::{headers, upgrade, ForwardContext, ProxyBody, ProxyError};
+use super::{addr_text, headers, upgrade, ForwardContext, ProxyBody, ProxyError};
 
 /// Tuning of the [`Forwarder`]'s client.
 #[derive(Clone, Debug)]
@@ -43,11 +45,15 @@ impl Default for ForwarderConfig {
 
 /// Forwards requests to upstreams over pooled keep-alive HTTP/1.1 connections.
 ///
-/// Cheap to clone: clones share one pool. There is no response timeout on purpose (SSE and long
-/// polls); bound the wait at the caller if a route needs one.
+/// Cheap to clone: clones share their pools. There is one pool per thread: hyper's client
+/// drives each pooled connection from a task it spawns on the runtime that opened it, so a
+/// request on one of the proxy's [`Workers`](super::Workers) reusing a connection opened on
+/// another would cross threads twice per exchange. There is no response timeout on purpose (SSE
+/// and long polls); bound the wait at the caller if a route needs one.
 #[derive(Clone)]
 pub struct Forwarder {
-    client: Client<HttpConnector, Outbound>,
+    config: ForwarderConfig,
+    clients: Arc<ThreadLocal<Client<HttpConnector, Outbound>>>,
 }
 
 impl fmt::Debug for Forwarder {
@@ -90,18 +96,29 @@ impl From<ForwardFailure> for ProxyError {
 }
 
 impl Forwarder {
-    /// A forwarder with its own connection pool.
+    /// A forwarder with its own connection pools.
     pub fn new(config: &ForwarderConfig) -> Self {
+        Self {
+            config: config.clone(),
+            clients: Arc::new(ThreadLocal::new()),
+        }
+    }
+
+    /// This thread's client (and pool), made on first use.
+    fn client(&self) -> &Client<HttpConnector, Outbound> {
+        self.clients.get_or(|| Self::build_client(&self.config))
+    }
+
+    fn build_client(config: &ForwarderConfig) -> Client<HttpConnector, Outbound> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
+        Client::builder(TokioExecutor::new())
             // The timer is what makes the idle timeout fire.
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .build(connector);
-        Self { client }
+            .build(connector)
     }
 
     /// Forwards `req` to `upstream` and returns the response to send to the client.
@@ -155,7 +172,7 @@ impl Forwarder {
         *outbound.version_mut() = Version::HTTP_11;
         *outbound.headers_mut() = headers;
 
-        let mut response = match self.client.request(outbound).await {
+        let mut response = match self.client().request(outbound).await {
             Ok(response) => response,
             Err(error) if error.is_connect() => {
                 // hyper-util drops the request before returning, so an untouched body is back.
@@ -237,20 +254,22 @@ impl Forwarder {
 
 /// `http://<upstream><path?query>`; an absolute-form target from the client keeps only its path.
 fn upstream_uri(upstream: SocketAddr, target: &Uri) -> Result<Uri, ProxyError> {
-    let path = target.path_and_query().map_or("/", |pq| pq.as_str());
-    if !path.starts_with('/') {
-        return Err(ProxyError::BadRequest {
-            reason: "the request target is not a path",
-        });
-    }
-    Uri::builder()
-        .scheme("http")
-        .authority(upstream.to_string())
-        .path_and_query(path)
-        .build()
-        .map_err(|_| ProxyError::BadRequest {
-            reason: "the request target is not a valid path",
-        })
+    let path = match target.path_and_query() {
+        Some(pq) if pq.as_str().starts_with('/') => pq.clone(),
+        None => PathAndQuery::from_static("/"),
+        Some(_) => {
+            return Err(ProxyError::BadRequest {
+                reason: "the request target is not a path",
+            })
+        }
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(addr_text::authority(upstream));
+    parts.path_and_query = Some(path);
+    Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest {
+        reason: "the request target is not a valid path",
+    })
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use super::ForwardContext;
+use super::{addr_text, ForwardContext};
 
 /// Headers that belong to one connection only, dropped in both directions.
 const HOP_BY_HOP: [HeaderName; 9] = [
@@ -100,17 +100,21 @@ pub(crate) fn prepare_response(headers: &mut HeaderMap, upgrade: bool) {
 
 /// Joins every `X-Forwarded-For` value and appends the peer's IP: `a, b, <peer>`.
 fn append_forwarded_for(headers: &mut HeaderMap, ctx: &ForwardContext) {
-    let peer = ctx.peer.ip().to_canonical().to_string();
+    let peer = addr_text::forwarded_ip(ctx.peer.ip());
+    let mut earlier = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    if earlier.peek().is_none() {
+        // The usual case at the edge: nothing to join, the remembered value goes in as it is.
+        headers.insert(X_FORWARDED_FOR, peer);
+        return;
+    }
     let mut joined: Vec<u8> = Vec::new();
-    for value in headers.get_all(&X_FORWARDED_FOR) {
+    for value in earlier {
         joined.extend_from_slice(value.as_bytes());
         joined.extend_from_slice(b", ");
     }
     joined.extend_from_slice(peer.as_bytes());
     // Valid header bytes joined by ", " stay valid; the fallback only guards the impossible.
-    let value = HeaderValue::from_bytes(&joined)
-        .or_else(|_| HeaderValue::from_str(&peer))
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    let value = HeaderValue::from_bytes(&joined).unwrap_or(peer);
     headers.insert(X_FORWARDED_FOR, value);
 }
 

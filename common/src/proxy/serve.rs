@@ -18,12 +18,12 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use super::ProxyBody;
+use super::{ProxyBody, Workers};
 
 /// How long [`serve`] waits for open connections after shutdown: 10 s.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,22 +35,38 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// A client that connects and never finishes its TLS handshake is dropped after this.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How [`serve_with`] serves: TLS or not, on worker threads or not, how long to drain.
+#[derive(Clone, Default)]
+pub struct ServeOptions {
+    /// Terminate TLS with this acceptor (each handshake in its connection's task).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Run connections on these worker threads; `None` runs them on the caller's runtime.
+    pub workers: Option<Arc<Workers>>,
+    /// How long open connections get after shutdown; `None` is [`DEFAULT_DRAIN_TIMEOUT`].
+    pub drain: Option<Duration>,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("tls", &self.tls.is_some())
+            .field("workers", &self.workers.as_ref().map(|w| w.len()))
+            .field("drain", &self.drain)
+            .finish()
+    }
+}
+
 /// Serves `handler` on `listener` until `shutdown` completes, then drains for
-/// [`DEFAULT_DRAIN_TIMEOUT`]. See [`serve_with_drain`].
+/// [`DEFAULT_DRAIN_TIMEOUT`]. See [`serve_with`].
 pub async fn serve<H, F>(listener: TcpListener, handler: H, shutdown: impl Future<Output = ()>)
 where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    serve_with_drain(listener, handler, shutdown, DEFAULT_DRAIN_TIMEOUT).await;
+    serve_with(listener, handler, shutdown, ServeOptions::default()).await;
 }
 
-/// Serves `handler` on `listener` until `shutdown` completes.
-///
-/// Each connection is served by hyper's HTTP/1 server with upgrades enabled; the handler gets
-/// every request with the peer's address and always answers (errors are responses too). After
-/// `shutdown`, no new connection is accepted and the open ones get `drain` to finish; the
-/// function returns when they have, or when `drain` is over.
+/// Like [`serve`], with its own drain timeout.
 pub async fn serve_with_drain<H, F>(
     listener: TcpListener,
     handler: H,
@@ -60,7 +76,11 @@ pub async fn serve_with_drain<H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    serve_inner(listener, None, handler, shutdown, drain).await;
+    let options = ServeOptions {
+        drain: Some(drain),
+        ..ServeOptions::default()
+    };
+    serve_with(listener, handler, shutdown, options).await;
 }
 
 /// Like [`serve`], over TLS: each connection's handshake runs in its own task (a slow client
@@ -74,12 +94,37 @@ pub async fn serve_tls<H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
+    let options = ServeOptions {
+        tls: Some(acceptor),
+        ..ServeOptions::default()
+    };
+    serve_with(listener, handler, shutdown, options).await;
+}
+
+/// Serves `handler` on `listener` until `shutdown` completes.
+///
+/// Each connection is served by hyper's HTTP/1 server with upgrades enabled; the handler gets
+/// every request with the peer's address and always answers (errors are responses too). The
+/// accept loop runs here; each connection runs on the next of `options.workers` (or here).
+/// After `shutdown`, no new connection is accepted and the open ones get the drain timeout to
+/// finish; the function returns when they have, or when the timeout is over.
+pub async fn serve_with<H, F>(
+    listener: TcpListener,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+    options: ServeOptions,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let drain = options.drain.unwrap_or(DEFAULT_DRAIN_TIMEOUT);
     serve_inner(
         listener,
-        Some(acceptor),
+        options.tls,
+        options.workers,
         handler,
         shutdown,
-        DEFAULT_DRAIN_TIMEOUT,
+        drain,
     )
     .await;
 }
@@ -87,6 +132,7 @@ pub async fn serve_tls<H, F>(
 async fn serve_inner<H, F>(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    workers: Option<Arc<Workers>>,
     handler: H,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
@@ -108,17 +154,33 @@ async fn serve_inner<H, F>(
                     if let Err(error) = stream.set_nodelay(true) {
                         debug!(%peer, %error, "could not set TCP_NODELAY");
                     }
-                    let (handler, stop) = (handler.clone(), stop_rx.clone());
-                    match tls.clone() {
-                        None => connections.spawn(serve_connection(stream, peer, handler, stop)),
-                        Some(acceptor) => connections.spawn(async move {
-                            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                                Ok(Ok(tls)) => serve_connection(tls, peer, handler, stop).await,
-                                Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
-                                Err(_) => debug!(%peer, "TLS handshake timed out"),
-                            }
-                        }),
+                    let accepted = Accepted {
+                        peer,
+                        handler: handler.clone(),
+                        stop: stop_rx.clone(),
+                        tls: tls.clone(),
                     };
+                    match &workers {
+                        None => {
+                            connections.spawn(accepted.serve(stream));
+                        }
+                        // The stream leaves this runtime's reactor for the worker's: registered
+                        // here, every read would wake this thread and hop to the worker.
+                        Some(workers) => match stream.into_std() {
+                            Ok(stream) => {
+                                connections.spawn_on(
+                                    async move {
+                                        match TcpStream::from_std(stream) {
+                                            Ok(stream) => accepted.serve(stream).await,
+                                            Err(error) => debug!(%peer, %error, "a worker cannot take the connection"),
+                                        }
+                                    },
+                                    workers.next(),
+                                );
+                            }
+                            Err(error) => debug!(%peer, %error, "cannot hand the connection to a worker"),
+                        },
+                    }
                 }
                 Err(error) => {
                     warn!(%error, "accepting a connection failed; retrying shortly");
@@ -144,6 +206,39 @@ async fn serve_inner<H, F>(
             "connections still open after the drain timeout; closing them"
         );
         connections.shutdown().await;
+    }
+}
+
+/// An accepted connection and what serving it needs.
+struct Accepted<H> {
+    peer: SocketAddr,
+    handler: Arc<H>,
+    stop: watch::Receiver<bool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl<H, F> Accepted<H>
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    async fn serve(self, stream: TcpStream) {
+        let Self {
+            peer,
+            handler,
+            stop,
+            tls,
+        } = self;
+        match tls {
+            None => serve_connection(stream, peer, handler, stop).await,
+            Some(acceptor) => {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => serve_connection(tls, peer, handler, stop).await,
+                    Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
+                    Err(_) => debug!(%peer, "TLS handshake timed out"),
+                }
+            }
+        }
     }
 }
 

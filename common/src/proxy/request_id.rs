@@ -1,0 +1,74 @@
+//! Request ids: the client's `X-Request-Id` when it sent a usable one, else a new id.
+//!
+//! A new id is this process's random prefix and a counter, 32 hex digits like a UUID's simple
+//! form: unique across processes (the prefix) and within one (the counter), and cheap. A random
+//! UUID per request cost a `getrandom` syscall on every request of the warm path.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use http::HeaderMap;
+
+/// The longest client-sent id that is kept; longer ones are replaced.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The request's id: its `X-Request-Id` if non-empty, visible ASCII and at most
+/// [`MAX_REQUEST_ID_LEN`] bytes, else a new one.
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN)
+        .map_or_else(new_request_id, str::to_string)
+}
+
+/// A new id, unique to this process and request.
+pub fn new_request_id() -> String {
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let (high, _) = uuid::Uuid::new_v4().as_u64_pair();
+        high
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut out = String::with_capacity(32);
+    push_hex(&mut out, prefix);
+    push_hex(&mut out, n);
+    out
+}
+
+fn push_hex(out: &mut String, v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..16).rev() {
+        out.push(char::from(DIGITS[((v >> (shift * 4)) & 0xf) as usize]));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn new_ids_are_32_hex_digits_and_differ() {
+        let (a, b) = (new_request_id(), new_request_id());
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+        // Same process: same prefix, the counter moves on.
+        assert_eq!(a[..16], b[..16]);
+    }
+
+    #[test]
+    fn a_usable_client_id_is_kept_an_unusable_one_replaced() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&headers), "abc-123");
+        headers.insert("x-request-id", HeaderValue::from_static(""));
+        assert_eq!(request_id(&headers).len(), 32);
+        let long = "x".repeat(MAX_REQUEST_ID_LEN + 1);
+        headers.insert("x-request-id", HeaderValue::from_str(&long).expect("ascii"));
+        assert_eq!(request_id(&headers).len(), 32);
+        assert_eq!(request_id(&HeaderMap::new()).len(), 32);
+    }
+}
