@@ -7,14 +7,14 @@ part_volume() {
   local out profile=()
   [ "$SHORT" = 1 ] || profile=(--release)
   log "volume: sizes $VOLUME_SIZES_MIB MiB (cargo test ${profile[*]} -p shadow-nodeproxy --test s3_volume)"
-  out=$(SHADOW_BENCH_SIZES_MIB=$VOLUME_SIZES_MIB cargo test -q "${profile[@]}" -p shadow-nodeproxy --test s3_volume \
+  out=$(SHADOW_BENCH_SIZES_MIB=$VOLUME_SIZES_MIB SHADOW_BENCH_REPEAT=$VOLUME_REPEAT cargo test -q "${profile[@]}" -p shadow-nodeproxy --test s3_volume \
         -- --ignored --exact throughput_against_raw_transfers --nocapture 2>&1) \
     || { echo "$out" >&2; fail "volume: the throughput test failed"; }
   echo "$out" | grep '^BENCH-S3' >"$WORK/volume.txt" || { echo "$out" >&2; fail "volume: no BENCH-S3 lines"; }
 
   md "## 3. Volume (S3 backend)"
   md ""
-  md "Persist (pack + zstd + multipart upload + pointer flip) and restore (download + unpack) of a volume holding one file, against a raw PUT / GET of that file's bytes on the same S3 server (s3s-fs on loopback). Ratio = raw time / Shadow time (≥ 1 is faster than raw)."
+  md "Persist (pack + zstd + multipart upload + pointer flip) and restore (pointer read + download + unpack) of a volume holding one file, against a raw PUT of that file read from disk and a raw GET written to a file, on the same S3 server (s3s-fs on loopback). The volume moves to a fresh node for each restore. Each figure is the median of $VOLUME_REPEAT rounds, Shadow and raw alternating. Ratio = raw time / Shadow time (≥ 1 is faster than raw)."
   md ""
   md "| size | data | persist s | raw PUT s | persist / raw | restore s | raw GET s | restore / raw |"
   md "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"

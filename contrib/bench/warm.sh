@@ -79,7 +79,7 @@ part_warm() {
   cid=$(containers_of "$id"); [ -n "$cid" ] || fail "warm: no container for the task"
   cport=$(published_port "$cid")
   # The backend every path ends in: the app's process and the docker-proxy of its port.
-  BACKEND_PIDS="$(docker inspect -f '{{.State.Pid}}' "$cid") $(pgrep -f "docker-proxy.*-host-port $cport( |$)" | tr '\n' ' ')"
+  BACKEND_PIDS="$(docker inspect -f '{{.State.Pid}}' "$cid") $({ pgrep -f "docker-proxy.*-host-port $cport( |$)" || true; } | tr '\n' ' ')"
 
   n1=$(free_port); n2=$(free_port)
   nginx_conf "$WORK/nginx-node" "$n2" "$cport"
@@ -91,7 +91,7 @@ part_warm() {
   wait_http "http://127.0.0.1:$n1/" "$domain" || fail "warm: nginx does not answer ($WORK/nginx.log)"
   # Both nginx masters and their workers.
   local nginx_pids
-  nginx_pids="${NGINX_PIDS[*]} $(for p in "${NGINX_PIDS[@]}"; do pgrep -P "$p"; done | tr '\n' ' ')"
+  nginx_pids="${NGINX_PIDS[*]} $(for p in "${NGINX_PIDS[@]}"; do pgrep -P "$p" || true; done | tr '\n' ' ')"
 
   # A short warm-up, then $WARM_ROUNDS rounds of the four paths in turn (so a burst of load
   # from elsewhere on the machine hits every path alike); per path, the round with the median

@@ -797,14 +797,18 @@ async fn a_copy_not_yet_written_back_is_kept_until_another_node_commits() {
 }
 
 /// Restore and persist throughput against a raw PUT/GET of the same bytes on the same server,
-/// for incompressible ("noise") and compressible ("text") data. Sizes in MiB from
-/// `SHADOW_BENCH_SIZES_MIB` (comma-separated, default 100,500); one machine-readable
-/// `BENCH-S3 size_mib=.. kind=.. persist_s=.. raw_put_s=.. restore_s=.. raw_get_s=..` line per
-/// size and kind, which `contrib/bench/run.sh` puts in docs/benchmarks.md.
+/// for incompressible ("noise") and compressible ("text") data. The raw PUT reads the file from
+/// disk and the raw GET writes it to disk, as a persist reads the volume and a restore writes it.
+/// Sizes in MiB from `SHADOW_BENCH_SIZES_MIB` (comma-separated, default 100,500); each size and
+/// kind is measured `SHADOW_BENCH_REPEAT` times (default 3), Shadow and raw alternating, and the
+/// median of each is printed as one machine-readable
+/// `BENCH-S3 size_mib=.. kind=.. persist_s=.. raw_put_s=.. restore_s=.. raw_get_s=..` line, which
+/// `contrib/bench/run.sh` puts in docs/benchmarks.md.
 /// Run: `cargo test -p shadow-nodeproxy --release --test s3_volume -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: prints figures, asserts nothing about time"]
 async fn throughput_against_raw_transfers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let s3 = s3srv::spawn().await;
     let sizes: Vec<u64> = std::env::var("SHADOW_BENCH_SIZES_MIB")
         .unwrap_or_else(|_| "100,500".to_owned())
@@ -815,15 +819,27 @@ async fn throughput_against_raw_transfers() {
                 .expect("SHADOW_BENCH_SIZES_MIB: sizes in MiB")
         })
         .collect();
+    let repeat: usize = std::env::var("SHADOW_BENCH_REPEAT")
+        .ok()
+        .map(|r| r.parse().expect("SHADOW_BENCH_REPEAT: a count"))
+        .unwrap_or(3)
+        .max(1);
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
     for size_mib in sizes {
         for kind in ["noise", "text"] {
-            let (node_a, node_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-            let (a, b) = (
-                backend(&s3, node_a.path(), 2).await,
-                backend(&s3, node_b.path(), 2).await,
-            );
             let t = task(None);
-            let attached = a.attach(&t, &Fence::unchecked(1)).await.unwrap();
+            let raw_key = format!("bench/{}", t.id);
+            let scratch = tempfile::tempdir().unwrap();
+            let raw_file = scratch.path().join("raw.bin");
+            // The volume moves from node to node: each round persists it from the node that
+            // holds it and restores it on a fresh one, as a move between nodes does.
+            let mut dir = tempfile::tempdir().unwrap();
+            let mut node = backend(&s3, dir.path(), 2).await;
+            let mut token = 1;
+            let mut attached = node.attach(&t, &Fence::unchecked(token)).await.unwrap();
             let file = attached.host_path.join("data.bin");
             {
                 let file = file.clone();
@@ -834,51 +850,69 @@ async fn throughput_against_raw_transfers() {
                 .await
                 .unwrap();
             }
-
-            // Raw PUT: the file's bytes, read from disk, in the same multipart upload.
-            let started = Instant::now();
-            let raw_key = format!("bench/{}", t.id);
-            let mut up = a.store().upload(&raw_key);
-            let mut f = tokio::fs::File::open(&file).await.unwrap();
-            let mut buf = vec![0u8; MIB as usize];
-            loop {
-                use tokio::io::AsyncReadExt;
-                let n = f.read(&mut buf).await.unwrap();
-                if n == 0 {
-                    break;
+            let (mut persists, mut restores, mut puts, mut gets) = (vec![], vec![], vec![], vec![]);
+            for _ in 0..repeat {
+                // Raw PUT: the file's bytes, read from disk, in the same multipart upload.
+                let source = attached.host_path.join("data.bin");
+                let started = Instant::now();
+                let mut up = node.store().upload(&raw_key);
+                let mut f = tokio::fs::File::open(&source).await.unwrap();
+                let mut buf = vec![0u8; MIB as usize];
+                loop {
+                    let n = f.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    up.push(&buf[..n]).await.unwrap();
                 }
-                up.push(&buf[..n]).await.unwrap();
-            }
-            up.finish().await.unwrap();
-            let raw_put = started.elapsed();
+                up.finish().await.unwrap();
+                puts.push(started.elapsed());
 
-            // Raw GET: stream the object and drop the bytes.
-            let started = Instant::now();
-            let mut body = a.store().get(&raw_key).await.unwrap().unwrap().body;
-            let mut got = 0u64;
-            while let Some(chunk) = body.try_next().await.unwrap() {
-                got += chunk.len() as u64;
-            }
-            assert_eq!(got, size_mib * MIB);
-            let raw_get = started.elapsed();
+                let started = Instant::now();
+                node.detach(&t, &attached, &Fence::unchecked(token))
+                    .await
+                    .unwrap();
+                persists.push(started.elapsed());
 
-            let started = Instant::now();
-            a.detach(&t, &attached, &Fence::unchecked(1)).await.unwrap();
-            let persist = started.elapsed();
-            let started = Instant::now();
-            let restored = b.attach(&t, &Fence::unchecked(2)).await.unwrap();
-            let restore = started.elapsed();
-            assert_eq!(
-                std::fs::metadata(restored.host_path.join("data.bin"))
-                    .unwrap()
-                    .len(),
-                size_mib * MIB
+                // Raw GET: the object's bytes, written to a file.
+                let started = Instant::now();
+                let mut body = node.store().get(&raw_key).await.unwrap().unwrap().body;
+                let mut out = tokio::fs::File::create(&raw_file).await.unwrap();
+                let mut got = 0u64;
+                while let Some(chunk) = body.try_next().await.unwrap() {
+                    got += chunk.len() as u64;
+                    out.write_all(&chunk).await.unwrap();
+                }
+                out.flush().await.unwrap();
+                drop(out);
+                assert_eq!(got, size_mib * MIB);
+                gets.push(started.elapsed());
+
+                let next_dir = tempfile::tempdir().unwrap();
+                let next = backend(&s3, next_dir.path(), 2).await;
+                token += 1;
+                let started = Instant::now();
+                let restored = next.attach(&t, &Fence::unchecked(token)).await.unwrap();
+                restores.push(started.elapsed());
+                assert_eq!(
+                    std::fs::metadata(restored.host_path.join("data.bin"))
+                        .unwrap()
+                        .len(),
+                    size_mib * MIB
+                );
+                (dir, node, attached) = (next_dir, next, restored);
+            }
+            drop(dir);
+            let (persist, raw_put, restore, raw_get) = (
+                median(persists),
+                median(puts),
+                median(restores),
+                median(gets),
             );
-
             let rate = |d: Duration| size_mib as f64 / d.as_secs_f64();
             println!(
-                "{size_mib} MiB {kind}: persist {:.2} s ({:.0} MiB/s) vs raw PUT {:.2} s ({:.0} MiB/s); \
-                 restore {:.2} s ({:.0} MiB/s) vs raw GET {:.2} s ({:.0} MiB/s)",
+                "{size_mib} MiB {kind} (median of {repeat}): persist {:.2} s ({:.0} MiB/s) vs raw PUT \
+                 {:.2} s ({:.0} MiB/s); restore {:.2} s ({:.0} MiB/s) vs raw GET {:.2} s ({:.0} MiB/s)",
                 persist.as_secs_f64(),
                 rate(persist),
                 raw_put.as_secs_f64(),
