@@ -6,8 +6,9 @@
 part_volume() {
   local out profile=()
   [ "$SHORT" = 1 ] || profile=(--release)
-  log "volume: sizes $VOLUME_SIZES_MIB MiB (cargo test ${profile[*]} -p shadow-nodeproxy --test s3_volume)"
-  out=$(SHADOW_BENCH_SIZES_MIB=$VOLUME_SIZES_MIB SHADOW_BENCH_REPEAT=$VOLUME_REPEAT cargo test -q "${profile[@]}" -p shadow-nodeproxy --test s3_volume \
+  log "volume: sizes $VOLUME_SIZES_MIB MiB (cargo test ${profile[*]} --workspace --test s3_volume)"
+  # --workspace, as the test step runs: the same feature set, so the test builds are reused.
+  out=$(SHADOW_BENCH_SIZES_MIB=$VOLUME_SIZES_MIB SHADOW_BENCH_REPEAT=$VOLUME_REPEAT cargo test -q "${profile[@]}" --workspace --test s3_volume \
         -- --ignored --exact throughput_against_raw_transfers --nocapture 2>&1) \
     || { echo "$out" >&2; fail "volume: the throughput test failed"; }
   echo "$out" | grep '^BENCH-S3' >"$WORK/volume.txt" || { echo "$out" >&2; fail "volume: no BENCH-S3 lines"; }

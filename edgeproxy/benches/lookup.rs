@@ -1,5 +1,6 @@
 //! The edge's routing lookup per request, with 100 000 tasks (or `SHADOW_BENCH_TASKS`) and 10
-//! nodes: Host → task (`ClusterState::task_by_domain`) → nodes to try (`placement::candidates`).
+//! nodes: Host → task (`ClusterState::task_by_domain`) → the node to try (`placement::first_choice`,
+//! what a request computes) or every node in order (`placement::candidates`, after a failure).
 //!
 //! Run with `cargo bench -p shadow-edgeproxy --bench lookup`; `contrib/bench/run.sh` runs it
 //! for 10 000 and 100 000 tasks and puts the figures in `docs/benchmarks.md`.
@@ -13,7 +14,7 @@ use shadow_common::{
     task::{Task, TaskSpec},
     watch::WatchEvent,
 };
-use shadow_edgeproxy::placement::{candidates, Sticky};
+use shadow_edgeproxy::placement::{candidates, first_choice, Sticky};
 
 /// Registered tasks, from `SHADOW_BENCH_TASKS` (default 100 000).
 fn tasks() -> usize {
@@ -85,6 +86,19 @@ fn lookup(c: &mut Criterion) {
                     .task_by_domain(black_box(&domains[i]))
                     .expect("a known domain");
                 black_box(candidates(&state, &sticky, &task.id, |n| n.healthy))
+            })
+        },
+    );
+    let mut i = 0usize;
+    c.bench_function(
+        &format!("task_by_domain + first_choice ({tasks} tasks, {NODES} nodes)"),
+        |b| {
+            b.iter(|| {
+                i = (i + 1) % tasks;
+                let task = state
+                    .task_by_domain(black_box(&domains[i]))
+                    .expect("a known domain");
+                black_box(first_choice(&state, &sticky, &task.id, |n| n.healthy))
             })
         },
     );

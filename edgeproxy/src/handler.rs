@@ -96,11 +96,12 @@ async fn route(
     request_id: String,
     scheme: Scheme,
 ) -> Response<ProxyBody> {
-    let mut plan = {
+    // Usually the first node answers: rank the others only if it does not.
+    let first = {
         let state = edge.follower.read();
-        placement::candidates(&state, &edge.sticky, &task.id, usable(edge))
+        placement::first_choice(&state, &edge.sticky, &task.id, usable(edge))
     };
-    if plan.is_empty() {
+    let Some(first) = first else {
         tracing::warn!("no healthy node for the app");
         let mut r = error_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -109,7 +110,9 @@ async fn route(
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
         return r;
-    }
+    };
+    let mut plan = vec![first];
+    let mut ranked = false;
     let mut req = req;
     let mut followed = false;
     let mut i = 0;
@@ -138,6 +141,17 @@ async fn route(
                         edge.health.record(&node.id, false);
                         tracing::warn!(node = %node.id, error = %failure.error, "node unreachable; trying the next");
                         edge.metrics.retry("connect");
+                        if !ranked {
+                            ranked = true;
+                            let state = edge.follower.read();
+                            for n in
+                                placement::candidates(&state, &edge.sticky, &task.id, usable(edge))
+                            {
+                                if !plan.iter().any(|p| p.id == n.id) {
+                                    plan.push(n);
+                                }
+                            }
+                        }
                         plan.get(i + 1).cloned()
                     }
                     ProxyError::HandedBack { .. } if !followed => {

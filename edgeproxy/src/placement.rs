@@ -58,6 +58,33 @@ pub fn candidates(
     out
 }
 
+/// The node to try first for `task`: the head of [`candidates`], without ranking every node
+/// or cloning more than one (the request path needs the rest only when this one fails).
+pub fn first_choice(
+    state: &ClusterState,
+    sticky: &Sticky,
+    task: &str,
+    usable: impl Fn(&NodeStatus) -> bool,
+) -> Option<NodeStatus> {
+    let holder = state.lease(task).and_then(|l| state.node(&l.node));
+    if let Some(n) = holder.filter(|n| usable(n)) {
+        return Some(n.clone());
+    }
+    if let Some(n) = sticky.get(task).and_then(|id| state.node(&id)) {
+        if usable(n) {
+            return Some(n.clone());
+        }
+    }
+    // The best of the rendezvous order: highest score, then the smallest id, as `rendezvous`
+    // sorts.
+    state
+        .nodes()
+        .filter(|n| usable(n))
+        .map(|n| (score(task, &n.id, weight(n)), n))
+        .max_by(|a, b| a.0.total_cmp(&b.0).then_with(|| b.1.id.cmp(&a.1.id)))
+        .map(|(_, n)| n.clone())
+}
+
 /// Busy nodes weigh less; never zero, so a full fleet still routes. Quantized so two edges that
 /// saw slightly different load reports still agree.
 fn weight(n: &NodeStatus) -> f64 {
@@ -67,16 +94,17 @@ fn weight(n: &NodeStatus) -> f64 {
 
 /// Nodes ranked for `key` by weighted rendezvous (highest random weight) hashing.
 pub fn rendezvous<'a>(key: &str, nodes: impl Iterator<Item = (&'a str, f64)>) -> Vec<String> {
-    let mut scored: Vec<(f64, &str)> = nodes
-        .map(|(id, w)| {
-            // A uniform draw in (0, 1) from the pair's hash; -w/ln(u) is the weighted score.
-            let h = fnv1a(key.as_bytes(), id.as_bytes());
-            let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-            (-w / u.ln(), id)
-        })
-        .collect();
+    let mut scored: Vec<(f64, &str)> = nodes.map(|(id, w)| (score(key, id, w), id)).collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
     scored.into_iter().map(|(_, id)| id.to_string()).collect()
+}
+
+/// The weighted rendezvous score of node `id` for `key`: a uniform draw in (0, 1) from the
+/// pair's hash, turned into `-w / ln(u)`.
+fn score(key: &str, id: &str, w: f64) -> f64 {
+    let h = fnv1a(key.as_bytes(), id.as_bytes());
+    let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    -w / u.ln()
 }
 
 /// FNV-1a over `a`, a separator and `b`, then a final mix: stable across builds and platforms
@@ -129,5 +157,52 @@ mod tests {
             .filter(|t| rendezvous(&format!("t{t}"), nodes.iter().copied())[0] == "free")
             .count();
         assert!(free > 800, "free node got {free} of 1000");
+    }
+
+    #[test]
+    fn first_choice_is_always_the_head_of_the_candidates() {
+        use shadow_common::{lease::Lease, watch::WatchEvent};
+        let mut state = ClusterState::default();
+        for n in 0..7 {
+            state.apply(&WatchEvent::NodePut {
+                node: NodeStatus {
+                    id: format!("n{n}"),
+                    address: format!("127.0.0.1:{}", 9000 + n),
+                    capacity: 10,
+                    running: vec![],
+                    load: f64::from(n % 4) / 4.0,
+                    last_heartbeat_ms: Some(0),
+                    healthy: n != 3,
+                },
+            });
+        }
+        let sticky = Sticky::default();
+        let mut seen_holder = 0;
+        for t in 0..400 {
+            let task = format!("task-{t}");
+            if t % 3 == 0 {
+                sticky.set(&task, &format!("n{}", t % 7));
+            }
+            if t % 5 == 0 {
+                state.apply(&WatchEvent::LeasePut {
+                    lease: Lease {
+                        task_id: task.clone(),
+                        node: format!("n{}", (t / 5) % 7),
+                        token: t,
+                        expires_at: u64::MAX,
+                    },
+                });
+                seen_holder += 1;
+            }
+            let all = candidates(&state, &sticky, &task, |n| n.healthy);
+            let first = first_choice(&state, &sticky, &task, |n| n.healthy);
+            assert_eq!(
+                first.map(|n| n.id),
+                all.first().map(|n| n.id.clone()),
+                "{task}"
+            );
+        }
+        assert!(seen_holder > 0);
+        assert!(first_choice(&state, &sticky, "x", |_| false).is_none());
     }
 }
