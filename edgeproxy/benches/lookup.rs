@@ -76,32 +76,28 @@ fn lookup(c: &mut Criterion) {
             black_box(state.task_by_domain(black_box(&domains[i])))
         })
     });
-    let mut i = 0usize;
-    c.bench_function(
-        &format!("task_by_domain + candidates ({tasks} tasks, {NODES} nodes)"),
-        |b| {
-            b.iter(|| {
-                i = (i + 1) % tasks;
-                let task = state
-                    .task_by_domain(black_box(&domains[i]))
-                    .expect("a known domain");
-                black_box(candidates(&state, &sticky, &task.id, |n| n.healthy))
-            })
-        },
-    );
-    let mut i = 0usize;
-    c.bench_function(
-        &format!("task_by_domain + first_choice ({tasks} tasks, {NODES} nodes)"),
-        |b| {
-            b.iter(|| {
-                i = (i + 1) % tasks;
-                let task = state
-                    .task_by_domain(black_box(&domains[i]))
-                    .expect("a known domain");
-                black_box(first_choice(&state, &sticky, &task.id, |n| n.healthy))
-            })
-        },
-    );
+    // Host → task → nodes, with each of the two ways to pick them.
+    let mut routed = |what: &str, pick: &dyn Fn(&str) -> usize| {
+        let mut i = 0usize;
+        c.bench_function(
+            &format!("task_by_domain + {what} ({tasks} tasks, {NODES} nodes)"),
+            |b| {
+                b.iter(|| {
+                    i = (i + 1) % tasks;
+                    let task = state
+                        .task_by_domain(black_box(&domains[i]))
+                        .expect("a known domain");
+                    black_box(pick(&task.id))
+                })
+            },
+        );
+    };
+    routed("candidates", &|id| {
+        candidates(&state, &sticky, id, |n| n.healthy).len()
+    });
+    routed("first_choice", &|id| {
+        usize::from(first_choice(&state, &sticky, id, |n| n.healthy).is_some())
+    });
     c.bench_function(&format!("unknown host ({tasks} tasks)"), |b| {
         b.iter(|| black_box(state.task_by_domain(black_box("nope.example.org"))))
     });
