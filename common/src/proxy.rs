@@ -50,7 +50,5 @@ pub use error::{error_response, ProxyError};
 pub use forward::{ForwardFailure, Forwarder, ForwarderConfig, Unsent};
 pub use headers::{is_upgrade_request, strip_hop_by_hop};
 pub use request_id::{new_request_id, request_id, MAX_REQUEST_ID_LEN};
-pub use serve::{
-    serve, serve_tls, serve_with, serve_with_drain, ServeOptions, DEFAULT_DRAIN_TIMEOUT,
-};
+pub use serve::{serve, serve_with, ServeOptions, DEFAULT_DRAIN_TIMEOUT};
 pub use workers::Workers;

@@ -10,7 +10,7 @@ use shadow_common::{
     follower::Follower,
     node::NodeStatus,
     proxy::{self, error_response, full, ForwardContext, Forwarder, ProxyBody, ProxyError},
-    task::{host_without_port, Task},
+    task::{request_domain, Task},
 };
 use tracing::Instrument;
 
@@ -38,13 +38,7 @@ pub async fn handle(
     peer: SocketAddr,
     scheme: Scheme,
 ) -> Response<ProxyBody> {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().host())
-        .map(host_without_port)
-        .unwrap_or_default();
+    let host = request_domain(&req);
     let request_id = proxy::request_id(req.headers());
     let task = edge.follower.read().task_by_domain(&host);
     let Some(task) = task else {

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use shadow_common::{
     follower::Follower,
     proxy::{self, ForwardContext, Forwarder, ProxyBody},
-    task::{host_without_port, ColdStart, Task},
+    task::{request_domain, ColdStart, Task},
 };
 use tracing::Instrument;
 
@@ -38,13 +38,7 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().host())
-        .map(host_without_port)
-        .unwrap_or_default();
+    let host = request_domain(&req);
     let request_id = proxy::request_id(req.headers());
     let task = node.follower.read().task_by_domain(&host);
     let Some(task) = task else {

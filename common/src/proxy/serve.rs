@@ -5,7 +5,7 @@
 //! request and close (hyper's graceful shutdown: idle keep-alive connections close immediately),
 //! and waits for them at most the drain timeout before dropping the rest. Tunnels that already
 //! upgraded are not tracked here: they run in their own tasks (see `upgrade`) and end when either
-//! side closes.
+//! side closes, or, on worker threads, when the workers stop after the drain.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -66,41 +66,6 @@ where
     serve_with(listener, handler, shutdown, ServeOptions::default()).await;
 }
 
-/// Like [`serve`], with its own drain timeout.
-pub async fn serve_with_drain<H, F>(
-    listener: TcpListener,
-    handler: H,
-    shutdown: impl Future<Output = ()>,
-    drain: Duration,
-) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
-    F: Future<Output = Response<ProxyBody>> + Send + 'static,
-{
-    let options = ServeOptions {
-        drain: Some(drain),
-        ..ServeOptions::default()
-    };
-    serve_with(listener, handler, shutdown, options).await;
-}
-
-/// Like [`serve`], over TLS: each connection's handshake runs in its own task (a slow client
-/// never holds up the accept loop), then the connection is served as over plain TCP.
-pub async fn serve_tls<H, F>(
-    listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    handler: H,
-    shutdown: impl Future<Output = ()>,
-) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
-    F: Future<Output = Response<ProxyBody>> + Send + 'static,
-{
-    let options = ServeOptions {
-        tls: Some(acceptor),
-        ..ServeOptions::default()
-    };
-    serve_with(listener, handler, shutdown, options).await;
-}
-
 /// Serves `handler` on `listener` until `shutdown` completes.
 ///
 /// Each connection is served by hyper's HTTP/1 server with upgrades enabled; the handler gets
@@ -117,29 +82,12 @@ pub async fn serve_with<H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    let drain = options.drain.unwrap_or(DEFAULT_DRAIN_TIMEOUT);
-    serve_inner(
-        listener,
-        options.tls,
-        options.workers,
-        handler,
-        shutdown,
+    let ServeOptions {
+        tls,
+        workers,
         drain,
-    )
-    .await;
-}
-
-async fn serve_inner<H, F>(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    workers: Option<Arc<Workers>>,
-    handler: H,
-    shutdown: impl Future<Output = ()>,
-    drain: Duration,
-) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
-    F: Future<Output = Response<ProxyBody>> + Send + 'static,
-{
+    } = options;
+    let drain = drain.unwrap_or(DEFAULT_DRAIN_TIMEOUT);
     let handler = Arc::new(handler);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();

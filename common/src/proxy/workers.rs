@@ -14,7 +14,6 @@
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread::JoinHandle;
 
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
@@ -24,7 +23,6 @@ pub struct Workers {
     handles: Vec<Handle>,
     next: AtomicUsize,
     stops: Vec<oneshot::Sender<()>>,
-    threads: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Workers {
@@ -46,24 +44,23 @@ impl Workers {
             handles: Vec::with_capacity(count),
             next: AtomicUsize::new(0),
             stops: Vec::with_capacity(count),
-            threads: Vec::with_capacity(count),
         };
         for i in 0..count {
             let runtime = Builder::new_current_thread().enable_all().build()?;
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
             workers.handles.push(runtime.handle().clone());
             workers.stops.push(stop_tx);
-            // If spawning fails, dropping `workers` stops the threads already running.
-            workers.threads.push(
-                std::thread::Builder::new()
-                    .name(format!("{name}-{i}"))
-                    .spawn(move || {
-                        // The runtime runs whatever is spawned on it until told to stop.
-                        let _ = runtime.block_on(stop_rx);
-                        // Connections still open are dropped here, after the caller's drain.
-                        runtime.shutdown_background();
-                    })?,
-            );
+            // Not joined: each thread ends by itself once told to stop (and dropping `Workers`
+            // may happen on a runtime thread, which must not block). If spawning fails, dropping
+            // `workers` stops the threads already running.
+            std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || {
+                    // The runtime runs whatever is spawned on it until told to stop.
+                    let _ = runtime.block_on(stop_rx);
+                    // Connections still open are dropped here, after the caller's drain.
+                    runtime.shutdown_background();
+                })?;
         }
         Ok(workers)
     }
@@ -91,9 +88,6 @@ impl Drop for Workers {
         for stop in self.stops.drain(..) {
             let _ = stop.send(());
         }
-        // Not joined: dropping may happen on a runtime thread, which must not block; each
-        // thread ends by itself once its runtime has shut down.
-        self.threads.clear();
     }
 }
 
