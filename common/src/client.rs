@@ -7,7 +7,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
     error::ErrorBody,
-    lease::{Lease, LeaseGrant, LeaseRenewal, LeaseRequest},
+    lease::{Lease, LeaseGrant, LeaseRenewal, LeaseRequest, SessionRenewal, SessionRenewed},
     node::{Heartbeat, NodeRegistration, NodeStatus},
     task::{Task, TaskSpec},
     watch::WatchResponse,
@@ -43,6 +43,15 @@ impl ClientError {
             ClientError::Unauthorized => Some(StatusCode::UNAUTHORIZED),
             ClientError::LeaseConflict { .. } => Some(StatusCode::CONFLICT),
             _ => None,
+        }
+    }
+
+    /// Whether asking again later may work: the master was unreachable or failed on its side.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Transport { .. } => true,
+            ClientError::Api { status, .. } => status.is_server_error(),
+            _ => false,
         }
     }
 }
@@ -220,6 +229,20 @@ impl MasterClient {
             Method::PUT,
             &format!("/leases/{task_id}"),
             Some(&req),
+            Self::TIMEOUT,
+        )
+        .await
+    }
+    /// Renews every lease the node holds in one call (its session); see [`SessionRenewal`].
+    pub async fn renew_session(
+        &self,
+        node: &str,
+        req: &SessionRenewal,
+    ) -> Result<SessionRenewed, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/nodes/{node}/renew"),
+            Some(req),
             Self::TIMEOUT,
         )
         .await

@@ -16,8 +16,7 @@ use tracing::Instrument;
 
 use crate::{health::Health, metrics::Metrics, placement};
 
-/// The node proxy's header naming the node that holds a stateful task's lease.
-pub const HOLDER_HEADER: &str = "x-shadow-lease-holder";
+pub use shadow_common::lease::{HOLDER_DOWN_HEADER, HOLDER_HEADER};
 
 /// At most this many nodes are tried for one request.
 const MAX_TRIES: usize = 3;
@@ -108,6 +107,9 @@ async fn route(
     let mut plan = vec![first];
     let mut ranked = false;
     let mut req = req;
+    // Only this edge may say a holder is down; nodes trust the header.
+    req.headers_mut().remove(HOLDER_DOWN_HEADER);
+    let mut unreachable: Vec<String> = Vec::new();
     let mut followed = false;
     let mut i = 0;
     loop {
@@ -119,6 +121,7 @@ async fn route(
                 "The app's server is misconfigured.",
             );
         };
+        mark_holder_down(edge, &task.id, &node.id, &unreachable, req.headers_mut());
         let ctx =
             ForwardContext::new(peer, scheme.clone(), request_id.clone()).handing_back_if(|head| {
                 head.status == StatusCode::SERVICE_UNAVAILABLE
@@ -133,6 +136,7 @@ async fn route(
                 let retry_on = match &failure.error {
                     ProxyError::Connect { .. } => {
                         edge.health.record(&node.id, false);
+                        unreachable.push(node.id.clone());
                         tracing::warn!(node = %node.id, error = %failure.error, "node unreachable; trying the next");
                         edge.metrics.retry("connect");
                         if !ranked {
@@ -191,6 +195,32 @@ async fn route(
             }
         }
     }
+}
+
+/// Tells `target` that the task's lease holder is down, when it is another node that this
+/// request could not reach or that is not usable: the target then waits for the lease to lapse
+/// and serves the request, instead of sending it back to a node that cannot answer.
+fn mark_holder_down(
+    edge: &Edge,
+    task_id: &str,
+    target: &str,
+    unreachable: &[String],
+    headers: &mut http::HeaderMap,
+) {
+    let down = {
+        let state = edge.follower.read();
+        state
+            .lease(task_id)
+            .filter(|l| l.node != target)
+            .filter(|l| {
+                unreachable.contains(&l.node) || !state.node(&l.node).is_some_and(usable(edge))
+            })
+            .and_then(|l| HeaderValue::from_str(&l.node).ok())
+    };
+    match down {
+        Some(v) => headers.insert(HOLDER_DOWN_HEADER, v),
+        None => headers.remove(HOLDER_DOWN_HEADER),
+    };
 }
 
 /// Node addresses are `host:port`; most are IPs, names are resolved per request (the system

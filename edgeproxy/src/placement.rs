@@ -190,6 +190,8 @@ mod tests {
                         node: format!("n{}", (t / 5) % 7),
                         token: t,
                         expires_at: u64::MAX,
+                        granted_at: 0,
+                        ttl_ms: 1_000,
                     },
                 });
                 seen_holder += 1;

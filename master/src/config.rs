@@ -28,6 +28,11 @@ pub struct Cli {
     #[arg(long, env = "SHADOW_HEARTBEAT_INTERVAL_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub heartbeat_interval_ms: Option<u64>,
+    /// How long after a lease's expiry it stays refused to other nodes, for the old holder's stop
+    /// [default: 500].
+    #[arg(long, env = "SHADOW_LEASE_GRACE_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_grace_ms: Option<u64>,
     /// Bearer token every API call must carry; unset = loopback only. Env only: not a flag, so it
     /// never shows in `ps`.
     #[arg(skip)]
@@ -44,6 +49,8 @@ pub struct MasterConfig {
     pub data_dir: PathBuf,
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_interval_ms: u64,
+    #[serde(default = "default_lease_grace_ms")]
+    pub lease_grace_ms: u64,
     #[serde(default)]
     pub api_token: Option<String>,
 }
@@ -57,6 +64,9 @@ fn default_data_dir() -> PathBuf {
 fn default_heartbeat_ms() -> u64 {
     1000
 }
+fn default_lease_grace_ms() -> u64 {
+    crate::registry::DEFAULT_LEASE_GRACE.as_millis() as u64
+}
 
 impl MasterConfig {
     /// Defaults for `data_dir`, for tests and embedding.
@@ -65,12 +75,17 @@ impl MasterConfig {
             listen: default_listen(),
             data_dir,
             heartbeat_interval_ms: default_heartbeat_ms(),
+            lease_grace_ms: default_lease_grace_ms(),
             api_token: None,
         }
     }
 
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_interval_ms.max(10))
+    }
+
+    pub fn lease_grace(&self) -> Duration {
+        Duration::from_millis(self.lease_grace_ms)
     }
 }
 

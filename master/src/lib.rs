@@ -35,7 +35,8 @@ pub enum RunError {
 /// Builds the registry from the data dir and the API state around it.
 pub fn open_state(config: &MasterConfig) -> Result<Arc<api::AppState>, RunError> {
     let store = store::sqlite::SqliteStore::open(&config.data_dir)?;
-    let registry = registry::Registry::open(Box::new(store), config.heartbeat_interval())?;
+    let registry = registry::Registry::open(Box::new(store), config.heartbeat_interval())?
+        .with_lease_grace(config.lease_grace());
     Ok(Arc::new(api::AppState {
         registry: Arc::new(registry),
         api_token: config.api_token.clone(),

@@ -16,7 +16,11 @@ use std::{
 };
 
 use shadow_common::{
-    error::FieldError, lease::Lease, node::NodeRegistration, task::Task, watch::WatchEvent,
+    error::FieldError,
+    lease::{Lease, MAX_TTL_MS},
+    node::NodeRegistration,
+    task::Task,
+    watch::WatchEvent,
 };
 use tokio::time::Instant;
 
@@ -49,11 +53,16 @@ pub enum RegistryError {
 /// How many events the watch can replay before a client must start over from a snapshot.
 const LOG_LEN: usize = 10_000;
 
+/// How long after a lease's expiry the master still refuses it to other nodes by default: the
+/// old holder's margin for clock-rate error and a slow kill (see `docs/leases.md`).
+pub const DEFAULT_LEASE_GRACE: Duration = Duration::from_millis(500);
+
 pub struct Registry {
     inner: Mutex<Inner>,
     clock: Clock,
     epoch: String,
     heartbeat_interval: Duration,
+    lease_grace_ms: u64,
     revision_tx: tokio::sync::watch::Sender<u64>,
 }
 
@@ -78,7 +87,9 @@ struct Inner {
 }
 
 impl Registry {
-    /// Loads the durable state. Nodes start unhealthy until their next heartbeat.
+    /// Loads the durable state. Nodes start unhealthy until their next heartbeat; every lease
+    /// is re-armed for its full TTL from now, since its holder may have renewed it while this
+    /// master was down (renewals are not written to the store).
     pub fn open(
         mut store: Box<dyn Store>,
         heartbeat_interval: Duration,
@@ -107,10 +118,21 @@ impl Registry {
                 (entry.reg.id.clone(), entry)
             })
             .collect();
+        let clock = Clock::new();
+        let now = clock.now_ms();
         let leases = snap
             .leases
             .into_iter()
-            .map(|l| (l.task_id.clone(), l))
+            .map(|mut l| {
+                let ttl = if l.ttl_ms > 0 {
+                    l.ttl_ms
+                } else {
+                    // Written before leases stored their TTL: the longest they could have had.
+                    l.expires_at.saturating_sub(l.granted_at).min(MAX_TTL_MS)
+                };
+                l.expires_at = l.expires_at.max(now + ttl);
+                (l.task_id.clone(), l)
+            })
             .collect();
         let (revision_tx, _) = tokio::sync::watch::channel(0);
         Ok(Self {
@@ -124,11 +146,18 @@ impl Registry {
                 revision: 0,
                 log: VecDeque::new(),
             }),
-            clock: Clock::new(),
+            clock,
             epoch: uuid::Uuid::new_v4().simple().to_string(),
             heartbeat_interval,
+            lease_grace_ms: DEFAULT_LEASE_GRACE.as_millis() as u64,
             revision_tx,
         })
+    }
+
+    /// How long after expiry a lease stays refused to other nodes.
+    pub fn with_lease_grace(mut self, grace: Duration) -> Self {
+        self.lease_grace_ms = grace.as_millis() as u64;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

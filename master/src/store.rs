@@ -35,7 +35,8 @@ pub trait Store: Send {
     fn delete_task(&mut self, id: &str) -> Result<(), StoreError>;
     fn put_node(&mut self, node: &NodeRegistration) -> Result<(), StoreError>;
     fn delete_node(&mut self, id: &str) -> Result<(), StoreError>;
-    /// Stores a lease and the next token in one transaction.
+    /// Stores a granted lease and the next token in one transaction. Renewals are not written:
+    /// a restarted master re-arms every lease it loads for a full TTL (see `docs/leases.md`).
     fn put_lease(&mut self, lease: &Lease, next_token: u64) -> Result<(), StoreError>;
     fn delete_lease(&mut self, task_id: &str) -> Result<(), StoreError>;
 }

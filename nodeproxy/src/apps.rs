@@ -12,13 +12,13 @@ use std::{
     time::Duration,
 };
 
-use shadow_common::{client::MasterClient, follower::Follower, state::ClusterState, task::Task};
+use shadow_common::{follower::Follower, state::ClusterState, task::Task};
 use tokio::{sync::watch, time::Instant};
 
 use crate::{
     activity::ActivityToken,
     config::NodeConfig,
-    lease_keeper,
+    lease::{Held, LeaseSession},
     runtime::ContainerRuntime,
     start::{self, Partial, Running, StartError},
     stop,
@@ -28,24 +28,22 @@ use crate::{
 /// What the start of an app needs, shared by all slots.
 pub struct AppContext {
     pub config: Arc<NodeConfig>,
-    pub master: MasterClient,
     pub runtime: Arc<dyn ContainerRuntime>,
     pub volumes: Volumes,
     pub metrics: crate::metrics::Metrics,
+    /// The node's leases, renewed together.
+    pub leases: Arc<LeaseSession>,
+    /// The node's copy of the master's state (a start waits on it for a lease to lapse).
+    pub follower: Follower,
     /// Asks the master whether a lease token is still current, right before a volume commit.
     pub fence_check: Arc<dyn crate::volume::FenceCheck>,
 }
 
 impl AppContext {
-    /// The fence for a volume operation under `token` (none for a task without a lease).
-    /// How often a long volume step renews the lease: a third of its time to live.
-    pub fn renew_every(&self) -> std::time::Duration {
-        self.config.lease_ttl() / 3
-    }
-
-    pub fn fence(&self, token: Option<u64>) -> crate::volume::Fence {
-        match token {
-            Some(t) => crate::volume::Fence::new(t, self.fence_check.clone()),
+    /// The fence for a volume operation under `lease` (none for a task without a lease).
+    pub fn fence(&self, lease: Option<&Held>) -> crate::volume::Fence {
+        match lease {
+            Some(l) => crate::volume::Fence::new(l.token(), self.fence_check.clone()),
             None => crate::volume::Fence::unchecked(0),
         }
     }
@@ -139,7 +137,12 @@ impl Apps {
     }
 
     /// A running app for `task`, starting it if needed; waits at most `start_timeout_s`.
-    pub async fn route(self: &Arc<Self>, task: &Arc<Task>) -> Result<Route, Unavailable> {
+    /// `holder_down` is a node the edge could not reach (see [`start::start`]).
+    pub async fn route(
+        self: &Arc<Self>,
+        task: &Arc<Task>,
+        holder_down: Option<&str>,
+    ) -> Result<Route, Unavailable> {
         let limit = Duration::from_secs(task.spec.start_timeout_s);
         let deadline = Instant::now() + limit;
         let slot = self.slot(&task.id);
@@ -165,7 +168,11 @@ impl Apps {
                         if *self.shutdown.borrow() {
                             return Err(Unavailable::ShuttingDown);
                         }
-                        let rx = self.spawn_start(slot.clone(), task.clone());
+                        let rx = self.spawn_start(
+                            slot.clone(),
+                            task.clone(),
+                            holder_down.map(str::to_string),
+                        );
                         slot.set(&mut st, State::Starting(rx.clone()));
                         Step::Wait(rx)
                     }
@@ -202,7 +209,7 @@ impl Apps {
         match &*st {
             State::Running(_) => true,
             State::Idle if !*self.shutdown.borrow() => {
-                let rx = self.spawn_start(slot.clone(), task.clone());
+                let rx = self.spawn_start(slot.clone(), task.clone(), None);
                 slot.set(&mut st, State::Starting(rx));
                 false
             }
@@ -251,6 +258,7 @@ impl Apps {
         self: &Arc<Self>,
         slot: Arc<Slot>,
         task: Arc<Task>,
+        holder_down: Option<String>,
     ) -> watch::Receiver<StartOutcome> {
         let (tx, rx) = watch::channel(None);
         let apps = self.clone();
@@ -258,11 +266,11 @@ impl Apps {
             let limit = Duration::from_secs(task.spec.start_timeout_s);
             let partial = Arc::new(Mutex::new(Partial::default()));
             let began = Instant::now();
-            let result =
-                match tokio::time::timeout(limit, start::start(&apps.ctx, &task, &partial)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(StartError::Timeout(limit)),
-                };
+            let start = start::start(&apps.ctx, &task, &partial, holder_down.as_deref());
+            let result = match tokio::time::timeout(limit, start).await {
+                Ok(r) => r,
+                Err(_) => Err(StartError::Timeout(limit)),
+            };
             match result {
                 Ok(running) => {
                     let running = Arc::new(running);
@@ -286,14 +294,13 @@ impl Apps {
         rx
     }
 
-    /// Watches a running app until it must stop (idle, lease lost, node shutting down), then
-    /// stops it.
+    /// Watches a running app until it must stop (idle, lease lost or run out, node shutting
+    /// down), then stops it.
     async fn supervise(self: Arc<Self>, slot: Arc<Slot>, running: Arc<Running>) {
         let idle = Duration::from_secs(running.task.spec.idle_timeout_s);
         let (done_tx, done_rx) = watch::channel(false);
-        let keeper = running.lease.map(|token| {
-            tokio::spawn(lease_keeper::keep(self.ctx.clone(), running.clone(), token))
-        });
+        let lease_lost = runs_out(running.lease.as_deref());
+        tokio::pin!(lease_lost);
         let mut shutdown = self.shutdown.subscribe();
         let every = self.ctx.config.checkpoint_interval();
         let mut checkpoints = tokio::time::interval_at(Instant::now() + every, every);
@@ -302,7 +309,13 @@ impl Apps {
         let reason = loop {
             tokio::select! {
                 _ = checkpoints.tick(), if checkpointing => {
-                    if let Err(stop) = checkpoint(&self.ctx, &running).await {
+                    // A checkpoint can hang on a blackholed link (its fence asks the master):
+                    // the lease's deadline must still win.
+                    let saved = tokio::select! {
+                        r = checkpoint(&self.ctx, &running) => r,
+                        () = runs_out(running.lease.as_deref()) => Err(stop::Reason::LeaseLost),
+                    };
+                    if let Err(stop) = saved {
                         slot.set(&mut slot.lock(), State::Stopping(done_rx.clone()));
                         break stop;
                     }
@@ -311,7 +324,7 @@ impl Apps {
                     slot.set(&mut slot.lock(), State::Stopping(done_rx.clone()));
                     break stop::Reason::Updated;
                 }
-                _ = running.lost.notified() => {
+                () = &mut lease_lost => {
                     slot.set(&mut slot.lock(), State::Stopping(done_rx.clone()));
                     break stop::Reason::LeaseLost;
                 }
@@ -333,9 +346,6 @@ impl Apps {
                 }
             }
         };
-        if let Some(k) = keeper {
-            k.abort();
-        }
         stop::stop(&self.ctx, &running, reason).await;
         slot.set(&mut slot.lock(), State::Idle);
         let _ = done_tx.send(true);
@@ -358,6 +368,14 @@ impl Apps {
     }
 }
 
+/// Resolves when the app under `lease` must be killed; never for a task without one.
+pub(crate) async fn runs_out(lease: Option<&Held>) {
+    match lease {
+        Some(l) => l.must_stop().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Saves a running app's volume; a fenced checkpoint means the lease is gone: stop at once.
 async fn checkpoint(ctx: &AppContext, running: &Running) -> Result<(), stop::Reason> {
     let Some((backend, attached)) = &running.volume else {
@@ -365,7 +383,11 @@ async fn checkpoint(ctx: &AppContext, running: &Running) -> Result<(), stop::Rea
     };
     let began = Instant::now();
     match backend
-        .checkpoint(&running.task, attached, &ctx.fence(running.lease))
+        .checkpoint(
+            &running.task,
+            attached,
+            &ctx.fence(running.lease.as_deref()),
+        )
         .await
     {
         Ok(()) => {

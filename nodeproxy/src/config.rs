@@ -4,6 +4,14 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+/// What `shadow-nodeproxy` does besides running the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Kill and remove every container of this node (by its id), then exit. systemd runs it
+    /// after the node process ends, however it ended (ExecStopPost), so no app outlives it.
+    Cleanup,
+}
+
 /// Command line; every option can also come from the environment or the config file.
 #[derive(Debug, clap::Parser, Serialize)]
 #[command(
@@ -12,6 +20,10 @@ use serde::{Deserialize, Serialize};
     about = "Shadow's node proxy: starts apps on demand, proxies to them, stops them when idle"
 )]
 pub struct Cli {
+    /// What to do; without one, run the node.
+    #[command(subcommand)]
+    #[serde(skip)]
+    pub command: Option<Command>,
     /// TOML config file (keys as the long flags, with '_').
     #[arg(long, env = "SHADOW_CONFIG")]
     #[serde(skip)]
@@ -48,10 +60,17 @@ pub struct Cli {
     #[arg(long, env = "SHADOW_HEARTBEAT_INTERVAL_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub heartbeat_interval_ms: Option<u64>,
-    /// Volume lease time to live; renewed every third of it [default: 15000].
+    /// Volume lease time to live, counted from when each renewal is sent; all leases are renewed
+    /// together every quarter of it. Bounds both a dead node's failover and how long the master
+    /// may be unreachable before stateful apps stop (docs/leases.md) [default: 4000].
     #[arg(long, env = "SHADOW_LEASE_TTL_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_ttl_ms: Option<u64>,
+    /// How long before its lease's deadline an app is killed: the time a kill may take; less
+    /// than half the TTL [default: a quarter of the TTL].
+    #[arg(long, env = "SHADOW_LEASE_STOP_MARGIN_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_stop_margin_ms: Option<u64>,
     /// Seconds between SIGTERM and SIGKILL when stopping an app [default: 10].
     #[arg(long, env = "SHADOW_STOP_GRACE_S")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -159,6 +178,8 @@ pub struct NodeConfig {
     pub heartbeat_interval_ms: u64,
     #[serde(default = "default_lease_ttl_ms")]
     pub lease_ttl_ms: u64,
+    #[serde(default)]
+    pub lease_stop_margin_ms: Option<u64>,
     #[serde(default = "default_stop_grace_s")]
     pub stop_grace_s: u64,
     #[serde(default)]
@@ -227,7 +248,7 @@ fn default_heartbeat_ms() -> u64 {
     1000
 }
 fn default_lease_ttl_ms() -> u64 {
-    15_000
+    4_000
 }
 fn default_stop_grace_s() -> u64 {
     10
@@ -258,6 +279,7 @@ impl NodeConfig {
             workers: 0,
             heartbeat_interval_ms: default_heartbeat_ms(),
             lease_ttl_ms: default_lease_ttl_ms(),
+            lease_stop_margin_ms: None,
             stop_grace_s: default_stop_grace_s(),
             docker_host: None,
             api_token: None,
@@ -286,6 +308,21 @@ impl NodeConfig {
     }
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_millis(self.lease_ttl_ms.max(300))
+    }
+    /// The TTL, the renewal period and the stop margin; an error says which setting to change.
+    pub fn lease_timing(&self) -> Result<crate::lease::LeaseTiming, String> {
+        let ttl = self.lease_ttl();
+        let margin = self
+            .lease_stop_margin_ms
+            .map_or(ttl / 4, Duration::from_millis);
+        if margin * 2 >= ttl {
+            return Err(format!(
+                "SHADOW_LEASE_STOP_MARGIN_MS ({} ms) must be less than half of SHADOW_LEASE_TTL_MS ({} ms), or apps would be killed before their first renewal; lower the margin or raise the TTL",
+                margin.as_millis(),
+                ttl.as_millis()
+            ));
+        }
+        Ok(crate::lease::LeaseTiming::new(ttl, margin))
     }
     /// Zero means no periodic checkpoints.
     pub fn checkpoint_interval(&self) -> Duration {

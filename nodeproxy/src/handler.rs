@@ -30,8 +30,7 @@ pub struct Node {
     pub metrics: Metrics,
 }
 
-/// Tells the edge which node holds a stateful task, so it can send the request there.
-pub const HOLDER_HEADER: &str = "x-shadow-lease-holder";
+pub use shadow_common::lease::{HOLDER_DOWN_HEADER, HOLDER_HEADER};
 
 pub async fn handle(
     node: Arc<Node>,
@@ -94,7 +93,12 @@ async fn serve_app(
     if task.spec.cold_start == ColdStart::Page && wants_html(&req) && !node.apps.kick(&task) {
         return pages::loading(&task.spec.name);
     }
-    let route = match node.apps.route(&task).await {
+    let holder_down = req
+        .headers()
+        .get(HOLDER_DOWN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let route = match node.apps.route(&task, holder_down.as_deref()).await {
         Ok(r) => r,
         Err(e) => return unavailable(&task, &request_id, e),
     };

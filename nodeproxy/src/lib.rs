@@ -6,7 +6,8 @@
 //! - [`handler`]: the HTTP entry; Host → task → running app → forward.
 //! - [`apps`]: each task's life cycle on this node (idle, starting, running, stopping).
 //! - [`start`] / [`stop`]: the phases of a cold start and of a stop; [`ready`]: readiness probes.
-//! - [`activity`]: what counts as idle; [`lease_keeper`]: renewing the volume lease.
+//! - [`activity`]: what counts as idle; [`lease`]: the node's lease session and each lease's
+//!   deadline.
 //! - [`runtime`]: the container seam (Docker via bollard); [`volume`]: the volume seam.
 //! - [`register`]: registration and heartbeats; [`metrics`], [`pages`].
 #![forbid(unsafe_code)]
@@ -15,7 +16,7 @@ pub mod activity;
 pub mod apps;
 pub mod config;
 pub mod handler;
-pub mod lease_keeper;
+pub mod lease;
 pub mod metrics;
 pub mod pages;
 pub mod ready;
@@ -50,6 +51,8 @@ pub enum RunError {
     Workers(std::io::Error),
     #[error("cannot set up a volume backend: {0}")]
     Volume(#[from] volume::VolumeError),
+    #[error("invalid lease settings: {0}")]
+    Lease(String),
 }
 
 /// Runs the node with Docker until `shutdown` resolves, then stops every app.
@@ -70,6 +73,7 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     shadow_common::node::check_node_id(&config.node_id).map_err(RunError::NodeId)?;
+    let timing = config.lease_timing().map_err(RunError::Lease)?;
     let bound = listener.local_addr().map_err(RunError::Listener)?;
     let advertise = config
         .advertise
@@ -85,13 +89,16 @@ pub async fn run_with(
     let volumes = volumes(&config).await?;
     let metrics = metrics::Metrics::new();
     let config = Arc::new(config);
+    let leases = lease::LeaseSession::new(Arc::new(master.clone()), config.node_id.clone(), timing);
+    let renewer = tokio::spawn(leases.clone().run());
     let apps = Apps::new(Arc::new(AppContext {
         config: config.clone(),
-        master: master.clone(),
         runtime,
         volumes,
         metrics: metrics.clone(),
-        fence_check: Arc::new(lease_keeper::MasterFence {
+        leases,
+        follower: follower.clone(),
+        fence_check: Arc::new(lease::MasterFence {
             master: master.clone(),
             ttl: config.lease_ttl(),
         }),
@@ -131,6 +138,7 @@ pub async fn run_with(
     .await;
     tracing::info!("shutting down: stopping every app");
     apps.stop_all().await;
+    renewer.abort();
     heartbeat.abort();
     reconciler.abort();
     let _ = stop_tx.send(true);
@@ -157,6 +165,22 @@ async fn volumes(config: &NodeConfig) -> Result<Volumes, RunError> {
         ebs,
         digitalocean,
     })
+}
+
+/// Removes every container this node made, without a grace: what `shadow-nodeproxy cleanup`
+/// does after the process died (systemd's `ExecStopPost`), so no app outlives its node's lease
+/// renewals. Containers without this node's label are never touched.
+pub async fn clean_up(node_id: &str, docker_host: Option<&str>) -> Result<usize, RunError> {
+    shadow_common::node::check_node_id(node_id).map_err(RunError::NodeId)?;
+    let runtime = runtime::docker::DockerRuntime::connect(docker_host).await?;
+    let found = runtime.list_labelled(start::LABEL_NODE, node_id).await?;
+    for c in &found {
+        tracing::info!(container = %c.name, "removing a container of this node");
+        runtime
+            .stop_and_remove(&c.id, std::time::Duration::ZERO)
+            .await?;
+    }
+    Ok(found.len())
 }
 
 /// A node starts clean: containers it made in an earlier life are removed (their data is in

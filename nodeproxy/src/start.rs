@@ -13,6 +13,7 @@ use std::{
 
 use shadow_common::{
     client::ClientError,
+    state::ClusterState,
     task::{Task, DATA_MOUNT},
 };
 use tokio::{sync::Notify, time::Instant};
@@ -20,6 +21,7 @@ use tokio::{sync::Notify, time::Instant};
 use crate::{
     activity::Activity,
     apps::AppContext,
+    lease::{AcquireError, Held},
     ready,
     runtime::{ContainerSpec, RunningContainer, RuntimeError},
     volume::{Attached, VolumeBackend, VolumeError},
@@ -35,6 +37,12 @@ pub enum StartError {
     LeaseHeld { holder: String },
     #[error("cannot take the task's lease: {0}")]
     Master(#[from] ClientError),
+    #[error("cannot take the task's lease: {0}")]
+    Acquire(#[from] AcquireError),
+    #[error(
+        "the task's lease ran out during the start (the master did not answer renewals in time)"
+    )]
+    LeaseLost,
     #[error(transparent)]
     Volume(#[from] VolumeError),
     #[error(transparent)]
@@ -48,7 +56,7 @@ pub enum StartError {
 /// What a start has made so far, for undoing it.
 #[derive(Default)]
 pub struct Partial {
-    pub lease: Option<u64>,
+    pub lease: Option<Arc<Held>>,
     pub volume: Option<(Arc<dyn VolumeBackend>, Attached)>,
     /// Set before the create call, so a start cut off mid-create still removes it by name.
     pub container: Option<String>,
@@ -59,11 +67,9 @@ pub struct Running {
     pub task: Arc<Task>,
     pub container: RunningContainer,
     pub activity: Arc<Activity>,
-    /// The fencing token of the task's lease, for stateful tasks.
-    pub lease: Option<u64>,
+    /// The task's lease, for stateful tasks.
+    pub lease: Option<Arc<Held>>,
     pub volume: Option<(Arc<dyn VolumeBackend>, Attached)>,
-    /// Signalled when the lease is lost: the app must stop at once.
-    pub lost: Notify,
     /// Signalled when a request brings a changed spec: stop, so the next start uses it.
     pub replaced: Notify,
 }
@@ -85,43 +91,36 @@ fn record<T>(partial: &Mutex<Partial>, f: impl FnOnce(&mut Partial) -> T) -> T {
     f(&mut partial.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
+/// Starts the app. `holder_down` names a node the edge could not reach: if that node holds the
+/// lease, the start waits for the lease to lapse instead of sending the request there.
 pub async fn start(
     ctx: &AppContext,
     task: &Arc<Task>,
     partial: &Mutex<Partial>,
+    holder_down: Option<&str>,
 ) -> Result<Running, StartError> {
-    let cfg = &ctx.config;
     let began = Instant::now();
 
-    let mut token = None;
+    let mut lease = None;
     if task.spec.volume.kind.is_stateful() {
-        let grant = match ctx
-            .master
-            .acquire_lease(&task.id, &cfg.node_id, cfg.lease_ttl())
-            .await
-        {
-            Ok(g) => g,
-            Err(ClientError::LeaseConflict {
-                holder: Some(holder),
-                ..
-            }) => return Err(StartError::LeaseHeld { holder }),
-            Err(e) => return Err(e.into()),
-        };
-        record(partial, |p| p.lease = Some(grant.token));
-        token = Some(grant.token);
+        let held = Arc::new(take_lease(ctx, task, holder_down).await?);
+        record(partial, |p| p.lease = Some(held.clone()));
+        lease = Some(held);
     }
     ctx.metrics.phase("lease", began.elapsed());
 
-    // No lease keeper runs until the app does: renew the lease here meanwhile, since attaching a
-    // large volume, pulling an image or a slow readiness can each outlast it.
-    let fence = ctx.fence(token);
-    let container = fence
-        .keeping(
-            &task.id,
-            ctx.renew_every(),
-            bring_up(ctx, task, partial, &fence),
-        )
-        .await?;
+    // The session renews the lease meanwhile (attaching a large volume, pulling an image or a
+    // slow readiness can each outlast it); if it runs out, the start ends and its clean-up kills
+    // whatever was started.
+    let fence = ctx.fence(lease.as_deref());
+    let up = bring_up(ctx, task, partial, &fence);
+    let container = match &lease {
+        Some(held) => tokio::select! {
+            r = up => r?,
+            () = held.must_stop() => return Err(StartError::LeaseLost),
+        },
+        None => up.await?,
+    };
     tracing::info!(
         task = %task.id,
         container = %container.name,
@@ -140,11 +139,69 @@ pub async fn start(
         task: task.clone(),
         container,
         activity: Activity::new(),
-        lease: token,
+        lease,
         volume,
-        lost: Notify::new(),
         replaced: Notify::new(),
     })
+}
+
+/// What a start is waiting for, so each wait is logged once rather than per attempt.
+#[derive(PartialEq)]
+enum Waiting {
+    Master,
+    Lapse,
+}
+
+/// Takes the task's lease. While the master cannot be reached, tries again with backoff; while
+/// `holder_down` holds it, waits for the watch to announce its lapse. Either way the start's own
+/// timeout bounds the wait, and concurrent requests share this one attempt.
+async fn take_lease(
+    ctx: &AppContext,
+    task: &Task,
+    holder_down: Option<&str>,
+) -> Result<Held, StartError> {
+    let mut backoff = Duration::from_millis(100);
+    let mut waiting = None;
+    loop {
+        let err = match ctx.leases.acquire(&task.id).await {
+            Ok(held) => {
+                if waiting.is_some() {
+                    tracing::info!(task = %task.id, "lease taken after waiting");
+                }
+                return Ok(held);
+            }
+            Err(AcquireError::Master(ClientError::LeaseConflict {
+                holder: Some(holder),
+                ..
+            })) => {
+                if holder_down != Some(holder.as_str()) {
+                    return Err(StartError::LeaseHeld { holder });
+                }
+                if waiting != Some(Waiting::Lapse) {
+                    tracing::info!(task = %task.id, %holder, "the lease is held by a node the edge cannot reach; waiting for it to lapse");
+                    waiting = Some(Waiting::Lapse);
+                }
+                wait_for_lapse(ctx, &task.id, &holder).await;
+                continue;
+            }
+            Err(AcquireError::Master(e)) if !e.is_transient() => return Err(e.into()),
+            Err(e) => e,
+        };
+        if waiting != Some(Waiting::Master) {
+            tracing::warn!(task = %task.id, error = %err, "cannot reach the master for the lease; the start waits for it");
+            waiting = Some(Waiting::Master);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Waits until the watch shows `holder`'s lease of the task gone. The watch may not have
+/// brought that lease yet: it gets a second to, after which the caller simply asks again.
+async fn wait_for_lapse(ctx: &AppContext, task_id: &str, holder: &str) {
+    let held = |s: &ClusterState| s.lease(task_id).is_some_and(|l| l.node == holder);
+    let _ = tokio::time::timeout(Duration::from_secs(1), ctx.follower.wait_until(held)).await;
+    ctx.follower.wait_until(|s| !held(s)).await;
 }
 
 /// Volume, image, container, readiness: the steps of a start that run under the lease.
@@ -242,30 +299,46 @@ async fn wait_ready(ctx: &AppContext, task: &Task, c: &RunningContainer) -> Resu
     }
 }
 
-/// Undoes whatever a failed start made, in reverse order.
+/// Undoes whatever a failed start made, in reverse order. A start whose lease ran out kills its
+/// container at once and does not write the volume back.
 pub async fn clean_up(ctx: &AppContext, task: &Task, partial: Partial) {
+    let lease_ok = partial.lease.as_ref().is_none_or(|l| l.is_valid());
     if let Some(container) = &partial.container {
+        if !lease_ok {
+            kill(ctx, task, container).await;
+        }
         if let Ok(logs) = ctx.runtime.logs_tail(container, 20).await {
             if !logs.trim().is_empty() {
                 tracing::error!(task = %task.id, container = %container, "last log lines of the failed app:\n{logs}");
             }
         }
-        if let Err(e) = ctx.runtime.stop_and_remove(container, Duration::ZERO).await {
-            tracing::error!(task = %task.id, error = %e, "cannot remove the failed app's container");
+        if lease_ok {
+            kill(ctx, task, container).await;
         }
     }
     let mut keep_lease = false;
     if let Some((backend, attached)) = &partial.volume {
-        let fence = ctx.fence(partial.lease);
-        let detach = backend.detach(task, attached, &fence);
-        if let Err(e) = fence.keeping(&task.id, ctx.renew_every(), detach).await {
-            tracing::error!(task = %task.id, error = %e, "cannot detach the failed app's volume; keeping its lease");
+        let lease = partial.lease.as_deref();
+        let result = if lease_ok {
+            backend.detach(task, attached, &ctx.fence(lease)).await
+        } else {
+            backend.abandon(task, attached).await
+        };
+        if let Err(e) = result {
+            tracing::error!(task = %task.id, error = %e, "cannot let go of the failed app's volume; keeping its lease");
             keep_lease = true;
         }
     }
-    if let (Some(token), false) = (partial.lease, keep_lease) {
-        if let Err(e) = ctx.master.release_lease(&task.id, token).await {
+    if let (Some(lease), false) = (&partial.lease, keep_lease || !lease_ok) {
+        if let Err(e) = lease.release().await {
             tracing::warn!(task = %task.id, error = %e, "cannot release the lease; it will lapse by itself");
         }
+    }
+}
+
+/// Kills and removes a container at once (no grace).
+pub async fn kill(ctx: &AppContext, task: &Task, container: &str) {
+    if let Err(e) = ctx.runtime.stop_and_remove(container, Duration::ZERO).await {
+        tracing::error!(task = %task.id, %container, error = %e, "cannot remove the app's container");
     }
 }

@@ -13,7 +13,7 @@ pub mod ebs;
 pub mod local;
 pub mod s3;
 
-use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc};
 
 use async_trait::async_trait;
 use shadow_common::task::{Task, VolumeKind};
@@ -97,35 +97,6 @@ impl Fence {
     }
 }
 
-impl Fence {
-    /// Runs `work` (an attach or a detach) while renewing the lease every `every`: moving a
-    /// large volume can take longer than the lease lives, and no lease keeper runs before the
-    /// app started or after it stopped. A failed renewal is only logged here; commits check the
-    /// fence themselves, and a lost lease shows when the app runs or stops.
-    pub async fn keeping<T>(
-        &self,
-        task_id: &str,
-        every: Duration,
-        work: impl Future<Output = T>,
-    ) -> T {
-        if self.check.is_none() {
-            return work.await;
-        }
-        let renew = async {
-            loop {
-                tokio::time::sleep(every).await;
-                if let Err(e) = self.verify(task_id).await {
-                    tracing::warn!(task = %task_id, error = %e, "cannot renew the lease during a long volume step");
-                }
-            }
-        };
-        tokio::select! {
-            out = work => out,
-            never = renew => never,
-        }
-    }
-}
-
 /// A volume backend. Calls for one task never overlap: the node serializes a task's life cycle.
 #[async_trait]
 pub trait VolumeBackend: Send + Sync {
@@ -186,43 +157,5 @@ impl Volumes {
                 task: task.id.clone(),
                 kind,
             })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    use super::*;
-
-    struct Counting(AtomicU32);
-
-    #[async_trait]
-    impl FenceCheck for Counting {
-        async fn still_current(&self, _task_id: &str, _token: u64) -> Result<(), String> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_long_volume_step_renews_the_lease_until_it_ends() {
-        let check = Arc::new(Counting(AtomicU32::new(0)));
-        let fence = Fence::new(7, check.clone());
-        let every = Duration::from_secs(5);
-        let out = fence
-            .keeping("t", every, async {
-                tokio::time::sleep(every * 10 + Duration::from_secs(1)).await;
-                42
-            })
-            .await;
-        assert_eq!(out, 42);
-        assert_eq!(check.0.load(Ordering::SeqCst), 10, "one renewal per period");
-        tokio::time::sleep(every * 3).await;
-        assert_eq!(
-            check.0.load(Ordering::SeqCst),
-            10,
-            "none after the step ended"
-        );
     }
 }

@@ -10,9 +10,12 @@
 //! - [`fixtures`]: the counter app as a task, unique domains, waiting until a stop finished.
 //! - [`http`]: a small client that sets Host and streams bodies.
 //! - [`image`]: the counter test app packed into a local `FROM scratch` image.
+//! - [`relay`]: a TCP relay that refuses or blackholes a link to the master on command.
+//! - [`docker_events`]: Docker's record of a task's containers, to prove one ran at a time.
 
 pub mod block;
 pub mod do_fake;
+pub mod docker_events;
 pub mod edge;
 pub mod fixtures;
 pub mod http;
@@ -21,4 +24,5 @@ pub mod master;
 pub mod moto;
 pub mod node;
 pub mod procs;
+pub mod relay;
 pub mod s3;

@@ -34,6 +34,7 @@ const SERVED: &[(&str, &str)] = &[
     ("GET", "/nodes/"),
     ("POST", "/nodes/"),
     ("PUT", "/nodes/{id}/heartbeat"),
+    ("POST", "/nodes/{id}/renew"),
     ("DELETE", "/nodes/{id}"),
     ("GET", "/leases/"),
     ("GET", "/leases/{task_id}"),

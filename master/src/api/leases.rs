@@ -1,4 +1,5 @@
-//! `/leases/`: taking, renewing and releasing a task's volume lease.
+//! `/leases/`: taking, renewing and releasing a task's volume lease; `/nodes/{id}/renew`: a
+//! node's session, renewing all its leases in one call.
 
 use std::sync::Arc;
 
@@ -7,7 +8,7 @@ use http::StatusCode;
 use serde::Deserialize;
 use shadow_common::{
     error::{parse_json, FieldError},
-    lease::{LeaseRenewal, LeaseRequest},
+    lease::{LeaseRenewal, LeaseRequest, SessionRenewal},
 };
 use warp::{filters::BoxedFilter, Filter};
 
@@ -61,6 +62,16 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
                 Err(e) => reply::invalid(e),
             },
         );
+    let s = state.clone();
+    let session = warp::path!("nodes" / String / "renew")
+        .and(warp::post())
+        .and(json_body())
+        .map(
+            move |node: String, body: Bytes| match parse_json::<SessionRenewal>(&body) {
+                Ok(req) => reply::from_result(StatusCode::OK, s.registry.renew_session(&node, req)),
+                Err(e) => reply::invalid(e),
+            },
+        );
     let s = state;
     let release = warp::path!("leases" / String)
         .and(warp::delete())
@@ -82,6 +93,8 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
         .or(renew)
         .unify()
         .or(release)
+        .unify()
+        .or(session)
         .unify()
         .boxed()
 }

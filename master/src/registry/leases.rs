@@ -2,10 +2,20 @@
 //!
 //! Tokens come from one counter for all tasks, persisted with every grant, so a token is larger
 //! than any granted before it, across tasks and across master restarts.
+//!
+//! A lapsed lease stays refused to other nodes for a grace period after its expiry, so the old
+//! holder has stopped its app before anyone else may start it; renewals change only the expiry
+//! in memory (a restarted master re-arms every lease for a full TTL). `docs/leases.md` has the
+//! arithmetic.
+
+use std::collections::BTreeMap;
 
 use shadow_common::{
     error::FieldError,
-    lease::{Lease, LeaseGrant, LeaseRenewal, LeaseRequest, MAX_TTL_MS, MIN_TTL_MS},
+    lease::{
+        Lease, LeaseGrant, LeaseRenewal, LeaseRequest, LostLease, RenewedLease, SessionRenewal,
+        SessionRenewed, MAX_SESSION_LEASES, MAX_TTL_MS, MIN_TTL_MS,
+    },
     node::check_node_id,
     watch::WatchEvent,
 };
@@ -24,8 +34,9 @@ fn check_ttl(ttl_ms: u64) -> Result<(), RegistryError> {
 }
 
 impl Registry {
-    /// Grants the task's lease to `req.node` unless another node holds a live one.
-    /// The same node asking again gets a fresh, larger token (it may have lost the old one).
+    /// Grants the task's lease to `req.node` unless another node holds it, or held it until
+    /// less than the grace period ago. The same node asking again gets a fresh, larger token (it
+    /// may have lost the old one).
     pub fn acquire_lease(
         &self,
         task_id: &str,
@@ -55,13 +66,23 @@ impl Registry {
         }
         let now = self.clock.now_ms();
         if let Some(cur) = g.leases.get(task_id) {
-            if cur.expires_at > now && cur.node != req.node {
-                return Err(RegistryError::LeaseConflict {
-                    message: format!(
+            let free_at = cur.expires_at + self.lease_grace_ms;
+            if cur.node != req.node && now < free_at {
+                let message = if now < cur.expires_at {
+                    format!(
                         "task {task_id} is leased to node {} for {} ms more; send its requests there",
                         cur.node,
                         cur.expires_at - now
-                    ),
+                    )
+                } else {
+                    format!(
+                        "node {}'s lease of task {task_id} lapsed; it is free in {} ms (a grace for the old holder's stop)",
+                        cur.node,
+                        free_at - now
+                    )
+                };
+                return Err(RegistryError::LeaseConflict {
+                    message,
                     holder: Some(cur.node.clone()),
                 });
             }
@@ -71,6 +92,8 @@ impl Registry {
             node: req.node,
             token: g.next_token,
             expires_at: now + req.ttl_ms,
+            granted_at: now,
+            ttl_ms: req.ttl_ms,
         };
         g.store.put_lease(&lease, lease.token + 1)?;
         g.next_token = lease.token + 1;
@@ -79,6 +102,7 @@ impl Registry {
             token: lease.token,
             expires_at: lease.expires_at,
         };
+        tracing::info!(task = %task_id, node = %lease.node, token = lease.token, "lease granted");
         g.emit(&self.revision_tx, WatchEvent::LeasePut { lease });
         Ok(grant)
     }
@@ -92,40 +116,56 @@ impl Registry {
         check_ttl(req.ttl_ms)?;
         let mut g = self.lock();
         let now = self.clock.now_ms();
-        let cur = match g.leases.get(task_id) {
-            Some(cur) if cur.token == req.token && cur.expires_at > now => cur.clone(),
-            Some(cur) => {
-                return Err(RegistryError::LeaseConflict {
-                    message: format!(
-                        "lease token {} for task {task_id} lapsed or was superseded (current token {}, node {}); stop the task and acquire again",
-                        req.token, cur.token, cur.node
-                    ),
-                    holder: (cur.expires_at > now).then(|| cur.node.clone()),
-                })
+        renew_one(&mut g.leases, task_id, req.token, None, req.ttl_ms, now).map_err(|message| {
+            let holder = g
+                .leases
+                .get(task_id)
+                .filter(|l| l.expires_at > now)
+                .map(|l| l.node.clone());
+            RegistryError::LeaseConflict { message, holder }
+        })
+    }
+
+    /// Renews every lease a node names, in one call: the node's session. Only the expiry in
+    /// memory changes: nothing is written to the store and no watch event is sent, since no
+    /// follower acts on a later expiry (a lapse is announced when it happens).
+    pub fn renew_session(
+        &self,
+        node: &str,
+        req: SessionRenewal,
+    ) -> Result<SessionRenewed, RegistryError> {
+        check_ttl(req.ttl_ms)?;
+        if req.leases.len() > MAX_SESSION_LEASES {
+            return Err(RegistryError::Invalid(FieldError::new(
+                "leases",
+                format!("at most {MAX_SESSION_LEASES} leases per renewal; split the list"),
+            )));
+        }
+        let mut g = self.lock();
+        let now = self.clock.now_ms();
+        let mut out = SessionRenewed::default();
+        for held in req.leases {
+            match renew_one(
+                &mut g.leases,
+                &held.task_id,
+                held.token,
+                Some(node),
+                req.ttl_ms,
+                now,
+            ) {
+                Ok(grant) => out.renewed.push(RenewedLease {
+                    task_id: held.task_id,
+                    token: held.token,
+                    expires_at: grant.expires_at,
+                }),
+                Err(error) => out.lost.push(LostLease {
+                    task_id: held.task_id,
+                    token: held.token,
+                    error,
+                }),
             }
-            None => {
-                return Err(RegistryError::LeaseConflict {
-                    message: format!(
-                        "task {task_id} holds no lease (token {} lapsed or was released); stop the task and acquire again",
-                        req.token
-                    ),
-                    holder: None,
-                })
-            }
-        };
-        let lease = Lease {
-            expires_at: now + req.ttl_ms,
-            ..cur
-        };
-        let next = g.next_token;
-        g.store.put_lease(&lease, next)?;
-        g.leases.insert(task_id.to_string(), lease.clone());
-        let grant = LeaseGrant {
-            token: lease.token,
-            expires_at: lease.expires_at,
-        };
-        g.emit(&self.revision_tx, WatchEvent::LeasePut { lease });
-        Ok(grant)
+        }
+        Ok(out)
     }
 
     /// Releases the lease if `token` is the current one; releasing a lease that is gone is fine.
@@ -156,34 +196,29 @@ impl Registry {
         }
     }
 
+    /// Every lease not yet dropped, including lapsed ones still in their grace (no other node
+    /// may take those yet).
     pub fn list_leases(&self) -> Vec<Lease> {
-        let now = self.clock.now_ms();
-        self.lock()
-            .leases
-            .values()
-            .filter(|l| l.expires_at > now)
-            .cloned()
-            .collect()
+        self.lock().leases.values().cloned().collect()
     }
 
     pub fn get_lease(&self, task_id: &str) -> Result<Lease, RegistryError> {
-        let now = self.clock.now_ms();
         self.lock()
             .leases
             .get(task_id)
-            .filter(|l| l.expires_at > now)
             .cloned()
-            .ok_or_else(|| RegistryError::NotFound(format!("task {task_id:?} holds no live lease")))
+            .ok_or_else(|| RegistryError::NotFound(format!("task {task_id:?} holds no lease")))
     }
 
-    /// Drops lapsed leases and announces them; called by the ticker.
+    /// Drops leases whose grace has passed and announces them; called by the ticker.
     pub(super) fn expire_leases(&self) {
         let now = self.clock.now_ms();
+        let grace = self.lease_grace_ms;
         let mut g = self.lock();
         let lapsed: Vec<_> = g
             .leases
             .values()
-            .filter(|l| l.expires_at <= now)
+            .filter(|l| l.expires_at + grace <= now)
             .cloned()
             .collect();
         for l in lapsed {
@@ -205,12 +240,42 @@ impl Registry {
     }
 }
 
+/// Extends one lease in memory if `token` is current and has not expired (and, for a session,
+/// is held by `node`); otherwise says why not.
+fn renew_one(
+    leases: &mut BTreeMap<String, Lease>,
+    task_id: &str,
+    token: u64,
+    node: Option<&str>,
+    ttl_ms: u64,
+    now: u64,
+) -> Result<LeaseGrant, String> {
+    let Some(cur) = leases.get_mut(task_id) else {
+        return Err(format!(
+            "task {task_id} holds no lease (token {token} lapsed or was released); stop the task and acquire again"
+        ));
+    };
+    let mine = cur.token == token && node.is_none_or(|n| n == cur.node);
+    if !mine || cur.expires_at <= now {
+        return Err(format!(
+            "lease token {token} for task {task_id} lapsed or was superseded (current token {}, node {}); stop the task and acquire again",
+            cur.token, cur.node
+        ));
+    }
+    cur.expires_at = now + ttl_ms;
+    cur.ttl_ms = ttl_ms;
+    Ok(LeaseGrant {
+        token,
+        expires_at: cur.expires_at,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use shadow_common::{
-        lease::{LeaseRenewal, LeaseRequest},
+        lease::{HeldLease, LeaseRenewal, LeaseRequest, SessionRenewal},
         node::NodeRegistration,
         task::TaskSpec,
         watch::WatchEvent,
@@ -247,54 +312,151 @@ mod tests {
         }
     }
 
+    fn renewal(token: u64, ttl_ms: u64) -> LeaseRenewal {
+        LeaseRenewal { token, ttl_ms }
+    }
+
+    fn held_by(reg: &Registry, task: &str, node: &str) -> bool {
+        matches!(
+            reg.acquire_lease(task, req(node, 1_000)),
+            Err(RegistryError::LeaseConflict { holder: Some(h), .. }) if h != node
+        )
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn a_lease_lapses_after_its_ttl_on_tokios_clock() {
+    async fn a_lapsed_lease_is_refused_to_others_for_the_grace_then_announced() {
         let dir = tempfile::tempdir().expect("tmp");
         let (reg, task) = setup(dir.path());
+        let reg = reg.with_lease_grace(Duration::from_millis(500));
         let a = reg.acquire_lease(&task, req("a", 1_000)).expect("a");
         tokio::time::advance(Duration::from_millis(999)).await;
-        assert!(matches!(
-            reg.acquire_lease(&task, req("b", 1_000)),
-            Err(RegistryError::LeaseConflict { holder: Some(h), .. }) if h == "a"
-        ));
+        assert!(held_by(&reg, &task, "b"));
         // Renewing just in time keeps it.
-        reg.renew_lease(
-            &task,
-            LeaseRenewal {
-                token: a.token,
-                ttl_ms: 1_000,
-            },
-        )
-        .expect("renew in time");
-        tokio::time::advance(Duration::from_millis(999)).await;
-        assert!(reg.acquire_lease(&task, req("b", 1_000)).is_err());
-        tokio::time::advance(Duration::from_millis(2)).await;
+        reg.renew_lease(&task, renewal(a.token, 1_000))
+            .expect("renew in time");
+        tokio::time::advance(Duration::from_millis(1_000)).await;
+        assert!(
+            reg.renew_lease(&task, renewal(a.token, 1_000)).is_err(),
+            "a lease cannot be renewed at or after its expiry"
+        );
+        // Expired, but within the grace: still nobody else's, and not yet announced.
         let rev = reg.changes_since(None, 0).revision;
+        tokio::time::advance(Duration::from_millis(499)).await;
+        reg.tick();
+        assert!(held_by(&reg, &task, "b"), "refused during the grace");
+        assert!(reg.changes_since(Some(&reg.epoch), rev).events.is_empty());
+        tokio::time::advance(Duration::from_millis(1)).await;
         reg.tick();
         let news = reg.changes_since(Some(&reg.epoch), rev);
         assert!(
             news.events.iter().any(|e| matches!(e, WatchEvent::LeaseReleased { expired: true, token, .. } if *token == a.token)),
-            "the lapse is announced: {news:?}"
+            "the lapse is announced once the grace is over: {news:?}"
         );
         let b = reg
             .acquire_lease(&task, req("b", 1_000))
-            .expect("b after the lapse");
+            .expect("b after the grace");
         assert!(b.token > a.token);
         assert!(
-            reg.renew_lease(
-                &task,
-                LeaseRenewal {
-                    token: a.token,
-                    ttl_ms: 1_000
-                }
-            )
-            .is_err(),
+            reg.renew_lease(&task, renewal(a.token, 1_000)).is_err(),
             "the lapsed holder cannot renew"
         );
         assert!(
             reg.release_lease(&task, a.token).is_err(),
             "nor release b's lease"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_renews_all_its_leases_in_one_call_silently() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (reg, task) = setup(dir.path());
+        let spec = TaskSpec::from_json(
+            br#"{"name":"u","domains":["u.example.com"],"image":"x","volume":{"kind":"local"}}"#,
+        )
+        .expect("spec");
+        let other = reg.create_task(spec).expect("task").id;
+        let a1 = reg.acquire_lease(&task, req("a", 1_000)).expect("a1");
+        let a2 = reg.acquire_lease(&other, req("a", 1_000)).expect("a2");
+        let rev = reg.changes_since(None, 0).revision;
+        tokio::time::advance(Duration::from_millis(800)).await;
+        let out = reg
+            .renew_session(
+                "a",
+                SessionRenewal {
+                    ttl_ms: 1_000,
+                    leases: vec![
+                        HeldLease {
+                            task_id: task.clone(),
+                            token: a1.token,
+                        },
+                        HeldLease {
+                            task_id: other.clone(),
+                            token: a2.token,
+                        },
+                        HeldLease {
+                            task_id: other.clone(),
+                            token: a1.token,
+                        },
+                    ],
+                },
+            )
+            .expect("renewal");
+        assert_eq!(out.renewed.len(), 2, "{out:?}");
+        assert_eq!(out.lost.len(), 1, "a stale token is reported lost: {out:?}");
+        assert_eq!(out.lost[0].token, a1.token);
+        assert!(
+            reg.changes_since(Some(&reg.epoch), rev).events.is_empty(),
+            "renewals are not sent to watchers"
+        );
+        // 800 ms later the original expiry has passed; the renewed one has not.
+        tokio::time::advance(Duration::from_millis(800)).await;
+        reg.tick();
+        assert!(held_by(&reg, &task, "b"));
+        assert!(held_by(&reg, &other, "b"));
+        // Another node cannot renew a's leases.
+        let out = reg
+            .renew_session(
+                "b",
+                SessionRenewal {
+                    ttl_ms: 1_000,
+                    leases: vec![HeldLease {
+                        task_id: task.clone(),
+                        token: a1.token,
+                    }],
+                },
+            )
+            .expect("renewal");
+        assert!(out.renewed.is_empty() && out.lost.len() == 1, "{out:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_master_re_arms_every_lease_for_a_full_ttl() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (reg, task) = setup(dir.path());
+        let a = reg.acquire_lease(&task, req("a", 1_000)).expect("a");
+        // Renewed in memory only, then the master dies 900 ms later.
+        tokio::time::advance(Duration::from_millis(600)).await;
+        reg.renew_lease(&task, renewal(a.token, 1_000))
+            .expect("renew");
+        tokio::time::advance(Duration::from_millis(900)).await;
+        drop(reg);
+        let store = SqliteStore::open(dir.path()).expect("store");
+        let reg = Registry::open(Box::new(store), Duration::from_secs(1))
+            .expect("reopen")
+            .with_lease_grace(Duration::from_millis(500));
+        // The holder may have renewed while the master was down: its lease holds for a full
+        // TTL from the restart (plus the grace), not from the stored expiry.
+        tokio::time::advance(Duration::from_millis(999)).await;
+        reg.tick();
+        assert!(held_by(&reg, &task, "b"));
+        reg.renew_lease(&task, renewal(a.token, 1_000))
+            .expect("the holder renews with its token after the restart");
+        tokio::time::advance(Duration::from_millis(1_499)).await;
+        reg.tick();
+        assert!(held_by(&reg, &task, "b"));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        reg.tick();
+        assert!(reg.acquire_lease(&task, req("b", 1_000)).is_ok());
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,6 +7,9 @@ use shadow_common::watch::{WatchEvent, WatchResponse};
 
 use super::{NodeEntry, Registry};
 
+/// The longest a lapsed lease waits to be announced.
+const LAPSE_CHECK: Duration = Duration::from_millis(100);
+
 impl Registry {
     /// Events after `since`, or the whole state when the client must start over.
     pub fn changes_since(&self, epoch: Option<&str>, since: u64) -> WatchResponse {
@@ -28,7 +31,6 @@ impl Registry {
                 events,
             };
         }
-        let now = self.clock.now_ms();
         let mut events: Vec<WatchEvent> = g
             .tasks
             .values()
@@ -37,10 +39,11 @@ impl Registry {
         events.extend(g.nodes.values().map(|n| WatchEvent::NodePut {
             node: NodeEntry::status(n),
         }));
+        // Until the ticker drops a lease (after its grace) it is still held: no one else may
+        // take it, so edges must keep seeing its holder.
         events.extend(
             g.leases
                 .values()
-                .filter(|l| l.expires_at > now)
                 .map(|l| WatchEvent::LeasePut { lease: l.clone() }),
         );
         WatchResponse {
@@ -64,9 +67,11 @@ impl Registry {
 
     /// Runs the periodic checks until dropped.
     pub async fn tick_forever(&self) {
-        // Half the heartbeat interval: a node is seen unhealthy at most half an interval late.
-        let mut every =
-            tokio::time::interval((self.heartbeat_interval / 2).max(Duration::from_millis(10)));
+        // Half the heartbeat interval: a node is seen unhealthy at most half an interval late;
+        // at most 100 ms, so a lapsed lease is announced (and its waiters woken) promptly.
+        let mut every = tokio::time::interval(
+            (self.heartbeat_interval / 2).clamp(Duration::from_millis(10), LAPSE_CHECK),
+        );
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;

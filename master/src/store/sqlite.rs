@@ -18,7 +18,7 @@ fn db(e: rusqlite::Error) -> StoreError {
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tasks (id TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS nodes (id TEXT PRIMARY KEY, body TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS leases (task_id TEXT PRIMARY KEY, node TEXT NOT NULL, token INTEGER NOT NULL, expires_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (task_id TEXT PRIMARY KEY, node TEXT NOT NULL, token INTEGER NOT NULL, expires_at INTEGER NOT NULL, granted_at INTEGER NOT NULL DEFAULT 0, ttl_ms INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 ";
 
@@ -37,8 +37,30 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        add_lease_columns(&conn)?;
         Ok(Self { conn })
     }
+}
+
+/// Databases written before leases carried their grant time and TTL get the two columns.
+fn add_lease_columns(conn: &Connection) -> Result<(), StoreError> {
+    let mut st = conn
+        .prepare("SELECT name FROM pragma_table_info('leases')")
+        .map_err(db)?;
+    let have: Vec<String> = st
+        .query_map([], |r| r.get(0))
+        .map_err(db)?
+        .collect::<Result<_, _>>()
+        .map_err(db)?;
+    for col in ["granted_at", "ttl_ms"] {
+        if !have.iter().any(|h| h == col) {
+            conn.execute_batch(&format!(
+                "ALTER TABLE leases ADD COLUMN {col} INTEGER NOT NULL DEFAULT 0"
+            ))
+            .map_err(db)?;
+        }
+    }
+    Ok(())
 }
 
 impl Store for SqliteStore {
@@ -58,7 +80,7 @@ impl Store for SqliteStore {
         }
         let mut st = self
             .conn
-            .prepare("SELECT task_id, node, token, expires_at FROM leases")
+            .prepare("SELECT task_id, node, token, expires_at, granted_at, ttl_ms FROM leases")
             .map_err(db)?;
         let rows = st
             .query_map([], |r| {
@@ -67,6 +89,8 @@ impl Store for SqliteStore {
                     node: r.get(1)?,
                     token: r.get::<_, i64>(2)? as u64,
                     expires_at: r.get::<_, i64>(3)? as u64,
+                    granted_at: r.get::<_, i64>(4)? as u64,
+                    ttl_ms: r.get::<_, i64>(5)? as u64,
                 })
             })
             .map_err(db)?;
@@ -123,13 +147,17 @@ impl Store for SqliteStore {
     fn put_lease(&mut self, lease: &Lease, next_token: u64) -> Result<(), StoreError> {
         let tx = self.conn.transaction().map_err(db)?;
         tx.execute(
-            "INSERT INTO leases (task_id, node, token, expires_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(task_id) DO UPDATE SET node = ?2, token = ?3, expires_at = ?4",
+            "INSERT INTO leases (task_id, node, token, expires_at, granted_at, ttl_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(task_id) DO UPDATE SET node = ?2, token = ?3, expires_at = ?4,
+             granted_at = ?5, ttl_ms = ?6",
             params![
                 lease.task_id,
                 lease.node,
                 lease.token as i64,
-                lease.expires_at as i64
+                lease.expires_at as i64,
+                lease.granted_at as i64,
+                lease.ttl_ms as i64
             ],
         )
         .map_err(db)?;

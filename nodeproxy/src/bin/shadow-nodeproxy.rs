@@ -1,8 +1,9 @@
-//! `shadow-nodeproxy`: parse config, bind, run until Ctrl-C or SIGTERM (then stop every app).
+//! `shadow-nodeproxy`: parse config, bind, run until Ctrl-C or SIGTERM (then stop every app);
+//! `shadow-nodeproxy cleanup` removes this node's containers after the process died.
 
 use anyhow::Context;
 use clap::Parser;
-use shadow_nodeproxy::config::{Cli, NodeConfig};
+use shadow_nodeproxy::config::{Cli, Command, NodeConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -13,6 +14,13 @@ async fn main() -> anyhow::Result<()> {
     cli.s3_secret_key = std::env::var("SHADOW_S3_SECRET_KEY").ok();
     cli.do_token = std::env::var("SHADOW_DO_TOKEN").ok();
     let config: NodeConfig = shadow_common::config::load(cli.config.as_deref(), &cli)?;
+    if cli.command == Some(Command::Cleanup) {
+        let n = shadow_nodeproxy::clean_up(&config.node_id, config.docker_host.as_deref())
+            .await
+            .context("cannot remove this node's containers; is Docker running?")?;
+        tracing::info!(node = %config.node_id, removed = n, "cleanup done");
+        return Ok(());
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| {

@@ -50,6 +50,26 @@ impl std::fmt::Debug for DockerRuntime {
 }
 
 impl DockerRuntime {
+    /// Kills (if running) and removes a container; one that is already gone is not an error.
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(false)
+            .build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
+            // Another caller's removal is under way: the container goes all the same.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409,
+                message,
+            }) if message.contains("already in progress") => {}
+            Err(e) => return Err(self.fail(format!("remove container {id}"), e)),
+        }
+        info!(container = id, "container stopped and removed");
+        Ok(())
+    }
+
     /// Connects to `host` (`unix:///path`, `tcp://host:port` or `http://host:port`), or when
     /// `None` to `DOCKER_HOST` or the local socket, and agrees on an API version with the daemon.
     /// Fails when the daemon does not answer, so a node with no usable Docker stops at start-up.
@@ -272,6 +292,11 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn stop_and_remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        if grace.is_zero() {
+            // A kill: one forced removal (SIGKILL and remove), even while a graceful stop of
+            // the same container is still under way.
+            return self.remove(id).await;
+        }
         // Docker takes whole seconds; round up so the app gets at least its grace period.
         let seconds = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
         let options = StopContainerOptionsBuilder::new()
@@ -284,22 +309,7 @@ impl ContainerRuntime for DockerRuntime {
             Err(e) if is_not_found(&e) => return Ok(()),
             Err(e) => return Err(self.fail(format!("stop container {id}"), e)),
         }
-        let options = RemoveContainerOptionsBuilder::new()
-            .force(true)
-            .v(false)
-            .build();
-        match self.docker.remove_container(id, Some(options)).await {
-            Ok(()) => {}
-            Err(e) if is_not_found(&e) => {}
-            // Another caller's removal is under way: the container goes all the same.
-            Err(BollardError::DockerResponseServerError {
-                status_code: 409,
-                message,
-            }) if message.contains("already in progress") => {}
-            Err(e) => return Err(self.fail(format!("remove container {id}"), e)),
-        }
-        info!(container = id, "container stopped and removed");
-        Ok(())
+        self.remove(id).await
     }
 
     async fn list_labelled(
