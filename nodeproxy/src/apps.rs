@@ -303,7 +303,9 @@ impl Apps {
         tokio::pin!(lease_lost);
         let mut shutdown = self.shutdown.subscribe();
         let every = self.ctx.config.checkpoint_interval();
-        let mut checkpoints = tokio::time::interval_at(Instant::now() + every, every);
+        // Zero means no checkpoints (the branch is off); an interval must not have a zero period.
+        let period = every.max(Duration::from_secs(1));
+        let mut checkpoints = tokio::time::interval_at(Instant::now() + period, period);
         checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let checkpointing = !every.is_zero() && running.volume.is_some();
         let reason = loop {

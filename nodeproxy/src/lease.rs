@@ -21,7 +21,7 @@ use shadow_common::{
 };
 use tokio::{sync::watch, time::Instant};
 
-use crate::volume::FenceCheck;
+use crate::volume::{FenceCheck, FenceError};
 
 /// The calls the session makes; the master client in production, a scripted fake in tests.
 #[async_trait]
@@ -326,12 +326,14 @@ pub struct MasterFence {
 
 #[async_trait]
 impl FenceCheck for MasterFence {
-    async fn still_current(&self, task_id: &str, token: u64) -> Result<(), String> {
-        self.master
-            .renew_lease(task_id, token, self.ttl)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+    async fn still_current(&self, task_id: &str, token: u64) -> Result<(), FenceError> {
+        match self.master.renew_lease(task_id, token, self.ttl).await {
+            Ok(_) => Ok(()),
+            Err(e @ ClientError::LeaseConflict { .. }) => {
+                Err(FenceError::Superseded(e.to_string()))
+            }
+            Err(e) => Err(FenceError::Unreachable(e.to_string())),
+        }
     }
 }
 

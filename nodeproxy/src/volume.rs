@@ -54,10 +54,22 @@ pub enum VolumeError {
     UnsafeArchive { task: String, message: String },
 }
 
+/// Why a fence check did not confirm the token.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    /// A newer token exists, or the lease lapsed: committing would overwrite a newer holder.
+    #[error("{0}")]
+    Superseded(String),
+    /// The question could not be asked (the master is unreachable): try again later; the
+    /// lease's own deadline decides whether the app may go on.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
 /// Asks whoever grants leases whether `token` is still the task's newest.
 #[async_trait]
 pub trait FenceCheck: Send + Sync {
-    async fn still_current(&self, task_id: &str, token: u64) -> Result<(), String>;
+    async fn still_current(&self, task_id: &str, token: u64) -> Result<(), FenceError>;
 }
 
 /// The lease token a volume operation runs under, checked again right before a commit.
@@ -80,20 +92,25 @@ impl Fence {
         Self { token, check: None }
     }
 
-    /// Fails with [`VolumeError::Fenced`] unless the token is still the task's newest.
+    /// Fails with [`VolumeError::Fenced`] unless the token is still the task's newest, or with
+    /// [`VolumeError::Unavailable`] when that cannot be asked now.
     pub async fn verify(&self, task_id: &str) -> Result<(), VolumeError> {
-        match &self.check {
-            None => Ok(()),
-            Some(c) => {
-                c.still_current(task_id, self.token)
-                    .await
-                    .map_err(|why| VolumeError::Fenced {
-                        task: task_id.to_string(),
-                        token: self.token,
-                        why,
-                    })
-            }
-        }
+        let Some(c) = &self.check else {
+            return Ok(());
+        };
+        c.still_current(task_id, self.token)
+            .await
+            .map_err(|e| match e {
+                FenceError::Superseded(why) => VolumeError::Fenced {
+                    task: task_id.to_string(),
+                    token: self.token,
+                    why,
+                },
+                FenceError::Unreachable(message) => VolumeError::Unavailable {
+                    task: task_id.to_string(),
+                    message: format!("cannot confirm the lease before committing: {message}"),
+                },
+            })
     }
 }
 

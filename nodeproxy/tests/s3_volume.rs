@@ -21,7 +21,7 @@ use shadow_nodeproxy::{
     config::NodeConfig,
     volume::{
         s3::{keys, store::Store, S3Volumes},
-        Attached, Fence, FenceCheck, VolumeBackend, VolumeError,
+        Attached, Fence, FenceCheck, FenceError, VolumeBackend, VolumeError,
     },
 };
 use shadow_tests::s3::{self as s3srv, S3Server};
@@ -101,10 +101,12 @@ struct TestFence {
 
 #[async_trait]
 impl FenceCheck for TestFence {
-    async fn still_current(&self, _task: &str, token: u64) -> Result<(), String> {
+    async fn still_current(&self, _task: &str, token: u64) -> Result<(), FenceError> {
         self.asked.fetch_add(1, Ordering::SeqCst);
         if self.refuse.load(Ordering::SeqCst) {
-            Err(format!("token {token} was superseded"))
+            Err(FenceError::Superseded(format!(
+                "token {token} was superseded"
+            )))
         } else {
             Ok(())
         }
@@ -432,7 +434,7 @@ struct Racer {
 
 #[async_trait]
 impl FenceCheck for Racer {
-    async fn still_current(&self, _task: &str, token: u64) -> Result<(), String> {
+    async fn still_current(&self, _task: &str, token: u64) -> Result<(), FenceError> {
         if !self.fired.swap(true, Ordering::SeqCst) {
             let newer = keys::Pointer {
                 key: keys::new_snapshot_key(&self.task, token + 1),
@@ -442,7 +444,7 @@ impl FenceCheck for Racer {
             self.store
                 .put_small(&keys::pointer_key(&self.task), newer.to_json(), None)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| FenceError::Unreachable(e.to_string()))?;
         }
         Ok(())
     }
