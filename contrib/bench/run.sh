@@ -5,12 +5,13 @@
 #   contrib/bench/run.sh            # full: release binaries, writes docs/benchmarks.md (minutes)
 #   contrib/bench/run.sh --short    # CI: debug binaries, small sizes, seconds per part; writes a
 #                                   # temp file (or --out FILE); fails if a part breaks
-#   contrib/bench/run.sh --only warm,herd   # some parts: warm coldstart volume herd reap scale
+#   contrib/bench/run.sh --only warm,herd   # some parts: warm coldstart volume herd reap scale failover
 #
 # Parts, one file each under contrib/bench/: warm.sh (1. warm path: wrk direct / node / edge+node /
 # nginx+nginx), coldstart.sh (2. cold start vs docker run), volume.sh (3. S3 restore/persist vs
 # raw GET/PUT), herd.sh (4. thundering herd), reap.sh (5. reap precision), scale.sh (6. memory
-# with many idle tasks, routing lookup). Timing goals live here, never in timed tests; the short
+# with many idle tasks, routing lookup), failover.sh (7. kill -9 failover, cut links, a stopped
+# master: the lease fault tests; not in --short, where CI runs those tests anyway). Timing goals live here, never in timed tests; the short
 # mode checks only correctness (herd: one container, every answer 200).
 #
 # Needs: cargo, Docker Engine, python3, curl; wrk and nginx (installed from Debian's packages if
@@ -20,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 
-SHORT=0; OUT=""; ONLY="warm,coldstart,volume,herd,reap,scale"
+SHORT=0; OUT=""; ONLY="warm,coldstart,volume,herd,reap,scale,failover"
 while [ $# -gt 0 ]; do
   case $1 in
     --short) SHORT=1 ;;
@@ -52,7 +53,7 @@ OUT_MD=$WORK/benchmarks.md
 NGINX_PIDS=()
 # shellcheck source=contrib/bench/lib.sh
 source contrib/bench/lib.sh
-for part in warm coldstart volume herd reap scale; do
+for part in warm coldstart volume herd reap scale failover; do
   # shellcheck disable=SC1090
   source "contrib/bench/$part.sh"
 done
@@ -114,16 +115,17 @@ if want scale; then
   run_part scale
   stop_stack
 fi
+if want failover && [ "$SHORT" = 0 ]; then run_part failover; fi
 # The sections in the issue's order: 1 warm, 2 cold start, 3 volume, 4 herd, 5 reap, 6 scale.
 OUT_MD=$WORK/benchmarks.md
-for part in warm coldstart volume herd reap scale; do
+for part in warm coldstart volume herd reap scale failover; do
   [ ! -f "$WORK/section-$part.md" ] || cat "$WORK/section-$part.md" >>"$OUT_MD"
 done
 
 # --- the page -----------------------------------------------------------------------------------
 mode="full"; cmd="contrib/bench/run.sh"
 [ "$SHORT" = 0 ] || { mode="short (CI)"; cmd="contrib/bench/run.sh --short"; }
-[ "$ONLY" = "warm,coldstart,volume,herd,reap,scale" ] || cmd="$cmd --only $ONLY"
+[ "$ONLY" = "warm,coldstart,volume,herd,reap,scale,failover" ] || cmd="$cmd --only $ONLY"
 took=""; for p in "${!TOOK[@]}"; do took="$took $p ${TOOK[$p]} s,"; done
 {
   echo "# Benchmarks"
@@ -146,6 +148,7 @@ took=""; for p in "${!TOOK[@]}"; do took="$took $p ${TOOK[$p]} s,"; done
   [ -z "${WARM_RATIO_NGINX:-}" ] || echo "| warm path: Shadow's two hops / nginx's two hops (req/s) | ≥ 1.3 | $WARM_RATIO_NGINX |"
   [ -z "${COLD_RATIO:-}" ] || echo "| cold start: Shadow / bare docker run (median) | ≤ 1.15 | $COLD_RATIO |"
   [ -z "${VOLUME_WORST:-}" ] || echo "| volume: Shadow / raw S3 throughput (worst case) | ≥ 0.8 | $VOLUME_WORST |"
+  [ -z "${FAILOVER_MEDIAN:-}" ] || echo "| failover: a dead node's stateful app answers again (median) | ≤ 6000 ms | $FAILOVER_MEDIAN ms |"
   echo
   cat "$OUT_MD"
   # Hand-written notes (profiles, proposed fixes): kept in contrib/bench/notes.md, not measured here.

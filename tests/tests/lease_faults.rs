@@ -274,6 +274,8 @@ async fn partition_case(cl: &PartitionCluster, mode: Mode, offset: Duration) {
     let since = docker_events::now_ns();
     assert_eq!(count_on(a.addr, &d).await, 3);
     assert_eq!(lease_of(m, &t.id).await.node, a.id);
+    let mut passed = relay.requests();
+    let counting = Instant::now();
     let mut traffic = Traffic::start(cl.edge.addr, &d, Duration::from_millis(50));
     traffic.more_successes(3, Duration::from_secs(20)).await;
 
@@ -282,6 +284,11 @@ async fn partition_case(cl: &PartitionCluster, mode: Mode, offset: Duration) {
     relay.set(mode);
     let cut = Instant::now();
     let cut_ns = docker_events::now_ns();
+    let mut renewals = 0u32;
+    while let Ok((at, line)) = passed.try_recv() {
+        renewals += u32::from(line.contains("/renew") && at < cut);
+    }
+    let renewals_per_s = f64::from(renewals) / (cut - counting).as_secs_f64();
 
     let b_id = b.id.clone();
     until(m, "B holds the lease", Duration::from_secs(30), |s| {
@@ -328,7 +335,7 @@ async fn partition_case(cl: &PartitionCluster, mode: Mode, offset: Duration) {
     assert_eq!(count_on(cl.edge.addr, &d).await, 3 + on_b.len() as u64);
     let failed = outcomes.iter().filter(|o| o.status != Some(200)).count();
     println!(
-        "FIGURE partition mode={mode:?} offset_ms={} a_killed_after_cut_ms={} b_granted_after_cut_ms={} a_dead_before_grant_ms={} requests={} failed={failed}",
+        "FIGURE partition mode={mode:?} offset_ms={} a_killed_after_cut_ms={} b_granted_after_cut_ms={} a_dead_before_grant_ms={} requests={} failed={failed} renewal_calls_per_s={renewals_per_s:.2}",
         offset.as_millis(),
         (a_died - cut_ns) / 1_000_000,
         handover.as_millis(),
