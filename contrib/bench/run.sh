@@ -77,20 +77,24 @@ fi
 docker info >/dev/null 2>&1 || fail "Docker Engine is not reachable"
 export PATH=$PATH:${CARGO_HOME:-$HOME/.cargo}/bin
 
-began=$(date +%s)
-log "building the three programs ($PROFILE) and the test image $IMAGE"
-flag=(); [ "$PROFILE" = release ] && flag=(--release)
-# SKIP_BUILD=1 uses the binaries and image as they are (e.g. built just before).
-if [ -z "${SKIP_BUILD:-}" ]; then
-  cargo build -q "${flag[@]}" -p shadow-master -p shadow-nodeproxy -p shadow-edgeproxy --bins
-  RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release -p shadow-counter --target x86_64-unknown-linux-gnu
-  ctx=$(mktemp -d -p "$WORK")
-  cp "$TARGET_DIR/x86_64-unknown-linux-gnu/release/counter" contrib/apps/counter/Dockerfile "$ctx"
-  DOCKER_BUILDKIT=0 docker build --quiet -t "$IMAGE" "$ctx" >/dev/null
-fi
-for b in master nodeproxy edgeproxy; do [ -x "$BIN_DIR/shadow-$b" ] || fail "no $BIN_DIR/shadow-$b"; done
-
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
+
+began=$(date +%s)
+flag=()
+# Part 7 builds and runs its own tests; the others need the release programs and the image.
+if want warm || want coldstart || want volume || want herd || want reap || want scale; then
+  log "building the three programs ($PROFILE) and the test image $IMAGE"
+  [ "$PROFILE" = release ] && flag=(--release)
+  # SKIP_BUILD=1 uses the binaries and image as they are (e.g. built just before).
+  if [ -z "${SKIP_BUILD:-}" ]; then
+    cargo build -q "${flag[@]}" -p shadow-master -p shadow-nodeproxy -p shadow-edgeproxy --bins
+    RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release -p shadow-counter --target x86_64-unknown-linux-gnu
+    ctx=$(mktemp -d -p "$WORK")
+    cp "$TARGET_DIR/x86_64-unknown-linux-gnu/release/counter" contrib/apps/counter/Dockerfile "$ctx"
+    DOCKER_BUILDKIT=0 docker build --quiet -t "$IMAGE" "$ctx" >/dev/null
+  fi
+  for b in master nodeproxy edgeproxy; do [ -x "$BIN_DIR/shadow-$b" ] || fail "no $BIN_DIR/shadow-$b"; done
+fi
 
 # --- the parts ----------------------------------------------------------------------------------
 : >"$OUT_MD"

@@ -263,6 +263,8 @@ async fn partition_cluster() -> PartitionCluster {
 async fn partition_case(cl: &PartitionCluster, mode: Mode, offset: Duration) {
     let PartitionCluster { m, relay, a, b, .. } = cl;
     let d = domain("cut");
+    let mut passed = relay.requests();
+    let counting = Instant::now();
     let t: Task = counter_task(m, &d, "s3", |s| s["idle_timeout_s"] = json!(1)).await;
     // A commits a snapshot holding 2 at a clean stop, then runs on from it, uncommitted.
     assert_eq!(first_count_on(a.addr, &d).await, 1);
@@ -274,8 +276,6 @@ async fn partition_case(cl: &PartitionCluster, mode: Mode, offset: Duration) {
     let since = docker_events::now_ns();
     assert_eq!(count_on(a.addr, &d).await, 3);
     assert_eq!(lease_of(m, &t.id).await.node, a.id);
-    let mut passed = relay.requests();
-    let counting = Instant::now();
     let mut traffic = Traffic::start(cl.edge.addr, &d, Duration::from_millis(50));
     traffic.more_successes(3, Duration::from_secs(20)).await;
 
