@@ -7,7 +7,9 @@
 //! - bodies stream in both directions and are never buffered whole; nothing here puts a timeout on
 //!   a response, so SSE and long polls stay open as long as the app keeps them open;
 //! - every end-to-end header is kept (several `Set-Cookie` included), hop-by-hop headers are
-//!   dropped both ways, `X-Forwarded-*` and `X-Request-Id` are set, `Host` passes unchanged;
+//!   dropped both ways (`Host` never is, whatever `Connection` names), `X-Forwarded-*`,
+//!   `Forwarded` and `X-Request-Id` are set (an untrusted client's own are replaced), `Host`
+//!   passes unchanged;
 //! - an [`ActivityGuard`] lives until the response body is over or the upgraded tunnel closes, so a
 //!   caller that counts activity (the node proxy's idle reaper) sees open streams as busy;
 //! - errors are classified ([`ProxyError`]) so the caller picks the status in one place, and
@@ -25,7 +27,8 @@
 //! - `forward`: the pooled [`Forwarder`] and its [`ForwarderConfig`].
 //! - `headers`: hop-by-hop removal, `X-Forwarded-*`, upgrade detection; `addr_text`: the
 //!   addresses in them, formatted once per thread.
-//! - `request_id`: [`request_id`], the client's `X-Request-Id` or a new one.
+//! - `request_id`: [`request_id`], the client's `X-Request-Id` (in a safe charset) or a new one.
+//! - `host`: [`checked_domain`], the request's host, refused when ambiguous.
 //! - `body`: the [`ProxyBody`] type and the body wrappers that stream and hold the guard.
 //! - `upgrade`: the tunnel spawned after a `101 Switching Protocols`.
 //! - `error`: [`ProxyError`] and the plain-text [`error_response`].
@@ -39,6 +42,7 @@ mod context;
 mod error;
 mod forward;
 mod headers;
+mod host;
 mod request_id;
 mod serve;
 mod upgrade;
@@ -49,6 +53,7 @@ pub use context::{ActivityGuard, ForwardContext};
 pub use error::{error_response, ProxyError};
 pub use forward::{ForwardFailure, Forwarder, ForwarderConfig, Unsent};
 pub use headers::{is_upgrade_request, strip_hop_by_hop};
+pub use host::{checked_domain, HostError};
 pub use request_id::{new_request_id, request_id, MAX_REQUEST_ID_LEN};
 pub use serve::{serve, serve_with, ServeOptions, DEFAULT_DRAIN_TIMEOUT};
 pub use workers::Workers;

@@ -216,7 +216,17 @@ impl TaskSpec {
                     format!("{d:?} is not a valid hostname: {why}"),
                 ));
             }
-            if self.domains[..i].iter().any(|o| o.eq_ignore_ascii_case(d)) {
+            if is_reserved(d) {
+                return Err(FieldError::new(
+                    format!("domains[{i}]"),
+                    format!("{d:?} is under .invalid, which Shadow reserves for its own requests (node health checks); use the app's real hostname"),
+                ));
+            }
+            let canonical = |h: &str| h.trim_end_matches('.').to_ascii_lowercase();
+            if self.domains[..i]
+                .iter()
+                .any(|o| canonical(o) == canonical(d))
+            {
                 return Err(FieldError::new(
                     format!("domains[{i}]"),
                     format!("{d:?} is listed twice"),
@@ -318,12 +328,19 @@ impl TaskSpec {
         Ok(())
     }
 
-    /// The domains in the canonical (lower-case) form used for routing.
+    /// The domains in the canonical form used for routing: lower case, no trailing dot.
     pub fn normalize(&mut self) {
         for d in &mut self.domains {
-            *d = d.to_ascii_lowercase();
+            *d = d.trim_end_matches('.').to_ascii_lowercase();
         }
     }
+}
+
+/// Hostnames Shadow uses itself (RFC 6761's `.invalid`: edges send node health checks to
+/// `shadow-health.invalid`), which no task may claim.
+pub fn is_reserved(host: &str) -> bool {
+    let h = host.trim_end_matches('.').to_ascii_lowercase();
+    h == "invalid" || h.ends_with(".invalid")
 }
 
 /// RFC 1123 hostname check (letters, digits, hyphens; labels of 1-63; 253 total).
@@ -408,6 +425,14 @@ mod tests {
             (
                 serde_json::json!({"name": "a", "domains": ["a.b"], "image": ""}),
                 "image",
+            ),
+            (
+                serde_json::json!({"name": "a", "domains": ["shadow-health.invalid"], "image": "x"}),
+                "domains[0]",
+            ),
+            (
+                serde_json::json!({"name": "a", "domains": ["a.b", "A.b."], "image": "x"}),
+                "domains[1]",
             ),
             (
                 serde_json::json!({"name": "a", "domains": ["a.b"], "image": "x", "volume": {"kind": "nfs"}}),

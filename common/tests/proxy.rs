@@ -254,7 +254,7 @@ mod proxy {
     }
 
     #[tokio::test]
-    async fn forwarded_headers_are_appended_and_set() {
+    async fn forwarding_headers_from_an_untrusted_client_are_replaced() {
         let (backend, mut seen) = header_backend(&[]).await;
         let (proxy, _released) = start_proxy(backend).await;
 
@@ -266,22 +266,24 @@ mod proxy {
         let upstream = within("the backend's request", seen.recv())
             .await
             .expect("headers");
-        assert_eq!(upstream["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+        assert_eq!(upstream["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(upstream["forwarded"], "for=127.0.0.1;proto=https;host=\"app.example\"");
         assert_eq!(upstream["x-forwarded-proto"], "https");
         assert_eq!(upstream["x-forwarded-host"], "app.example");
         assert_eq!(upstream["x-request-id"], "req-42");
         assert_eq!(upstream[header::HOST], "app.example");
 
-        // A request id that came with the request is kept.
+        // The id the proxy logs under replaces the client's (the caller keeps a client's usable
+        // id by passing it in the context: `proxy::request_id`).
         let request = get("/")
-            .header("x-request-id", "from-client")
+            .header("x-request-id", "from client")
             .body(no_body())
             .expect("request");
         within("the response", send(proxy, request)).await;
         let upstream = within("the backend's request", seen.recv())
             .await
             .expect("headers");
-        assert_eq!(upstream["x-request-id"], "from-client");
+        assert_eq!(upstream["x-request-id"], "req-42");
         assert_eq!(upstream["x-forwarded-for"], "127.0.0.1");
     }
 

@@ -2,7 +2,7 @@
 # loopback, registering tasks, waiting, small statistics.
 #
 # Expects: BIN_DIR (where the three binaries are), WORK (a scratch directory), IMAGE (the test
-# app's image). Sets: MPORT NPORT EPORT NODE_ID TOKEN, and the PIDs stop_stack ends.
+# app's image). Sets: MPORT NPORT EPORT APORT (the edge's admin listener) NODE_ID TOKEN, and the PIDs stop_stack ends.
 
 TOKEN=${TOKEN:-bench-token}
 BENCH_PY="$(dirname "${BASH_SOURCE[0]}")/bench.py"
@@ -30,7 +30,7 @@ wait_http() { # URL HOST [tries of 50 ms]
 start_stack() {
   local dir=$WORK/$1
   mkdir -p "$dir"
-  MPORT=$(free_port); NPORT=$(free_port); EPORT=$(free_port)
+  MPORT=$(free_port); NPORT=$(free_port); EPORT=$(free_port); APORT=$(free_port)
   NODE_ID=bench-$1-$$
   export SHADOW_API_TOKEN=$TOKEN SHADOW_LOG=${SHADOW_LOG:-warn}
   "$BIN_DIR/shadow-master" --listen 127.0.0.1:"$MPORT" --data-dir "$dir/master" \
@@ -42,10 +42,10 @@ start_stack() {
     >>"$dir/node.log" 2>&1 &
   NODE_PID=$!; STACK_PIDS+=("$NODE_PID")
   "$BIN_DIR/shadow-edgeproxy" --listen 127.0.0.1:"$EPORT" --master "http://127.0.0.1:$MPORT" \
-    --edge-id "bench-$1" >>"$dir/edge.log" 2>&1 &
+    --admin-listen 127.0.0.1:"$APORT" --edge-id "bench-$1" >>"$dir/edge.log" 2>&1 &
   EDGE_PID=$!; STACK_PIDS+=("$EDGE_PID")
   wait_http "http://127.0.0.1:$NPORT/healthz" shadow.invalid || fail "the node did not come up ($dir/node.log)"
-  wait_http "http://127.0.0.1:$EPORT/healthz" shadow.invalid || fail "the edge did not come up ($dir/edge.log)"
+  wait_http "http://127.0.0.1:$APORT/healthz" x || fail "the edge did not come up ($dir/edge.log)"
 }
 
 # stop_stack: edge, node (it stops and removes its containers), master; then any leftover

@@ -14,6 +14,7 @@ PROFILE=${PROFILE:-release}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1:7070}
 NODE_ADDR=${NODE_ADDR:-127.0.0.1:7071}
 EDGE_ADDR=${EDGE_ADDR:-127.0.0.1:8080}
+EDGE_ADMIN_ADDR=${EDGE_ADMIN_ADDR:-127.0.0.1:7080}
 DATA=${SHADOW_LOCAL_DATA:-$PWD/target/shadow-local}
 DOMAIN=${DOMAIN:-counter.localhost}
 NODE_ID=${NODE_ID:-local-node}
@@ -54,9 +55,9 @@ trap stop INT TERM EXIT
 "$BIN/shadow-master" --listen "$MASTER_ADDR" --data-dir "$DATA/master" & pids+=($!)
 until curl -sf "http://$MASTER_ADDR/healthz" >/dev/null; do sleep 0.1; done
 "$BIN/shadow-nodeproxy" --listen "$NODE_ADDR" --node-id "$NODE_ID" --data-dir "$DATA/node" & pids+=($!)
-"$BIN/shadow-edgeproxy" --listen "$EDGE_ADDR" --edge-id local-edge & pids+=($!)
+"$BIN/shadow-edgeproxy" --listen "$EDGE_ADDR" --admin-listen "$EDGE_ADMIN_ADDR" --edge-id local-edge & pids+=($!)
 until curl -sf -H 'Host: shadow.invalid' "http://$NODE_ADDR/healthz" >/dev/null; do sleep 0.1; done
-until curl -sf -H 'Host: shadow.invalid' "http://$EDGE_ADDR/healthz" >/dev/null; do sleep 0.1; done
+until curl -sf "http://$EDGE_ADMIN_ADDR/healthz" >/dev/null; do sleep 0.1; done
 
 auth=(-H "Authorization: Bearer $TOKEN")
 existing=$(curl -s "${auth[@]}" "http://$MASTER_ADDR/tasks/by-domain/$DOMAIN" | sed -n 's/.*"id":"\([0-9a-f]*\)".*/\1/p')

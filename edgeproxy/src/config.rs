@@ -25,6 +25,11 @@ pub struct Cli {
     #[arg(long, env = "SHADOW_EDGE_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+    /// Address of the admin listener: the edge's own /healthz and /metrics, never served on the
+    /// public listeners [default: 127.0.0.1:7080].
+    #[arg(long, env = "SHADOW_EDGE_ADMIN_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
     /// This edge's id, for logs and the replacement lock [default: the hostname].
     #[arg(long, env = "SHADOW_EDGE_ID")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -128,6 +133,8 @@ pub struct Cli {
 pub struct EdgeConfig {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
     #[serde(default = "default_edge_id")]
     pub edge_id: String,
     #[serde(default = "default_master")]
@@ -187,6 +194,9 @@ fn default_edge_id() -> String {
         .map(|h| format!("edge-{}", h.trim()))
         .unwrap_or_else(|| "edge".into())
 }
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7080))
+}
 fn default_master() -> String {
     "http://127.0.0.1:7070".into()
 }
@@ -217,6 +227,7 @@ impl EdgeConfig {
     pub fn new(edge_id: impl Into<String>, master: impl Into<String>) -> Self {
         Self {
             listen: default_listen(),
+            admin_listen: default_admin_listen(),
             edge_id: edge_id.into(),
             master: master.into(),
             health_interval_ms: default_health_interval_ms(),

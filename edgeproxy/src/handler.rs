@@ -10,7 +10,7 @@ use shadow_common::{
     follower::Follower,
     node::NodeStatus,
     proxy::{self, error_response, full, ForwardContext, Forwarder, ProxyBody, ProxyError},
-    task::{request_domain, Task},
+    task::Task,
 };
 use tracing::Instrument;
 
@@ -33,21 +33,31 @@ pub struct Edge {
 /// Serves one request that arrived over `scheme` (http or https).
 pub async fn handle(
     edge: Arc<Edge>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: SocketAddr,
     scheme: Scheme,
 ) -> Response<ProxyBody> {
-    let host = request_domain(&req);
+    let host = match proxy::checked_domain(&mut req) {
+        Ok(h) => h,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
     let request_id = proxy::request_id(req.headers());
     let task = edge.follower.read().task_by_domain(&host);
     let Some(task) = task else {
-        return own_route(&edge, &req, &host);
+        // The public listener serves apps and nothing else: the edge's own routes are on the
+        // admin listener.
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no app is registered for {host:?}; check the address\n"),
+        );
     };
     let span = tracing::info_span!("request", task = %task.id, request_id = %request_id);
     let task_id = task.id.clone();
-    let resp = route(&edge, task, req, peer, request_id, scheme)
+    let mut resp = route(&edge, task, req, peer, request_id, scheme)
         .instrument(span)
         .await;
+    // Between nodes and this edge only: which node holds a lease is nobody else's business.
+    resp.headers_mut().remove(HOLDER_HEADER);
     edge.metrics.request(&task_id, resp.status());
     resp
 }
@@ -62,17 +72,21 @@ fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
     r
 }
 
-fn own_route(edge: &Edge, req: &Request<Incoming>, host: &str) -> Response<ProxyBody> {
+/// The admin listener: the edge's health and metrics, whatever the Host.
+pub fn admin<B>(edge: &Edge, req: &Request<B>) -> Response<ProxyBody> {
     match req.uri().path() {
         "/healthz" if edge.follower.is_synced() => text(StatusCode::OK, "ok\n".into()),
-        "/healthz" => text(StatusCode::SERVICE_UNAVAILABLE, "not yet in contact with the master\n".into()),
+        "/healthz" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not yet in contact with the master\n".into(),
+        ),
         "/metrics" => {
             let (up, known) = edge.health.up_count();
             text(StatusCode::OK, edge.metrics.render(up, known))
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            format!("no app is registered for {host:?}; check the address, or register it with the master (POST /tasks/)\n"),
+            "the admin listener serves /healthz and /metrics\n".into(),
         ),
     }
 }

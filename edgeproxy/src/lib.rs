@@ -39,37 +39,59 @@ pub enum RunError {
     Provider(#[from] provider::ProviderError),
     #[error("cannot start the worker threads: {0}; lower --workers (SHADOW_WORKERS)")]
     Workers(std::io::Error),
-    #[error("cannot listen for HTTPS on {addr}: {source}; is another edge running there?")]
-    TlsBind {
+    #[error("cannot listen on {addr} ({what}): {source}; is another edge running there?")]
+    Bind {
+        what: &'static str,
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
 }
 
-/// Serves HTTP on `listener` (and HTTPS on `tls_listen` when configured) until `shutdown`.
+/// The sockets an edge serves: public HTTP, public HTTPS (optional), and the admin listener for
+/// its own health and metrics.
+pub struct Listeners {
+    pub http: TcpListener,
+    pub https: Option<TcpListener>,
+    pub admin: TcpListener,
+}
+
+async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { what, addr, source })
+}
+
+/// Serves HTTP on `listener` (and HTTPS on `tls_listen` when configured, and the admin listener
+/// on `admin_listen`) until `shutdown`.
 pub async fn run(
     config: EdgeConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let tls = match config.tls_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| RunError::TlsBind { addr, source })?,
-        ),
+    let https = match config.tls_listen {
+        Some(addr) => Some(bind("HTTPS", addr).await?),
         None => None,
     };
-    run_listeners(config, listener, tls, shutdown).await
+    let admin = bind("admin", config.admin_listen).await?;
+    let listeners = Listeners {
+        http: listener,
+        https,
+        admin,
+    };
+    run_listeners(config, listeners, shutdown).await
 }
 
-/// Like [`run`], with the HTTPS listener given (tests bind port 0).
+/// Like [`run`], with every listener given (tests bind port 0).
 pub async fn run_listeners(
     config: EdgeConfig,
-    listener: TcpListener,
-    tls_listener: Option<TcpListener>,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    let Listeners {
+        http: listener,
+        https: tls_listener,
+        admin,
+    } = listeners;
     let bound = listener.local_addr().map_err(RunError::Listener)?;
     let acceptor = match &tls_listener {
         Some(_) => Some(tls::acceptor(&config.tls_cert, &config.tls_key)?),
@@ -132,6 +154,17 @@ pub async fn run_listeners(
         }
         _ => None,
     };
+    tracing::info!(addr = ?admin.local_addr().ok(), "edge admin listener (health, metrics)");
+    let admin_edge = edge.clone();
+    let admin = tokio::spawn(proxy::serve_with(
+        admin,
+        move |req, _peer| {
+            let edge = admin_edge.clone();
+            async move { handler::admin(&edge, &req) }
+        },
+        stopped(),
+        proxy::ServeOptions::default(),
+    ));
     let options = proxy::ServeOptions {
         workers: Some(workers),
         ..proxy::ServeOptions::default()
@@ -154,6 +187,7 @@ pub async fn run_listeners(
     if let Some(h) = https {
         let _ = h.await;
     }
+    let _ = admin.await;
     checker.abort();
     let _ = replacing.await;
     Ok(())

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use shadow_common::{
     follower::Follower,
     proxy::{self, ForwardContext, Forwarder, ProxyBody},
-    task::{request_domain, ColdStart, Task},
+    task::{ColdStart, Task},
 };
 use tracing::Instrument;
 
@@ -34,10 +34,13 @@ pub use shadow_common::lease::{HOLDER_DOWN_HEADER, HOLDER_HEADER};
 
 pub async fn handle(
     node: Arc<Node>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
-    let host = request_domain(&req);
+    let host = match proxy::checked_domain(&mut req) {
+        Ok(h) => h,
+        Err(e) => return pages::text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
     let request_id = proxy::request_id(req.headers());
     let task = node.follower.read().task_by_domain(&host);
     let Some(task) = task else {
@@ -69,8 +72,7 @@ fn own_route(node: &Node, req: &Request<Incoming>, host: &str) -> Response<Proxy
         _ => pages::text(
             StatusCode::NOT_FOUND,
             format!(
-                "no app serves the host {host:?} on node {}; register a task with this domain (POST /tasks/ on the master) or check the Host header\n",
-                node.node_id
+                "no app serves the host {host:?} here; register a task with this domain (POST /tasks/ on the master) or check the Host header\n"
             ),
         ),
     }
@@ -120,9 +122,10 @@ fn unavailable(task: &Task, request_id: &str, e: Unavailable) -> Response<ProxyB
     match e {
         Unavailable::StartFailed(err) => {
             if let StartError::LeaseHeld { holder } = &*err {
+                // The header is for the edge, which removes it; the body names no node.
                 let mut r = pages::unavailable(
                     format!(
-                        "app {} runs on node {holder}; send the request there\n",
+                        "app {} is running on another server right now; retry shortly\n",
                         task.spec.name
                     ),
                     retry,
@@ -134,8 +137,8 @@ fn unavailable(task: &Task, request_id: &str, e: Unavailable) -> Response<ProxyB
             }
             pages::unavailable(
                 format!(
-                    "app {} could not start; the node's log has the reason (task {}, request {request_id}); retry later\n",
-                    task.spec.name, task.id
+                    "app {} could not start; retry later. If it keeps failing, its owner can find the reason under request id {request_id}\n",
+                    task.spec.name
                 ),
                 retry,
             )

@@ -11,6 +11,8 @@ pub struct EdgeHandle {
     pub addr: SocketAddr,
     /// The HTTPS address, when the config names certificates.
     pub tls_addr: Option<SocketAddr>,
+    /// The admin listener: the edge's /healthz and /metrics.
+    pub admin_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     join: Option<JoinHandle<Result<(), shadow_edgeproxy::RunError>>>,
 }
@@ -33,22 +35,27 @@ pub async fn spawn(master: &MasterHandle, tweak: impl FnOnce(&mut EdgeConfig)) -
         )
     };
     let tls_addr = tls.as_ref().map(|l| l.local_addr().expect("addr"));
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let admin_addr = admin.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
-    let join = tokio::spawn(shadow_edgeproxy::run_listeners(
-        config,
-        listener,
-        tls,
-        async {
-            let _ = rx.await;
-        },
-    ));
+    let listeners = shadow_edgeproxy::Listeners {
+        http: listener,
+        https: tls,
+        admin,
+    };
+    let join = tokio::spawn(shadow_edgeproxy::run_listeners(config, listeners, async {
+        let _ = rx.await;
+    }));
     let edge = EdgeHandle {
         addr,
         tls_addr,
+        admin_addr,
         stop: Some(tx),
         join: Some(join),
     };
-    let client = crate::http::Client::new(addr);
+    let client = crate::http::Client::new(admin_addr);
     while !client
         .get("edge.invalid", "/healthz")
         .await
@@ -63,6 +70,11 @@ pub async fn spawn(master: &MasterHandle, tweak: impl FnOnce(&mut EdgeConfig)) -
 impl EdgeHandle {
     pub fn client(&self) -> crate::http::Client {
         crate::http::Client::new(self.addr)
+    }
+
+    /// A client of the admin listener (health, metrics).
+    pub fn admin(&self) -> crate::http::Client {
+        crate::http::Client::new(self.admin_addr)
     }
 
     pub async fn stop(mut self) {

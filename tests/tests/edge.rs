@@ -160,7 +160,7 @@ async fn a_refused_connection_is_retried_on_the_next_node() {
         let r = e.client().get(&d, "/").await.expect("answer");
         assert_eq!(r.status, 200, "{r:?}");
         let metrics = e
-            .client()
+            .admin()
             .get("x.invalid", "/metrics")
             .await
             .expect("metrics")
@@ -274,7 +274,12 @@ async fn a_killed_node_is_routed_around_and_comes_back() {
         "the restarted node removed its orphan"
     );
     let up = loop {
-        let metrics = c.get("x.invalid", "/metrics").await.expect("metrics").body;
+        let metrics = e
+            .admin()
+            .get("x.invalid", "/metrics")
+            .await
+            .expect("metrics")
+            .body;
         if metrics.contains("shadow_edge_nodes_up 2") {
             break true;
         }

@@ -13,7 +13,7 @@ async fn the_local_stack_starts_serves_and_stops_clean() {
         .expect("root")
         .to_path_buf();
     let data = tempfile::tempdir().expect("tmp");
-    let (master, node, edge) = (free_addr(), free_addr(), free_addr());
+    let (master, node, edge, admin) = (free_addr(), free_addr(), free_addr(), free_addr());
     let node_id = unique_id("local");
     let mut child = tokio::process::Command::new("bash")
         .arg(root.join("contrib/local/up.sh"))
@@ -22,6 +22,7 @@ async fn the_local_stack_starts_serves_and_stops_clean() {
         .env("MASTER_ADDR", master.to_string())
         .env("NODE_ADDR", node.to_string())
         .env("EDGE_ADDR", edge.to_string())
+        .env("EDGE_ADMIN_ADDR", admin.to_string())
         .env("NODE_ID", &node_id)
         .env("SHADOW_LOCAL_DATA", data.path())
         .env("SHADOW_LOG", "warn")

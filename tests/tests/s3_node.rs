@@ -209,7 +209,8 @@ fn closed_port() -> u16 {
 async fn an_unreachable_store_gives_503_and_starts_no_container() {
     counter_image().await.expect("image");
     let m = master::spawn(MasterOptions::default()).await;
-    let endpoint = format!("http://127.0.0.1:{}", closed_port());
+    let s3_port = closed_port();
+    let endpoint = format!("http://127.0.0.1:{s3_port}");
     let n = node::spawn(&m, |c| {
         c.s3_endpoint = Some(endpoint.clone());
         c.s3_bucket = Some("shadow-test".into());
@@ -230,8 +231,11 @@ async fn an_unreachable_store_gives_503_and_starts_no_container() {
     for r in &answers {
         assert_eq!(r.status, 503, "{r:?}");
         assert!(r.headers.contains_key("retry-after"), "{r:?}");
-        // The public answer names the task and leaves the store's address to the node's log.
-        assert!(r.body.contains(&t.id), "{}", r.body);
+        // The public answer names the app, and leaves the task id and the store's address to
+        // the node's log.
+        assert!(r.body.contains("app counter could not start"), "{}", r.body);
+        assert!(!r.body.contains(&t.id), "{}", r.body);
+        assert!(!r.body.contains(&s3_port.to_string()), "{}", r.body);
     }
     assert!(n.containers().await.is_empty(), "no container was made");
     until_released(&m, &t.id).await;

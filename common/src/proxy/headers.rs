@@ -25,6 +25,7 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// The comma-separated tokens of every `Connection` header, lower-cased.
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
@@ -42,10 +43,12 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && connection_tokens(headers).any(|t| t == "upgrade")
 }
 
-/// Removes the hop-by-hop headers: the fixed list and every header the `Connection` header names.
+/// Removes the hop-by-hop headers: the fixed list and every header the `Connection` header names,
+/// except `Host`, which is end-to-end whatever a client says (routing depends on it).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+        .filter(|name| *name != header::HOST)
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
@@ -70,8 +73,18 @@ fn strip_keeping_upgrade(headers: &mut HeaderMap, upgrade: bool) {
 }
 
 /// Rewrites the client's request headers for the upstream.
+///
+/// From an untrusted client (the edge's default), every forwarding header it sent is dropped and
+/// set afresh (`X-Forwarded-For`, `-Proto`, `-Host`, `Forwarded`; `X-Real-IP` is dropped), so
+/// an app can believe them. Behind a trusted hop they are kept and the peer is appended.
 pub(crate) fn prepare_request(headers: &mut HeaderMap, ctx: &ForwardContext, upgrade: bool) {
     strip_keeping_upgrade(headers, upgrade);
+    if !ctx.trust_forwarded {
+        for name in [&X_FORWARDED_FOR, &header::FORWARDED, &X_REAL_IP] {
+            headers.remove(name);
+        }
+        set_forwarded(headers, ctx);
+    }
     append_forwarded_for(headers, ctx);
 
     if !(ctx.trust_forwarded && headers.contains_key(X_FORWARDED_PROTO)) {
@@ -86,10 +99,35 @@ pub(crate) fn prepare_request(headers: &mut HeaderMap, ctx: &ForwardContext, upg
             None => headers.remove(X_FORWARDED_HOST),
         };
     }
-    if !ctx.request_id.is_empty() && !headers.contains_key(X_REQUEST_ID) {
+    // The id the proxy logs under: the client's when it was usable, else a new one that
+    // replaces what the client sent. A trusted hop's id is kept.
+    let keep_trusted = ctx.trust_forwarded && headers.contains_key(X_REQUEST_ID);
+    if !ctx.request_id.is_empty() && !keep_trusted {
         if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
             headers.insert(X_REQUEST_ID, id);
         }
+    }
+}
+
+/// `Forwarded: for=…;proto=…;host=…` (RFC 7239), from what this proxy saw itself.
+fn set_forwarded(headers: &mut HeaderMap, ctx: &ForwardContext) {
+    let ip = ctx.peer.ip();
+    let for_ = match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut value = format!("for={for_};proto={}", ctx.scheme.as_str());
+    if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        // A host is a token or a quoted string; quote it so a port's ':' is allowed.
+        if host
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        {
+            value.push_str(&format!(";host=\"{host}\""));
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(header::FORWARDED, v);
     }
 }
 
@@ -176,23 +214,39 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_headers_are_appended_and_set() {
+    fn an_untrusted_client_s_forwarding_headers_are_replaced() {
         let mut headers = map(&[
             ("host", "app.example"),
             ("x-forwarded-for", "203.0.113.1"),
             ("x-forwarded-for", "203.0.113.2"),
             ("x-forwarded-proto", "forged"),
             ("x-forwarded-host", "forged.example"),
+            ("forwarded", "for=203.0.113.3"),
+            ("x-real-ip", "203.0.113.4"),
+            ("x-request-id", "client-id"),
         ]);
         prepare_request(&mut headers, &ctx(), false);
-        assert_eq!(
-            headers["x-forwarded-for"],
-            "203.0.113.1, 203.0.113.2, 192.0.2.9"
-        );
+        assert_eq!(headers["x-forwarded-for"], "192.0.2.9");
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(headers["x-forwarded-host"], "app.example");
+        assert_eq!(
+            headers["forwarded"],
+            "for=192.0.2.9;proto=https;host=\"app.example\""
+        );
+        assert!(!headers.contains_key("x-real-ip"));
         assert_eq!(headers["x-request-id"], "req-1");
         assert_eq!(headers["host"], "app.example");
+    }
+
+    #[test]
+    fn connection_cannot_strip_host() {
+        let mut headers = map(&[
+            ("host", "app.example"),
+            ("connection", "close, host, x-forwarded-for"),
+        ]);
+        prepare_request(&mut headers, &ctx(), false);
+        assert_eq!(headers["host"], "app.example");
+        assert_eq!(headers["x-forwarded-for"], "192.0.2.9");
     }
 
     #[test]
@@ -210,5 +264,9 @@ mod tests {
         assert_eq!(headers["x-forwarded-host"], "public.example");
         assert_eq!(headers["x-request-id"], "from-edge");
         assert_eq!(headers["x-forwarded-for"], "192.0.2.9");
+        assert!(
+            !headers.contains_key("forwarded"),
+            "the edge's, if any, is kept"
+        );
     }
 }

@@ -12,13 +12,18 @@ use http::HeaderMap;
 /// The longest client-sent id that is kept; longer ones are replaced.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
-/// The request's id: its `X-Request-Id` if non-empty, visible ASCII and at most
-/// [`MAX_REQUEST_ID_LEN`] bytes, else a new one.
+/// The request's id: its `X-Request-Id` if it is 1 to [`MAX_REQUEST_ID_LEN`] bytes of letters,
+/// digits, `-`, `_`, `.` and `:` (safe in a log line and a header), else a new one.
 pub fn request_id(headers: &HeaderMap) -> String {
     headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN)
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= MAX_REQUEST_ID_LEN
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        })
         .map_or_else(new_request_id, str::to_string)
 }
 
@@ -70,5 +75,12 @@ mod tests {
         headers.insert("x-request-id", HeaderValue::from_str(&long).expect("ascii"));
         assert_eq!(request_id(&headers).len(), 32);
         assert_eq!(request_id(&HeaderMap::new()).len(), 32);
+        for forged in ["a b", "a\tb", "x\"y", "<script>", "a=b;c"] {
+            headers.insert(
+                "x-request-id",
+                HeaderValue::from_str(forged).expect("valid"),
+            );
+            assert_eq!(request_id(&headers).len(), 32, "{forged:?} replaced");
+        }
     }
 }

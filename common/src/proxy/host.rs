@@ -1,0 +1,104 @@
+//! The host a request is for, checked before it is routed: the request's own word on where it
+//! goes must be unambiguous, or a client could route by one host and reach another.
+//!
+//! Refused with 400: two `Host` headers, a `Host` that is not text, and an absolute-form target
+//! (`GET http://a.example/ HTTP/1.1`) whose host is not the `Host` header's. An absolute-form
+//! target without a `Host` header gets one from the target, so the next hop sees the host the
+//! request was routed by (not the upstream's address).
+
+use http::{header, HeaderValue, Request};
+
+use crate::task::{host_without_port, request_domain};
+
+/// Why a request's host was refused, said to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("the request has more than one Host header; send exactly one")]
+    Repeated,
+    #[error("the Host header is not valid text; send the app's hostname")]
+    NotText,
+    #[error(
+        "the Host header and the request target name different hosts; send the same host in both"
+    )]
+    Disagrees,
+}
+
+/// The request's domain (lower case, no port, no trailing dot), after the checks above; adds
+/// the `Host` header an absolute-form request lacks.
+pub fn checked_domain<B>(req: &mut Request<B>) -> Result<String, HostError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(HostError::Repeated);
+    }
+    let host = match first {
+        Some(v) => Some(v.to_str().map_err(|_| HostError::NotText)?),
+        None => None,
+    };
+    if let Some(authority) = req.uri().authority() {
+        match host {
+            Some(h) if host_without_port(h) != host_without_port(authority.host()) => {
+                return Err(HostError::Disagrees)
+            }
+            Some(_) => {}
+            None => {
+                let v =
+                    HeaderValue::from_str(authority.as_str()).map_err(|_| HostError::NotText)?;
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
+    }
+    Ok(request_domain(req))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str, hosts: &[&str]) -> Request<()> {
+        let mut b = Request::builder().uri(uri);
+        for h in hosts {
+            b = b.header("host", *h);
+        }
+        b.body(()).expect("request")
+    }
+
+    #[test]
+    fn one_host_and_an_agreeing_target_pass() {
+        assert_eq!(
+            checked_domain(&mut req("/x", &["App.example:80"])),
+            Ok("app.example".into())
+        );
+        assert_eq!(
+            checked_domain(&mut req("http://app.example/x", &["app.example"])),
+            Ok("app.example".into())
+        );
+        assert_eq!(
+            checked_domain(&mut req("/x", &["app.example."])),
+            Ok("app.example".into())
+        );
+    }
+
+    #[test]
+    fn an_absolute_target_without_host_gets_its_host_forwarded() {
+        let mut r = req("http://app.example:8080/metrics", &[]);
+        assert_eq!(checked_domain(&mut r), Ok("app.example".into()));
+        assert_eq!(r.headers()["host"], "app.example:8080");
+    }
+
+    #[test]
+    fn ambiguous_hosts_are_refused() {
+        assert_eq!(
+            checked_domain(&mut req("/", &["a.example", "b.example"])),
+            Err(HostError::Repeated)
+        );
+        assert_eq!(
+            checked_domain(&mut req("/", &["a.example", "a.example"])),
+            Err(HostError::Repeated)
+        );
+        assert_eq!(
+            checked_domain(&mut req("http://a.example/", &["b.example"])),
+            Err(HostError::Disagrees)
+        );
+    }
+}
