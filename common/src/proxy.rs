@@ -49,11 +49,11 @@ mod upgrade;
 mod workers;
 
 pub use body::{empty, full, ProxyBody};
-pub use context::{ActivityGuard, ForwardContext};
+pub use context::{ActivityGuard, BodyStall, ForwardContext};
 pub use error::{error_response, ProxyError};
 pub use forward::{ForwardFailure, Forwarder, ForwarderConfig, Unsent};
 pub use headers::{is_upgrade_request, strip_hop_by_hop};
 pub use host::{checked_domain, HostError};
 pub use request_id::{new_request_id, request_id, MAX_REQUEST_ID_LEN};
-pub use serve::{serve, serve_with, ServeOptions, DEFAULT_DRAIN_TIMEOUT};
+pub use serve::{serve, serve_with, ClientLimits, ServeOptions, DEFAULT_DRAIN_TIMEOUT};
 pub use workers::Workers;

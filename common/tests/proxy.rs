@@ -267,7 +267,10 @@ mod proxy {
             .await
             .expect("headers");
         assert_eq!(upstream["x-forwarded-for"], "127.0.0.1");
-        assert_eq!(upstream["forwarded"], "for=127.0.0.1;proto=https;host=\"app.example\"");
+        assert_eq!(
+            upstream["forwarded"],
+            "for=127.0.0.1;proto=https;host=\"app.example\""
+        );
         assert_eq!(upstream["x-forwarded-proto"], "https");
         assert_eq!(upstream["x-forwarded-host"], "app.example");
         assert_eq!(upstream["x-request-id"], "req-42");

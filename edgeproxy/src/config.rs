@@ -30,6 +30,22 @@ pub struct Cli {
     #[arg(long, env = "SHADOW_EDGE_ADMIN_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_listen: Option<SocketAddr>,
+    /// Seconds a client may take to send a request head (also the idle keep-alive limit) [default: 10].
+    #[arg(long, env = "SHADOW_CLIENT_HEADER_TIMEOUT_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_header_timeout_s: Option<u64>,
+    /// Seconds a request body may go without a byte before it is cut with 408 [default: 30].
+    #[arg(long, env = "SHADOW_CLIENT_BODY_STALL_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_body_stall_s: Option<u64>,
+    /// Open connections per client IP address; more get 429 [default: 256].
+    #[arg(long, env = "SHADOW_CLIENT_MAX_PER_IP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_max_per_ip: Option<usize>,
+    /// Open client connections in all; more get 503 [default: 20000].
+    #[arg(long, env = "SHADOW_CLIENT_MAX_TOTAL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_max_total: Option<usize>,
     /// This edge's id, for logs and the replacement lock [default: the hostname].
     #[arg(long, env = "SHADOW_EDGE_ID")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -135,6 +151,14 @@ pub struct EdgeConfig {
     pub listen: SocketAddr,
     #[serde(default = "default_admin_listen")]
     pub admin_listen: SocketAddr,
+    #[serde(default = "default_client_header_timeout_s")]
+    pub client_header_timeout_s: u64,
+    #[serde(default = "default_client_body_stall_s")]
+    pub client_body_stall_s: u64,
+    #[serde(default = "default_client_max_per_ip")]
+    pub client_max_per_ip: usize,
+    #[serde(default = "default_client_max_total")]
+    pub client_max_total: usize,
     #[serde(default = "default_edge_id")]
     pub edge_id: String,
     #[serde(default = "default_master")]
@@ -197,6 +221,18 @@ fn default_edge_id() -> String {
 fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7080))
 }
+fn default_client_header_timeout_s() -> u64 {
+    10
+}
+fn default_client_body_stall_s() -> u64 {
+    30
+}
+fn default_client_max_per_ip() -> usize {
+    256
+}
+fn default_client_max_total() -> usize {
+    20_000
+}
 fn default_master() -> String {
     "http://127.0.0.1:7070".into()
 }
@@ -223,11 +259,28 @@ fn default_max_dead_s() -> u64 {
 }
 
 impl EdgeConfig {
+    /// The bounds on clients of the public listeners.
+    pub fn client_limits(&self) -> std::sync::Arc<shadow_common::proxy::ClientLimits> {
+        shadow_common::proxy::ClientLimits::new(
+            std::time::Duration::from_secs(self.client_header_timeout_s.max(1)),
+            self.client_max_per_ip.max(1),
+            self.client_max_total.max(1),
+        )
+    }
+
+    pub fn client_body_stall(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.client_body_stall_s.max(1))
+    }
+
     /// Defaults with a given id and master, for tests and embedding.
     pub fn new(edge_id: impl Into<String>, master: impl Into<String>) -> Self {
         Self {
             listen: default_listen(),
             admin_listen: default_admin_listen(),
+            client_header_timeout_s: default_client_header_timeout_s(),
+            client_body_stall_s: default_client_body_stall_s(),
+            client_max_per_ip: default_client_max_per_ip(),
+            client_max_total: default_client_max_total(),
             edge_id: edge_id.into(),
             master: master.into(),
             health_interval_ms: default_health_interval_ms(),

@@ -22,6 +22,10 @@ pub use shadow_common::lease::{HOLDER_DOWN_HEADER, HOLDER_HEADER};
 const MAX_TRIES: usize = 3;
 
 pub struct Edge {
+    /// The caps on client connections, shared by the public listeners (for metrics).
+    pub limits: Arc<proxy::ClientLimits>,
+    /// How long a request body may stall before it is cut (408), and the count of cut ones.
+    pub body_stall: proxy::BodyStall,
     pub edge_id: String,
     pub follower: Follower,
     pub health: Arc<Health>,
@@ -82,7 +86,11 @@ pub fn admin<B>(edge: &Edge, req: &Request<B>) -> Response<ProxyBody> {
         ),
         "/metrics" => {
             let (up, known) = edge.health.up_count();
-            text(StatusCode::OK, edge.metrics.render(up, known))
+            text(
+                StatusCode::OK,
+                edge.metrics
+                    .render(up, known, &edge.limits, &edge.body_stall),
+            )
         }
         _ => text(
             StatusCode::NOT_FOUND,
@@ -136,8 +144,9 @@ async fn route(
             );
         };
         mark_holder_down(edge, &task.id, &node.id, &unreachable, req.headers_mut());
-        let ctx =
-            ForwardContext::new(peer, scheme.clone(), request_id.clone()).handing_back_if(|head| {
+        let ctx = ForwardContext::new(peer, scheme.clone(), request_id.clone())
+            .with_body_stall(edge.body_stall.clone())
+            .handing_back_if(|head| {
                 head.status == StatusCode::SERVICE_UNAVAILABLE
                     && head.headers.contains_key(HOLDER_HEADER)
             });

@@ -125,7 +125,13 @@ pub async fn run_listeners(
         tracing::error!(error = %e, "cannot register the replacement metric");
     }
     let replacing = replacer.spawn(stopped());
+    let limits = config.client_limits();
     let edge = Arc::new(handler::Edge {
+        limits: limits.clone(),
+        body_stall: proxy::BodyStall {
+            limit: config.client_body_stall(),
+            stalls: Arc::default(),
+        },
         edge_id: config.edge_id.clone(),
         follower,
         health,
@@ -144,6 +150,7 @@ pub async fn run_listeners(
                 tls: Some(acceptor),
                 workers: Some(workers.clone()),
                 drain: None,
+                limits: Some(limits.clone()),
             };
             Some(tokio::spawn(proxy::serve_with(
                 l,
@@ -167,6 +174,7 @@ pub async fn run_listeners(
     ));
     let options = proxy::ServeOptions {
         workers: Some(workers),
+        limits: Some(limits),
         ..proxy::ServeOptions::default()
     };
     let http = proxy::serve_with(

@@ -215,3 +215,117 @@ async fn a_failed_start_tells_the_client_the_app_not_the_internals() {
         );
     }
 }
+
+/// A connection from a chosen loopback address (127.0.0.x), so one test can be several clients.
+async fn connect_from(src: [u8; 4], to: SocketAddr) -> tokio::net::TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().expect("socket");
+    s.bind(SocketAddr::from((src, 0))).expect("bind source");
+    s.connect(to).await.expect("connect")
+}
+
+/// Reads until the peer closes (at most `limit`); returns what came.
+async fn until_closed(s: &mut tokio::net::TcpStream, limit: Duration) -> String {
+    let mut out = Vec::new();
+    match tokio::time::timeout(limit, s.read_to_end(&mut out)).await {
+        Ok(_) => String::from_utf8_lossy(&out).into_owned(),
+        Err(_) => panic!(
+            "the edge kept the connection open for {limit:?}: {:?}",
+            String::from_utf8_lossy(&out)
+        ),
+    }
+}
+
+#[tokio::test]
+async fn stalled_and_greedy_clients_are_cut_and_capped_while_others_are_served() {
+    counter_image().await.expect("image");
+    let m = master::spawn(MasterOptions::default()).await;
+    let _n = node::spawn(&m, |_| {}).await;
+    let e = edge::spawn(&m, |c| {
+        c.client_header_timeout_s = 1;
+        c.client_body_stall_s = 1;
+        c.client_max_per_ip = 20;
+        c.client_max_total = 260;
+    })
+    .await;
+    let d = domain("greedy");
+    counter_task(&m, &d, "none", |_| {}).await;
+    let normal = format!("GET / HTTP/1.1\r\nHost: {d}\r\nConnection: close\r\n\r\n");
+    assert_eq!(raw(e.addr, &normal).await.0, 200);
+
+    // A body that stops after 10 of 100 000 bytes, to an app that answers once it has it all:
+    // 408, and the connection is closed (and the node's and the app's with it).
+    let stalled = |path: &str| {
+        format!("POST {path} HTTP/1.1\r\nHost: {d}\r\nContent-Length: 100000\r\n\r\n0123456789")
+    };
+    let mut s = connect_from([127, 0, 0, 2], e.addr).await;
+    s.write_all(stalled("/upload").as_bytes())
+        .await
+        .expect("write");
+    let answer = until_closed(&mut s, Duration::from_secs(20)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // To an app that streams its answer at once, the answer is cut off and closed.
+    let mut s = connect_from([127, 0, 0, 2], e.addr).await;
+    s.write_all(stalled("/echo").as_bytes())
+        .await
+        .expect("write");
+    let answer = until_closed(&mut s, Duration::from_secs(20)).await;
+    assert!(answer.len() < 100_000, "{answer}");
+
+    // A request head that never ends: the connection is closed.
+    let mut s = connect_from([127, 0, 0, 2], e.addr).await;
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {d}\r\n").as_bytes())
+        .await
+        .expect("write");
+    until_closed(&mut s, Duration::from_secs(20)).await;
+
+    // One address may hold 20 connections; the 21st is told 429.
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(connect_from([127, 0, 0, 3], e.addr).await);
+    }
+    let mut extra = connect_from([127, 0, 0, 3], e.addr).await;
+    extra.write_all(normal.as_bytes()).await.expect("write");
+    let answer = until_closed(&mut extra, Duration::from_secs(20)).await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after"),
+        "{answer}"
+    );
+
+    // 200 more hostile connections from ten addresses, each dribbling a request head, and the
+    // edge still answers a normal client.
+    let mut hostile = Vec::new();
+    for i in 0..200u8 {
+        let mut s = connect_from([127, 0, 1, 10 + i % 10], e.addr).await;
+        s.write_all(b"GET / HTTP/1.1\r\nHo").await.expect("write");
+        hostile.push(s);
+    }
+    let (status, answer) = tokio::time::timeout(Duration::from_secs(10), raw(e.addr, &normal))
+        .await
+        .expect("a normal request is answered while 220 connections are held");
+    assert_eq!(status, 200, "{answer}");
+    // The total cap (260): 20 + 200 + the normal one's slot are taken; 40 more fit, then 503.
+    let mut more = Vec::new();
+    for i in 0..40u8 {
+        more.push(connect_from([127, 0, 2, 10 + i % 10], e.addr).await);
+    }
+    let mut over = connect_from([127, 0, 0, 4], e.addr).await;
+    over.write_all(normal.as_bytes()).await.expect("write");
+    let answer = until_closed(&mut over, Duration::from_secs(20)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+
+    let metrics = e
+        .admin()
+        .get("any", "/metrics")
+        .await
+        .expect("metrics")
+        .body;
+    for line in [
+        "shadow_edge_client_body_stalls_total 2",
+        "shadow_edge_client_connections_refused_total{cap=\"per_ip\"} 1",
+        "shadow_edge_client_connections_refused_total{cap=\"total\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+    drop((held, hostile, more));
+}

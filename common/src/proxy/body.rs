@@ -4,18 +4,22 @@
 //! and delegate `size_hint`/`is_end_stream` so hyper keeps `Content-Length` framing when it can.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 use tokio::sync::oneshot;
 
-use super::ActivityGuard;
+use super::{context::BodyStall, ActivityGuard};
 
 /// A streaming response body, usable as a hyper server response body.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -84,46 +88,99 @@ where
 ///
 /// If the request never left (the connection to the upstream could not be made), the unread
 /// body is sent back through `reclaim` when hyper drops the request, so the caller can retry it
-/// elsewhere. `client_failed` records that an error came from the client's side, not upstream's.
+/// elsewhere. `failed` records that an error came from the client's side, not upstream's, and
+/// whether it was a stall (no frame for the stall limit).
 pub(crate) struct Outbound {
     inner: Option<Incoming>,
     polled: bool,
     reclaim: Option<oneshot::Sender<Incoming>>,
-    client_failed: Arc<AtomicBool>,
+    failed: Arc<ClientBodyFailure>,
+    stall: Option<Stall>,
 }
+
+/// How the client's side of a forwarded body failed, for the forwarder's choice of status.
+#[derive(Default)]
+pub(crate) struct ClientBodyFailure {
+    /// Reading the client's body failed (it went away, or sent a broken body).
+    pub failed: AtomicBool,
+    /// The client's body made no progress for the stall limit and was cut.
+    pub stalled: AtomicBool,
+}
+
+/// A limit on how long a request body may go without a frame.
+struct Stall {
+    limit: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    stalls: Arc<AtomicU64>,
+}
+
+/// The error a stalled client body ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent no part of its request body for {0:?}")]
+pub(crate) struct BodyStalled(Duration);
 
 impl Outbound {
     pub(crate) fn new(
         inner: Incoming,
         reclaim: oneshot::Sender<Incoming>,
-        client_failed: Arc<AtomicBool>,
+        failed: Arc<ClientBodyFailure>,
+        stall: Option<BodyStall>,
     ) -> Self {
         Self {
             inner: Some(inner),
             polled: false,
             reclaim: Some(reclaim),
-            client_failed,
+            failed,
+            stall: stall.map(|s| Stall {
+                limit: s.limit,
+                timer: Box::pin(tokio::time::sleep(s.limit)),
+                stalls: s.stalls,
+            }),
         }
     }
 }
 
 impl Body for Outbound {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let first = !self.polled;
         self.polled = true;
-        let Some(inner) = self.inner.as_mut() else {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
         let polled = Pin::new(inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = &polled {
-            self.client_failed.store(true, Ordering::Relaxed);
+        match (&polled, this.stall.as_mut()) {
+            (Poll::Pending, Some(stall)) => {
+                if first {
+                    // The clock starts when the upstream asks for the body, not at accept.
+                    let at = tokio::time::Instant::now() + stall.limit;
+                    stall.timer.as_mut().reset(at);
+                }
+                if stall.timer.as_mut().poll(cx).is_ready() {
+                    this.failed.failed.store(true, Ordering::Relaxed);
+                    this.failed.stalled.store(true, Ordering::Relaxed);
+                    stall.stalls.fetch_add(1, Ordering::Relaxed);
+                    // Dropping the client's body lets hyper close that connection.
+                    this.inner = None;
+                    return Poll::Ready(Some(Err(BodyStalled(stall.limit).into())));
+                }
+            }
+            (Poll::Ready(Some(Ok(_))), Some(stall)) => {
+                let at = tokio::time::Instant::now() + stall.limit;
+                stall.timer.as_mut().reset(at);
+            }
+            _ => {}
         }
-        polled
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            this.failed.failed.store(true, Ordering::Relaxed);
+        }
+        polled.map(|f| f.map(|r| r.map_err(BoxError::from)))
     }
 
     fn is_end_stream(&self) -> bool {

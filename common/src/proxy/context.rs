@@ -58,6 +58,17 @@ pub struct ForwardContext {
     /// never read (see [`super::ForwardFailure::answer`]): the edge uses it to follow a node that
     /// says "the app runs elsewhere".
     pub hand_back_if: Option<fn(&http::response::Parts) -> bool>,
+    /// Cut the request body (answering 408 if no answer started yet) when the client sends no
+    /// part of it for this long; `None` waits as long as the client likes (the node, behind a
+    /// trusted edge).
+    pub body_stall: Option<BodyStall>,
+}
+
+/// A limit on how long a client's request body may pause, and where cut bodies are counted.
+#[derive(Debug, Clone)]
+pub struct BodyStall {
+    pub limit: std::time::Duration,
+    pub stalls: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ForwardContext {
@@ -70,6 +81,7 @@ impl ForwardContext {
             trust_forwarded: false,
             activity: None,
             hand_back_if: None,
+            body_stall: None,
         }
     }
 
@@ -82,6 +94,12 @@ impl ForwardContext {
     /// Hands the request back (see [`ForwardContext::hand_back_if`]) on answers matching `pred`.
     pub fn handing_back_if(mut self, pred: fn(&http::response::Parts) -> bool) -> Self {
         self.hand_back_if = Some(pred);
+        self
+    }
+
+    /// Cuts a request body that stalls (see [`ForwardContext::body_stall`]).
+    pub fn with_body_stall(mut self, stall: BodyStall) -> Self {
+        self.body_stall = Some(stall);
         self
     }
 

@@ -54,6 +54,16 @@ pub enum ProxyError {
         upstream: SocketAddr,
         cause: BoxError,
     },
+    /// The client stopped sending its request body part way (no frame for the stall limit).
+    #[error(
+        "the client's request body stalled while being sent to {upstream}: {}; the connection was \
+         closed (a slow or hostile client)",
+        chain(.cause)
+    )]
+    ClientBodyStalled {
+        upstream: SocketAddr,
+        cause: BoxError,
+    },
     /// The upstream's answer asked for the request to go elsewhere, and its body was unread, so
     /// the request came back for that (see `ForwardContext::hand_back_if`).
     #[error(
@@ -83,6 +93,7 @@ impl ProxyError {
             Self::HandedBack { status, .. } => *status,
             Self::Upstream { .. } | Self::UnexpectedUpgrade { .. } => StatusCode::BAD_GATEWAY,
             Self::ClientBody { .. } | Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::ClientBodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -96,6 +107,9 @@ impl ProxyError {
                 "The app failed to answer this request."
             }
             Self::ClientBody { .. } => "The request body could not be read.",
+            Self::ClientBodyStalled { .. } => {
+                "The request body stopped arriving; send it without pausing."
+            }
             Self::BadRequest { .. } => "This request can't be forwarded.",
         }
     }

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use thread_local::ThreadLocal;
 use tokio::sync::oneshot;
 
-use super::body::{self, Guarded, Outbound};
+use super::body::{self, ClientBodyFailure, Guarded, Outbound};
 use super::{addr_text, headers, upgrade, ForwardContext, ProxyBody, ProxyError};
 
 /// Tuning of the [`Forwarder`]'s client.
@@ -164,8 +164,13 @@ impl Forwarder {
         let mut headers = parts.headers.clone();
         headers::prepare_request(&mut headers, &ctx, upgrade);
         let (reclaim_tx, mut reclaim_rx) = oneshot::channel();
-        let client_failed = Arc::new(AtomicBool::new(false));
-        let mut outbound = Request::new(Outbound::new(body, reclaim_tx, client_failed.clone()));
+        let client_failed = Arc::new(ClientBodyFailure::default());
+        let mut outbound = Request::new(Outbound::new(
+            body,
+            reclaim_tx,
+            client_failed.clone(),
+            ctx.body_stall.clone(),
+        ));
         *outbound.method_mut() = parts.method.clone();
         *outbound.uri_mut() = uri;
         // Always 1.1 upstream, so keep-alive and chunked framing work whatever the client spoke.
@@ -191,7 +196,9 @@ impl Forwarder {
             }
             Err(error) => {
                 let cause = error.into();
-                let error = if client_failed.load(Ordering::Relaxed) {
+                let error = if client_failed.stalled.load(Ordering::Relaxed) {
+                    ProxyError::ClientBodyStalled { upstream, cause }
+                } else if client_failed.failed.load(Ordering::Relaxed) {
                     ProxyError::ClientBody { upstream, cause }
                 } else {
                     ProxyError::Upstream { upstream, cause }

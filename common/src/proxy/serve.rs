@@ -7,13 +7,15 @@
 //! upgraded are not tracked here: they run in their own tasks (see `upgrade`) and end when either
 //! side closes, or, on worker threads, when the workers stop after the drain.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -32,6 +34,9 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// hot loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// hyper's own default: a request head must arrive within 30 s.
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A client that connects and never finishes its TLS handshake is dropped after this.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -44,7 +49,89 @@ pub struct ServeOptions {
     pub workers: Option<Arc<Workers>>,
     /// How long open connections get after shutdown; `None` is [`DEFAULT_DRAIN_TIMEOUT`].
     pub drain: Option<Duration>,
+    /// Bounds on what clients may hold (a public listener); `None`: hyper's 30 s header
+    /// timeout and no connection caps (a listener only trusted peers reach).
+    pub limits: Option<Arc<ClientLimits>>,
 }
+
+/// Bounds on what clients may hold open, shared by the listeners of one program.
+#[derive(Debug)]
+pub struct ClientLimits {
+    /// A connection that does not send a whole request head within this is closed (also an idle
+    /// keep-alive connection).
+    pub header_timeout: Duration,
+    /// Open connections per client IP address; more are answered 429 and closed.
+    pub per_ip: usize,
+    /// Open connections in all; more are answered 503 and closed.
+    pub total: usize,
+    /// A std mutex: held only to bump a counter, never across an await.
+    open: Mutex<HashMap<IpAddr, usize>>,
+    open_total: AtomicUsize,
+    /// Connections refused for the per-IP cap, for metrics.
+    pub refused_per_ip: AtomicU64,
+    /// Connections refused for the total cap, for metrics.
+    pub refused_total: AtomicU64,
+}
+
+impl ClientLimits {
+    pub fn new(header_timeout: Duration, per_ip: usize, total: usize) -> Arc<Self> {
+        Arc::new(Self {
+            header_timeout,
+            per_ip,
+            total,
+            open: Mutex::new(HashMap::new()),
+            open_total: AtomicUsize::new(0),
+            refused_per_ip: AtomicU64::new(0),
+            refused_total: AtomicU64::new(0),
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open_total.load(Ordering::Relaxed)
+    }
+
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, StatusCode> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if self.open_total.load(Ordering::Relaxed) >= self.total {
+            self.refused_total.fetch_add(1, Ordering::Relaxed);
+            return Err(StatusCode::SERVICE_UNAVAILABLE);
+        }
+        let mine = open.entry(ip).or_insert(0);
+        if *mine >= self.per_ip {
+            self.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+            return Err(StatusCode::TOO_MANY_REQUESTS);
+        }
+        *mine += 1;
+        self.open_total.fetch_add(1, Ordering::Relaxed);
+        Ok(Permit {
+            limits: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One admitted connection; its count goes when it is dropped.
+struct Permit {
+    limits: Arc<ClientLimits>,
+    ip: IpAddr,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut open = self.limits.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+        self.limits.open_total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How long a refused connection may take to hear its 429 or 503.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for ServeOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -52,6 +139,7 @@ impl std::fmt::Debug for ServeOptions {
             .field("tls", &self.tls.is_some())
             .field("workers", &self.workers.as_ref().map(|w| w.len()))
             .field("drain", &self.drain)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -86,7 +174,11 @@ pub async fn serve_with<H, F>(
         tls,
         workers,
         drain,
+        limits,
     } = options;
+    let header_timeout = limits
+        .as_ref()
+        .map_or(DEFAULT_HEADER_TIMEOUT, |l| l.header_timeout);
     let drain = drain.unwrap_or(DEFAULT_DRAIN_TIMEOUT);
     let handler = Arc::new(handler);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -102,11 +194,21 @@ pub async fn serve_with<H, F>(
                     if let Err(error) = stream.set_nodelay(true) {
                         debug!(%peer, %error, "could not set TCP_NODELAY");
                     }
+                    let permit = match limits.as_ref().map(|l| l.admit(peer.ip())) {
+                        None => None,
+                        Some(Ok(permit)) => Some(permit),
+                        Some(Err(status)) => {
+                            connections.spawn(refuse(stream, peer, status, tls.clone()));
+                            continue;
+                        }
+                    };
                     let accepted = Accepted {
                         peer,
                         handler: handler.clone(),
                         stop: stop_rx.clone(),
                         tls: tls.clone(),
+                        header_timeout,
+                        permit,
                     };
                     match &workers {
                         None => {
@@ -163,6 +265,45 @@ struct Accepted<H> {
     handler: Arc<H>,
     stop: watch::Receiver<bool>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    header_timeout: Duration,
+    /// Held while the connection is open (counted against the caps).
+    permit: Option<Permit>,
+}
+
+/// Answers a connection over a cap with `status` (429 per client, 503 in all) and closes it,
+/// within [`REFUSAL_TIMEOUT`].
+async fn refuse(
+    stream: TcpStream,
+    peer: SocketAddr,
+    status: StatusCode,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    debug!(%peer, %status, "connection over the cap");
+    let handler = Arc::new(
+        move |_req: Request<Incoming>, _peer: SocketAddr| async move {
+            let message = if status == StatusCode::TOO_MANY_REQUESTS {
+                "Too many connections from your address; close some and retry."
+            } else {
+                "The server is at its connection limit; retry shortly."
+            };
+            let mut r = super::error_response(status, message);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        },
+    );
+    let (_stop_tx, stop) = watch::channel(false);
+    let accepted = Accepted {
+        peer,
+        handler,
+        stop,
+        tls,
+        header_timeout: REFUSAL_TIMEOUT,
+        permit: None,
+    };
+    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, accepted.serve(stream)).await;
 }
 
 impl<H, F> Accepted<H>
@@ -176,12 +317,14 @@ where
             handler,
             stop,
             tls,
+            header_timeout,
+            permit: _permit,
         } = self;
         match tls {
-            None => serve_connection(stream, peer, handler, stop).await,
+            None => serve_connection(stream, peer, handler, stop, header_timeout).await,
             Some(acceptor) => {
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => serve_connection(tls, peer, handler, stop).await,
+                    Ok(Ok(tls)) => serve_connection(tls, peer, handler, stop, header_timeout).await,
                     Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
                     Err(_) => debug!(%peer, "TLS handshake timed out"),
                 }
@@ -195,6 +338,7 @@ async fn serve_connection<S, H, F>(
     peer: SocketAddr,
     handler: Arc<H>,
     mut stop: watch::Receiver<bool>,
+    header_timeout: Duration,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
@@ -204,10 +348,10 @@ async fn serve_connection<S, H, F>(
         let handler = handler.clone();
         async move { Ok::<_, Infallible>(handler(req, peer).await) }
     });
-    // The timer enables hyper's default 30 s header-read timeout: a slow or idle client can't
-    // hold a connection open forever without sending a request.
+    // A slow or idle client can't hold a connection open without sending a request.
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);

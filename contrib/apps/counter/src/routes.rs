@@ -6,6 +6,7 @@
 //! | `GET /count` | the count, as `N\n` |
 //! | `POST /count`, `GET /count?inc` | adds one (durably), answers the new count as `N\n` |
 //! | `POST /echo` | the request body streamed back as it arrives (same Content-Type) |
+//! | `POST /upload` | reads the whole body, then answers its length as `N\n` |
 //! | `GET /bytes?n=N` | N bytes, streamed in 64 KiB chunks; byte at offset `i` is `i % 251` |
 //! | `GET /ws` | WebSocket echo of text and binary messages |
 //! | `GET /sse?n=N` | `text/event-stream`: `data: 0\n\n` .. `data: N-1\n\n`, one per 100 ms; `n=0` (or no `n`): forever, one per second |
@@ -58,6 +59,7 @@ pub async fn handle(
             text(StatusCode::OK, format!("{}\n", state.counter.get().await))
         }
         (&Method::POST, "/echo") => echo(req),
+        (&Method::POST, "/upload") => upload(req).await,
         (&Method::GET, "/bytes") => bytes(&query),
         (&Method::GET, "/ws") => websocket(req),
         (&Method::GET, "/sse") => sse(&query),
@@ -131,6 +133,20 @@ fn echo(req: Request<Incoming>) -> Response<Body> {
             .insert(header::CONTENT_TYPE, content_type);
     }
     response
+}
+
+/// Reads the whole body, counting it without keeping it, then answers its length: an app that
+/// answers only after the whole request arrived.
+async fn upload(req: Request<Incoming>) -> Response<Body> {
+    let mut body = req.into_body();
+    let mut n: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
+            Err(_) => return text(StatusCode::BAD_REQUEST, "the body broke off"),
+        }
+    }
+    text(StatusCode::OK, format!("{n}\n"))
 }
 
 fn bytes(query: &str) -> Response<Body> {
