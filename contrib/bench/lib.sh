@@ -42,7 +42,9 @@ start_stack() {
     >>"$dir/node.log" 2>&1 &
   NODE_PID=$!; STACK_PIDS+=("$NODE_PID")
   "$BIN_DIR/shadow-edgeproxy" --listen 127.0.0.1:"$EPORT" --master "http://127.0.0.1:$MPORT" \
-    --admin-listen 127.0.0.1:"$APORT" --edge-id "bench-$1" >>"$dir/edge.log" 2>&1 &
+    --admin-listen 127.0.0.1:"$APORT" --edge-id "bench-$1" \
+    --client-max-per-ip 100000 --client-max-total 100000 >>"$dir/edge.log" 2>&1 &
+  # Every benchmark client is 127.0.0.1: the per-address cap would refuse the herd.
   EDGE_PID=$!; STACK_PIDS+=("$EDGE_PID")
   wait_http "http://127.0.0.1:$NPORT/healthz" shadow.invalid || fail "the node did not come up ($dir/node.log)"
   wait_http "http://127.0.0.1:$APORT/healthz" x || fail "the edge did not come up ($dir/edge.log)"

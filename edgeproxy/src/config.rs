@@ -46,6 +46,12 @@ pub struct Cli {
     #[arg(long, env = "SHADOW_CLIENT_MAX_TOTAL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_max_total: Option<usize>,
+    /// Addresses (CIDRs, comma-separated) of proxies in front of this edge whose X-Forwarded-*
+    /// and Forwarded headers are kept and appended to; from anyone else they are replaced
+    /// [default: none].
+    #[arg(long, env = "SHADOW_EDGE_TRUSTED_PROXIES", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trusted_proxies: Option<Vec<String>>,
     /// This edge's id, for logs and the replacement lock [default: the hostname].
     #[arg(long, env = "SHADOW_EDGE_ID")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -151,6 +157,8 @@ pub struct EdgeConfig {
     pub listen: SocketAddr,
     #[serde(default = "default_admin_listen")]
     pub admin_listen: SocketAddr,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     #[serde(default = "default_client_header_timeout_s")]
     pub client_header_timeout_s: u64,
     #[serde(default = "default_client_body_stall_s")]
@@ -268,6 +276,21 @@ impl EdgeConfig {
         )
     }
 
+    /// The trusted proxies' networks; an error names the entry that is not an address or CIDR.
+    pub fn trusted_proxies(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.trusted_proxies
+            .iter()
+            .map(|t| {
+                let t = t.trim();
+                t.parse::<ipnet::IpNet>()
+                    .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        format!("SHADOW_EDGE_TRUSTED_PROXIES: {t:?} is not an IP address or CIDR (e.g. 10.0.0.0/8)")
+                    })
+            })
+            .collect()
+    }
+
     pub fn client_body_stall(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.client_body_stall_s.max(1))
     }
@@ -277,6 +300,7 @@ impl EdgeConfig {
         Self {
             listen: default_listen(),
             admin_listen: default_admin_listen(),
+            trusted_proxies: vec![],
             client_header_timeout_s: default_client_header_timeout_s(),
             client_body_stall_s: default_client_body_stall_s(),
             client_max_per_ip: default_client_max_per_ip(),

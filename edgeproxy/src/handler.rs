@@ -24,6 +24,8 @@ const MAX_TRIES: usize = 3;
 pub struct Edge {
     /// The caps on client connections, shared by the public listeners (for metrics).
     pub limits: Arc<proxy::ClientLimits>,
+    /// Proxies in front of the edge whose forwarding headers are kept (appended to).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How long a request body may stall before it is cut (408), and the count of cut ones.
     pub body_stall: proxy::BodyStall,
     pub edge_id: String,
@@ -144,12 +146,15 @@ async fn route(
             );
         };
         mark_holder_down(edge, &task.id, &node.id, &unreachable, req.headers_mut());
-        let ctx = ForwardContext::new(peer, scheme.clone(), request_id.clone())
+        let mut ctx = ForwardContext::new(peer, scheme.clone(), request_id.clone())
             .with_body_stall(edge.body_stall.clone())
             .handing_back_if(|head| {
                 head.status == StatusCode::SERVICE_UNAVAILABLE
                     && head.headers.contains_key(HOLDER_HEADER)
             });
+        if edge.trusted_proxies.iter().any(|n| n.contains(&peer.ip())) {
+            ctx = ctx.trusting_forwarded();
+        }
         match edge.forwarder.try_forward(req, addr, ctx).await {
             Ok(resp) => {
                 edge.sticky.set(&task.id, &node.id);

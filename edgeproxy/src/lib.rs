@@ -35,6 +35,8 @@ pub enum RunError {
     Tls(#[from] tls::TlsError),
     #[error("node provider: {0}")]
     ProviderConfig(String),
+    #[error("{0}")]
+    Config(String),
     #[error(transparent)]
     Provider(#[from] provider::ProviderError),
     #[error("cannot start the worker threads: {0}; lower --workers (SHADOW_WORKERS)")]
@@ -126,8 +128,10 @@ pub async fn run_listeners(
     }
     let replacing = replacer.spawn(stopped());
     let limits = config.client_limits();
+    let trusted_proxies = config.trusted_proxies().map_err(RunError::Config)?;
     let edge = Arc::new(handler::Edge {
         limits: limits.clone(),
+        trusted_proxies,
         body_stall: proxy::BodyStall {
             limit: config.client_body_stall(),
             stalls: Arc::default(),

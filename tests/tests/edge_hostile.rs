@@ -108,6 +108,24 @@ async fn a_hostile_client_cannot_strip_host_forge_forwarding_or_reach_internals(
         "unsafe id kept: {id}"
     );
 
+    // Behind a trusted proxy (a load balancer), its forwarding headers are kept and appended to;
+    // the same headers from anyone else are replaced.
+    let e2 = edge::spawn(&m, |c| c.trusted_proxies = vec!["127.0.0.5/32".into()]).await;
+    let forwarded = format!(
+        "GET /headers HTTP/1.1\r\nHost: {d}\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n"
+    );
+    for (src, want_for, want_proto) in [
+        ([127, 0, 0, 5], "203.0.113.9, 127.0.0.5, 127.0.0.1", "https"),
+        ([127, 0, 0, 6], "127.0.0.6, 127.0.0.1", "http"),
+    ] {
+        let mut s = connect_from(src, e2.addr).await;
+        s.write_all(forwarded.as_bytes()).await.expect("write");
+        let answer = until_closed(&mut s, Duration::from_secs(30)).await;
+        let got = echoed(&answer);
+        assert_eq!(got["x-forwarded-for"], want_for, "from {src:?}: {got}");
+        assert_eq!(got["x-forwarded-proto"], want_proto, "from {src:?}: {got}");
+    }
+
     // Absolute-form: routed and forwarded by the same host; a disagreeing Host is a 400.
     let (status, answer) = raw(
         addr,
