@@ -155,6 +155,7 @@ pub async fn run_listeners(
                 workers: Some(workers.clone()),
                 drain: None,
                 limits: Some(limits.clone()),
+                http2: true,
             };
             Some(tokio::spawn(proxy::serve_with(
                 l,
@@ -179,6 +180,7 @@ pub async fn run_listeners(
     let options = proxy::ServeOptions {
         workers: Some(workers),
         limits: Some(limits),
+        http2: true,
         ..proxy::ServeOptions::default()
     };
     let http = proxy::serve_with(

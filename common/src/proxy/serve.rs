@@ -1,5 +1,6 @@
-//! The accept loop both proxies serve their handler with: HTTP/1.1, upgrades enabled, the peer's
-//! address passed to the handler, and a graceful stop.
+//! The accept loop both proxies serve their handler with: HTTP/1.1 (and HTTP/2 where asked),
+//! upgrades enabled, the peer's address passed to the handler, client bounds where asked, and a
+//! graceful stop.
 //!
 //! On shutdown it stops accepting at once, asks every open connection to finish its current
 //! request and close (hyper's graceful shutdown: idle keep-alive connections close immediately),
@@ -17,9 +18,9 @@ use std::time::Duration;
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -33,6 +34,17 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A failed `accept` (out of file descriptors, say) is retried after this pause rather than in a
 /// hot loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How one connection is served.
+#[derive(Clone, Copy)]
+struct How {
+    header_timeout: Duration,
+    http2: bool,
+}
+
+/// An HTTP/2 connection is pinged this often; one that does not answer within the header
+/// timeout is closed (the HTTP/2 side of "a client cannot hold a dead connection").
+const H2_KEEPALIVE: Duration = Duration::from_secs(20);
 
 /// hyper's own default: a request head must arrive within 30 s.
 const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -52,6 +64,9 @@ pub struct ServeOptions {
     /// Bounds on what clients may hold (a public listener); `None`: hyper's 30 s header
     /// timeout and no connection caps (a listener only trusted peers reach).
     pub limits: Option<Arc<ClientLimits>>,
+    /// Also speak HTTP/2 (ALPN `h2` on TLS, prior knowledge in the clear); HTTP/1.1 only if
+    /// false (a node, which only edges talk to).
+    pub http2: bool,
 }
 
 /// Bounds on what clients may hold open, shared by the listeners of one program.
@@ -140,6 +155,7 @@ impl std::fmt::Debug for ServeOptions {
             .field("workers", &self.workers.as_ref().map(|w| w.len()))
             .field("drain", &self.drain)
             .field("limits", &self.limits)
+            .field("http2", &self.http2)
             .finish()
     }
 }
@@ -175,6 +191,7 @@ pub async fn serve_with<H, F>(
         workers,
         drain,
         limits,
+        http2,
     } = options;
     let header_timeout = limits
         .as_ref()
@@ -208,6 +225,7 @@ pub async fn serve_with<H, F>(
                         stop: stop_rx.clone(),
                         tls: tls.clone(),
                         header_timeout,
+                        http2,
                         permit,
                     };
                     match &workers {
@@ -266,6 +284,7 @@ struct Accepted<H> {
     stop: watch::Receiver<bool>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     header_timeout: Duration,
+    http2: bool,
     /// Held while the connection is open (counted against the caps).
     permit: Option<Permit>,
 }
@@ -301,6 +320,7 @@ async fn refuse(
         stop,
         tls,
         header_timeout: REFUSAL_TIMEOUT,
+        http2: true,
         permit: None,
     };
     let _ = tokio::time::timeout(REFUSAL_TIMEOUT, accepted.serve(stream)).await;
@@ -318,13 +338,18 @@ where
             stop,
             tls,
             header_timeout,
+            http2,
             permit: _permit,
         } = self;
+        let how = How {
+            header_timeout,
+            http2,
+        };
         match tls {
-            None => serve_connection(stream, peer, handler, stop, header_timeout).await,
+            None => serve_connection(stream, peer, handler, stop, how).await,
             Some(acceptor) => {
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => serve_connection(tls, peer, handler, stop, header_timeout).await,
+                    Ok(Ok(tls)) => serve_connection(tls, peer, handler, stop, how).await,
                     Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
                     Err(_) => debug!(%peer, "TLS handshake timed out"),
                 }
@@ -338,7 +363,7 @@ async fn serve_connection<S, H, F>(
     peer: SocketAddr,
     handler: Arc<H>,
     mut stop: watch::Receiver<bool>,
-    header_timeout: Duration,
+    how: How,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
@@ -348,12 +373,23 @@ async fn serve_connection<S, H, F>(
         let handler = handler.clone();
         async move { Ok::<_, Infallible>(handler(req, peer).await) }
     });
+    // One builder for both protocols: it tells HTTP/2 from HTTP/1.1 by the connection preface
+    // (after ALPN `h2` on TLS, or prior knowledge in the clear).
+    let mut builder = auto::Builder::new(TokioExecutor::new());
     // A slow or idle client can't hold a connection open without sending a request.
-    let connection = http1::Builder::new()
+    builder
+        .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
+        .header_read_timeout(how.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEPALIVE)
+        .keep_alive_timeout(how.header_timeout);
+    if !how.http2 {
+        builder = builder.http1_only();
+    }
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
 
     let result = tokio::select! {
