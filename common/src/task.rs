@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{parse_json, FieldError};
 
+/// The longest HSTS max-age accepted: two years, what browsers' preload lists ask for.
+pub const MAX_HSTS_S: u64 = 63_072_000;
+
 /// The port an app listens on inside its container unless the task says otherwise.
 pub const DEFAULT_PORT: u16 = 8000;
 /// Where a task's volume is mounted inside its container.
@@ -55,6 +58,12 @@ pub struct TaskSpec {
     pub resources: Resources,
     #[serde(default)]
     pub cold_start: ColdStart,
+    /// Answer plain-HTTP requests with a 308 to the same URL on HTTPS (edges with TLS only).
+    #[serde(default)]
+    pub https_redirect: bool,
+    /// Send `Strict-Transport-Security: max-age=N` on HTTPS answers; 0 sends none.
+    #[serde(default)]
+    pub hsts_max_age_s: u64,
 }
 
 fn default_port() -> u16 {
@@ -316,6 +325,12 @@ impl TaskSpec {
                     format!("resources.cpus must be above 0 and at most {MAX_CPUS}"),
                 ));
             }
+        }
+        if self.hsts_max_age_s > MAX_HSTS_S {
+            return Err(FieldError::new(
+                "hsts_max_age_s",
+                format!("hsts_max_age_s must be at most {MAX_HSTS_S} (two years)"),
+            ));
         }
         if let Some(p) = self.resources.pids {
             if !(1..=MAX_PIDS).contains(&p) {

@@ -52,6 +52,11 @@ pub struct Cli {
     #[arg(long, env = "SHADOW_EDGE_TRUSTED_PROXIES", value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trusted_proxies: Option<Vec<String>>,
+    /// Seconds between checks of the certificate and key files; changed files are loaded
+    /// without a restart [default: 10].
+    #[arg(long, env = "SHADOW_EDGE_TLS_RELOAD_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_reload_s: Option<u64>,
     /// This edge's id, for logs and the replacement lock [default: the hostname].
     #[arg(long, env = "SHADOW_EDGE_ID")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -159,6 +164,8 @@ pub struct EdgeConfig {
     pub admin_listen: SocketAddr,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    #[serde(default = "default_tls_reload_s")]
+    pub tls_reload_s: u64,
     #[serde(default = "default_client_header_timeout_s")]
     pub client_header_timeout_s: u64,
     #[serde(default = "default_client_body_stall_s")]
@@ -228,6 +235,9 @@ fn default_edge_id() -> String {
 }
 fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7080))
+}
+fn default_tls_reload_s() -> u64 {
+    10
 }
 fn default_client_header_timeout_s() -> u64 {
     10
@@ -301,6 +311,7 @@ impl EdgeConfig {
             listen: default_listen(),
             admin_listen: default_admin_listen(),
             trusted_proxies: vec![],
+            tls_reload_s: default_tls_reload_s(),
             client_header_timeout_s: default_client_header_timeout_s(),
             client_body_stall_s: default_client_body_stall_s(),
             client_max_per_ip: default_client_max_per_ip(),

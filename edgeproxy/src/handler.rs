@@ -24,6 +24,8 @@ const MAX_TRIES: usize = 3;
 pub struct Edge {
     /// The caps on client connections, shared by the public listeners (for metrics).
     pub limits: Arc<proxy::ClientLimits>,
+    /// The port of this edge's HTTPS listener, for tasks that redirect HTTP to HTTPS.
+    pub https_port: Option<u16>,
     /// Proxies in front of the edge whose forwarding headers are kept (appended to).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How long a request body may stall before it is cut (408), and the count of cut ones.
@@ -57,11 +59,23 @@ pub async fn handle(
             format!("no app is registered for {host:?}; check the address\n"),
         );
     };
+    if scheme == Scheme::HTTP && task.spec.https_redirect {
+        if let Some(port) = edge.https_port {
+            return to_https(&req, &host, port);
+        }
+    }
+    let hsts = (scheme == Scheme::HTTPS && task.spec.hsts_max_age_s > 0)
+        .then(|| HeaderValue::from_str(&format!("max-age={}", task.spec.hsts_max_age_s)).ok())
+        .flatten();
     let span = tracing::info_span!("request", task = %task.id, request_id = %request_id);
     let task_id = task.id.clone();
     let mut resp = route(&edge, task, req, peer, request_id, scheme)
         .instrument(span)
         .await;
+    if let Some(v) = hsts {
+        resp.headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, v);
+    }
     // Between nodes and this edge only: which node holds a lease is nobody else's business.
     resp.headers_mut().remove(HOLDER_HEADER);
     edge.metrics.request(&task_id, resp.status());
@@ -75,6 +89,25 @@ fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    r
+}
+
+/// 308 to the same URL on this edge's HTTPS port (the method and body are kept on a 308).
+fn to_https<B>(req: &Request<B>, host: &str, port: u16) -> Response<ProxyBody> {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let authority = if port == 443 {
+        host.to_string()
+    } else {
+        format!("{host}:{port}")
+    };
+    let location = format!("https://{authority}{path}");
+    let mut r = text(
+        StatusCode::PERMANENT_REDIRECT,
+        format!("this app is served over HTTPS: {location}\n"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
     r
 }
 

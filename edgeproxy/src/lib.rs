@@ -95,9 +95,14 @@ pub async fn run_listeners(
         admin,
     } = listeners;
     let bound = listener.local_addr().map_err(RunError::Listener)?;
-    let acceptor = match &tls_listener {
-        Some(_) => Some(tls::acceptor(&config.tls_cert, &config.tls_key)?),
-        None => None,
+    let (acceptor, reloader) = match &tls_listener {
+        Some(_) => {
+            let (acceptor, certificates) = tls::acceptor(&config.tls_cert, &config.tls_key)?;
+            let every = std::time::Duration::from_secs(config.tls_reload_s.max(1));
+            let reloader = tokio::spawn(certificates.reload_forever(every));
+            (Some(acceptor), Some(reloader))
+        }
+        None => (None, None),
     };
     let master = MasterClient::new(config.master.clone(), config.api_token.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -128,9 +133,14 @@ pub async fn run_listeners(
     }
     let replacing = replacer.spawn(stopped());
     let limits = config.client_limits();
+    let https_port = tls_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port());
     let trusted_proxies = config.trusted_proxies().map_err(RunError::Config)?;
     let edge = Arc::new(handler::Edge {
         limits: limits.clone(),
+        https_port,
         trusted_proxies,
         body_stall: proxy::BodyStall {
             limit: config.client_body_stall(),
@@ -203,6 +213,9 @@ pub async fn run_listeners(
     }
     let _ = admin.await;
     checker.abort();
+    if let Some(r) = reloader {
+        r.abort();
+    }
     let _ = replacing.await;
     Ok(())
 }

@@ -1,11 +1,13 @@
 //! TLS on the edge: certificate/key pairs from PEM files, the one presented picked per
 //! connection by SNI (the first pair whose certificate is valid for the requested name; the first
-//! pair when none is, or when the client sent no name).
+//! pair when none is, or when the client sent no name). The files are checked every few seconds
+//! and loaded again when they change (a renewed certificate needs no restart).
 
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, SystemTime},
 };
 
 use tokio_rustls::rustls::{
@@ -104,11 +106,94 @@ fn load_pair(cert: &Path, key: &Path) -> Result<Pair, TlsError> {
     })
 }
 
-/// A TLS acceptor presenting the given pairs (HTTP/1.1 only, like the rest of the edge).
+/// The certificates presented now, replaced whole when their files change on disk.
+pub struct Certificates {
+    files: Vec<(PathBuf, PathBuf)>,
+    current: RwLock<Arc<SniResolver>>,
+    /// The files' modification times at the last load.
+    stamps: Mutex<Vec<Option<SystemTime>>>,
+}
+
+impl std::fmt::Debug for Certificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Certificates({} pairs)", self.files.len())
+    }
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        current.resolve(hello)
+    }
+}
+
+impl Certificates {
+    fn stamps(&self) -> Vec<Option<SystemTime>> {
+        self.files
+            .iter()
+            .flat_map(|(c, k)| [c, k])
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    }
+
+    /// Loads the files again if any changed since the last load. A file that does not load
+    /// (half written, say) keeps the certificates served now, and is tried again next time.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let now = self.stamps();
+        if *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) == now {
+            return Ok(false);
+        }
+        let resolver = load_all(&self.files)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(resolver);
+        *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        Ok(true)
+    }
+
+    /// Checks the files every `every`, forever (abort the task to stop).
+    pub async fn reload_forever(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            match self.reload_if_changed() {
+                Ok(true) => {
+                    failing = false;
+                    tracing::info!(pairs = self.files.len(), "TLS certificates reloaded");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot reload the TLS certificates; still serving the previous ones");
+                    }
+                    failing = true;
+                }
+            }
+        }
+    }
+}
+
+fn load_all(files: &[(PathBuf, PathBuf)]) -> Result<SniResolver, TlsError> {
+    let pairs = files
+        .iter()
+        .map(|(c, k)| load_pair(c, k))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(SniResolver {
+        pairs,
+        chosen: Mutex::new(HashMap::new()),
+    })
+}
+
+/// A TLS acceptor presenting the given pairs (HTTP/2 or HTTP/1.1 by ALPN), and the certificates
+/// it presents, for reloading them when the files change.
 pub fn acceptor(
     certs: &[PathBuf],
     keys: &[PathBuf],
-) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+) -> Result<(tokio_rustls::TlsAcceptor, Arc<Certificates>), TlsError> {
     if certs.is_empty() {
         return Err(TlsError::NoCertificates);
     }
@@ -118,21 +203,25 @@ pub fn acceptor(
             keys: keys.len(),
         });
     }
-    let pairs = certs
-        .iter()
-        .zip(keys)
-        .map(|(c, k)| load_pair(c, k))
-        .collect::<Result<Vec<_>, _>>()?;
-    let resolver = Arc::new(SniResolver {
-        pairs,
-        chosen: Mutex::new(HashMap::new()),
+    let files: Vec<(PathBuf, PathBuf)> = certs.iter().cloned().zip(keys.iter().cloned()).collect();
+    let certificates = Arc::new(Certificates {
+        current: RwLock::new(Arc::new(load_all(&files)?)),
+        files,
+        stamps: Mutex::new(Vec::new()),
     });
+    *certificates
+        .stamps
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = certificates.stamps();
     let mut config =
         rustls::ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
-            .with_cert_resolver(resolver);
+            .with_cert_resolver(certificates.clone());
     // HTTP/2 when the client offers it, else HTTP/1.1 (WebSocket clients ask for 1.1).
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    Ok((
+        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        certificates,
+    ))
 }

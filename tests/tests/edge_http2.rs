@@ -148,3 +148,138 @@ async fn http2_over_tls_and_in_the_clear_streams_like_http1() {
         .expect("connect");
     exercise(h2(tcp).await, "http", &d).await;
 }
+
+/// The leaf certificate the edge presents for `name` on a fresh TLS connection.
+async fn presented(addr: std::net::SocketAddr, name: &str) -> Vec<u8> {
+    #[derive(Debug)]
+    struct AnyCert;
+    impl rustls::client::danger::ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(AnyCert))
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(name.to_string()).expect("name"), tcp)
+        .await
+        .expect("handshake");
+    tls.get_ref().1.peer_certificates().expect("certs")[0].to_vec()
+}
+
+#[tokio::test]
+async fn https_redirect_hsts_and_a_certificate_replaced_on_disk_without_a_restart() {
+    counter_image().await.expect("image");
+    let m = master::spawn(MasterOptions::default()).await;
+    let _n = node::spawn(&m, |_| {}).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = domain("redirect");
+    counter_task(&m, &d, "none", |s| {
+        s["https_redirect"] = serde_json::json!(true);
+        s["hsts_max_age_s"] = serde_json::json!(300);
+    })
+    .await;
+    let first = rcgen::generate_simple_self_signed(vec![d.clone()]).expect("certificate");
+    let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&c, first.cert.pem()).expect("write");
+    std::fs::write(&k, first.signing_key.serialize_pem()).expect("write");
+    let e = edge::spawn(&m, |cfg| {
+        cfg.tls_cert = vec![c.clone()];
+        cfg.tls_key = vec![k.clone()];
+        cfg.tls_reload_s = 1;
+    })
+    .await;
+    let tls_addr = e.tls_addr.expect("tls");
+
+    // Plain HTTP: a 308 to the same path and query on the HTTPS port.
+    let r = e.client().get(&d, "/count?x=1").await.expect("answer");
+    assert_eq!(r.status, 308, "{r:?}");
+    assert_eq!(
+        r.headers["location"],
+        format!("https://{d}:{}/count?x=1", tls_addr.port()).as_str()
+    );
+
+    // HTTPS: served, with HSTS.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(first.cert.der().to_vec()))
+        .expect("root");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(tls_addr)
+        .await
+        .expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(d.clone()).expect("name"), tcp)
+        .await
+        .expect("handshake");
+    let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("http");
+    tokio::spawn(conn);
+    let resp = s
+        .send_request(
+            http::Request::get("/")
+                .header("host", d.as_str())
+                .body(shadow_tests::http::empty())
+                .expect("req"),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["strict-transport-security"], "max-age=300");
+
+    // A renewed certificate written over the files is presented without a restart.
+    assert_eq!(presented(tls_addr, &d).await, first.cert.der().to_vec());
+    let second = rcgen::generate_simple_self_signed(vec![d.clone()]).expect("certificate");
+    std::fs::write(&k, second.signing_key.serialize_pem()).expect("write");
+    std::fs::write(&c, second.cert.pem()).expect("write");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while presented(tls_addr, &d).await != second.cert.der().to_vec() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new certificate was not picked up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
