@@ -28,6 +28,8 @@ use crate::{
 /// What the start of an app needs, shared by all slots.
 pub struct AppContext {
     pub config: Arc<NodeConfig>,
+    /// What the running apps' memory limits may add up to.
+    pub budget: Arc<crate::budget::MemoryBudget>,
     pub runtime: Arc<dyn ContainerRuntime>,
     pub volumes: Volumes,
     pub metrics: crate::metrics::Metrics,

@@ -95,6 +95,28 @@ pub struct Cli {
     #[arg(long, env = "SHADOW_S3_PATH_STYLE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub s3_path_style: Option<bool>,
+    /// Docker network the apps run on, made with traffic between its containers off, so no app
+    /// can reach another [default: shadow-apps].
+    #[arg(long, env = "SHADOW_APP_NETWORK")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_network: Option<String>,
+    /// Memory limit (MiB) of an app whose task sets none [default: 512].
+    #[arg(long, env = "SHADOW_DEFAULT_MEMORY_MB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_memory_mb: Option<u64>,
+    /// CPU limit (cores) of an app whose task sets none [default: 1].
+    #[arg(long, env = "SHADOW_DEFAULT_CPUS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_cpus: Option<f64>,
+    /// Process and thread limit of an app whose task sets none [default: 256].
+    #[arg(long, env = "SHADOW_DEFAULT_PIDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_pids: Option<i64>,
+    /// Memory (MiB) the apps' limits may add up to; a start past it is refused; 0 = 90 % of the
+    /// machine's memory [default: 0].
+    #[arg(long, env = "SHADOW_MEMORY_BUDGET_MB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_budget_mb: Option<u64>,
     /// Seconds between snapshots of a running `s3` app; 0 = off [default: 300].
     #[arg(long, env = "SHADOW_CHECKPOINT_INTERVAL_S")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -196,6 +218,16 @@ pub struct NodeConfig {
     pub s3_path_style: bool,
     #[serde(default = "default_checkpoint_s")]
     pub checkpoint_interval_s: u64,
+    #[serde(default = "default_app_network")]
+    pub app_network: String,
+    #[serde(default = "default_memory_mb")]
+    pub default_memory_mb: u64,
+    #[serde(default = "default_cpus")]
+    pub default_cpus: f64,
+    #[serde(default = "default_pids")]
+    pub default_pids: i64,
+    #[serde(default)]
+    pub memory_budget_mb: u64,
     #[serde(default = "default_snapshot_keep")]
     pub snapshot_keep: u32,
     #[serde(default)]
@@ -253,6 +285,18 @@ fn default_lease_ttl_ms() -> u64 {
 fn default_stop_grace_s() -> u64 {
     10
 }
+fn default_app_network() -> String {
+    "shadow-apps".into()
+}
+fn default_memory_mb() -> u64 {
+    512
+}
+fn default_cpus() -> f64 {
+    1.0
+}
+fn default_pids() -> i64 {
+    256
+}
 fn default_checkpoint_s() -> u64 {
     300
 }
@@ -288,6 +332,11 @@ impl NodeConfig {
             s3_region: None,
             s3_path_style: false,
             checkpoint_interval_s: default_checkpoint_s(),
+            app_network: default_app_network(),
+            default_memory_mb: default_memory_mb(),
+            default_cpus: default_cpus(),
+            default_pids: default_pids(),
+            memory_budget_mb: 0,
             snapshot_keep: default_snapshot_keep(),
             s3_access_key: None,
             s3_secret_key: None,
@@ -323,6 +372,21 @@ impl NodeConfig {
             ));
         }
         Ok(crate::lease::LeaseTiming::new(ttl, margin))
+    }
+    /// The memory the apps' limits may add up to: the setting, else 90 % of the machine's.
+    pub fn memory_budget_mb(&self) -> u64 {
+        if self.memory_budget_mb > 0 {
+            return self.memory_budget_mb;
+        }
+        let total_kib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .unwrap_or(4 * 1024 * 1024);
+        total_kib / 1024 * 9 / 10
     }
     /// Zero means no periodic checkpoints.
     pub fn checkpoint_interval(&self) -> Duration {

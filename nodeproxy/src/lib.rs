@@ -6,6 +6,7 @@
 //! - [`handler`]: the HTTP entry; Host → task → running app → forward.
 //! - [`apps`]: each task's life cycle on this node (idle, starting, running, stopping).
 //! - [`start`] / [`stop`]: the phases of a cold start and of a stop; [`ready`]: readiness probes.
+//! - [`budget`]: the memory the apps' limits may add up to.
 //! - [`activity`]: what counts as idle; [`lease`]: the node's lease session and each lease's
 //!   deadline.
 //! - [`runtime`]: the container seam (Docker via bollard); [`volume`]: the volume seam.
@@ -14,6 +15,7 @@
 
 pub mod activity;
 pub mod apps;
+pub mod budget;
 pub mod config;
 pub mod handler;
 pub mod lease;
@@ -80,6 +82,7 @@ pub async fn run_with(
         .clone()
         .unwrap_or_else(|| bound.to_string());
     remove_leftovers(&*runtime, &config.node_id).await?;
+    runtime.ensure_network(&config.app_network).await?;
 
     let master = MasterClient::new(config.master.clone(), config.api_token.clone());
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -91,7 +94,10 @@ pub async fn run_with(
     let config = Arc::new(config);
     let leases = lease::LeaseSession::new(Arc::new(master.clone()), config.node_id.clone(), timing);
     let renewer = tokio::spawn(leases.clone().run());
+    let budget = budget::MemoryBudget::new(config.memory_budget_mb());
+    tracing::info!(memory_budget_mb = config.memory_budget_mb(), network = %config.app_network, "app limits");
     let apps = Apps::new(Arc::new(AppContext {
+        budget,
         config: config.clone(),
         runtime,
         volumes,

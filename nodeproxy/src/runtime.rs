@@ -50,6 +50,8 @@ pub struct ContainerSpec {
     pub memory_mb: Option<u64>,
     /// CPU limit in cores, e.g. `0.5` (no limit when `None`).
     pub cpus: Option<f64>,
+    /// The Docker network to attach to (the node's app network); `None`: Docker's default bridge.
+    pub network: Option<String>,
     /// Limit on the number of processes and threads (no limit when `None`).
     pub pids: Option<i64>,
 }
@@ -68,6 +70,7 @@ impl ContainerSpec {
             memory_mb: None,
             cpus: None,
             pids: None,
+            network: None,
         }
     }
 }
@@ -177,6 +180,10 @@ pub trait ContainerRuntime: Send + Sync {
         &self,
         spec: &ContainerSpec,
     ) -> Result<RunningContainer, RuntimeError>;
+
+    /// Makes sure the bridge network `name` exists, with traffic between its containers
+    /// disabled (inter-container communication off): apps on it cannot reach each other.
+    async fn ensure_network(&self, name: &str) -> Result<(), RuntimeError>;
 
     /// Sends SIGTERM, waits up to `grace`, kills, and removes the container (its volumes stay).
     /// A container that is already gone is not an error.

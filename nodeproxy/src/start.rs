@@ -44,6 +44,8 @@ pub enum StartError {
     )]
     LeaseLost,
     #[error(transparent)]
+    OverBudget(#[from] crate::budget::OverBudget),
+    #[error(transparent)]
     Volume(#[from] VolumeError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -72,6 +74,8 @@ pub struct Running {
     pub volume: Option<(Arc<dyn VolumeBackend>, Attached)>,
     /// Signalled when a request brings a changed spec: stop, so the next start uses it.
     pub replaced: Notify,
+    /// The app's share of the node's memory budget, given back when the app is dropped.
+    pub memory: crate::budget::Reservation,
 }
 
 /// Makes container names unique across starts and node restarts.
@@ -100,6 +104,8 @@ pub async fn start(
     holder_down: Option<&str>,
 ) -> Result<Running, StartError> {
     let began = Instant::now();
+    // Cheapest check first, before anything is taken: a start past the budget changes nothing.
+    let memory = ctx.budget.reserve(limits(&ctx.config, task).memory_mb)?;
 
     let mut lease = None;
     if task.spec.volume.kind.is_stateful() {
@@ -142,6 +148,7 @@ pub async fn start(
         lease,
         volume,
         replaced: Notify::new(),
+        memory,
     })
 }
 
@@ -226,7 +233,10 @@ async fn bring_up(
     ctx.metrics.phase("image", t.elapsed());
 
     let t = Instant::now();
-    let spec = container_spec(task, &cfg.node_id, data_mount);
+    let mut spec = container_spec(task, &cfg.node_id, data_mount);
+    let l = limits(cfg, task);
+    (spec.memory_mb, spec.cpus, spec.pids) = (Some(l.memory_mb), Some(l.cpus), Some(l.pids));
+    spec.network = Some(cfg.app_network.clone());
     record(partial, |p| p.container = Some(spec.name.clone()));
     let container = ctx.runtime.create_and_start(&spec).await?;
     record(partial, |p| p.container = Some(container.id.clone()));
@@ -262,6 +272,23 @@ pub fn container_spec(
     spec.cpus = task.spec.resources.cpus;
     spec.pids = task.spec.resources.pids;
     spec
+}
+
+/// The limits an app runs with: its task's, else the node's defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub memory_mb: u64,
+    pub cpus: f64,
+    pub pids: i64,
+}
+
+pub fn limits(cfg: &crate::config::NodeConfig, task: &Task) -> Limits {
+    let r = &task.spec.resources;
+    Limits {
+        memory_mb: r.memory_mb.unwrap_or(cfg.default_memory_mb),
+        cpus: r.cpus.unwrap_or(cfg.default_cpus),
+        pids: r.pids.unwrap_or(cfg.default_pids),
+    }
 }
 
 /// Probes until the app answers, failing fast if the container exits meanwhile.

@@ -49,6 +49,9 @@ impl std::fmt::Debug for DockerRuntime {
     }
 }
 
+/// The bridge driver's option for traffic between containers on one network.
+const ICC_OPTION: &str = "com.docker.network.bridge.enable_icc";
+
 impl DockerRuntime {
     /// Kills (if running) and removes a container; one that is already gone is not an error.
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
@@ -291,6 +294,55 @@ impl ContainerRuntime for DockerRuntime {
         })
     }
 
+    async fn ensure_network(&self, name: &str) -> Result<(), RuntimeError> {
+        match self
+            .docker
+            .inspect_network(
+                name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+        {
+            Ok(net) => {
+                let icc = net
+                    .options
+                    .as_ref()
+                    .and_then(|o| o.get(ICC_OPTION))
+                    .map(String::as_str);
+                if icc != Some("false") {
+                    warn!(network = name, "the app network allows traffic between containers; remove it (docker network rm) and restart the node to have it made with that off");
+                }
+                return Ok(());
+            }
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(self.fail(format!("inspect network {name}"), e)),
+        }
+        let request = bollard::models::NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some("bridge".to_owned()),
+            options: Some(HashMap::from([(ICC_OPTION.to_owned(), "false".to_owned())])),
+            labels: Some(HashMap::from([(
+                "shadow.network".to_owned(),
+                "apps".to_owned(),
+            )])),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(_) => {
+                info!(
+                    network = name,
+                    "created the app network (no traffic between apps)"
+                );
+                Ok(())
+            }
+            // Another node on this daemon made it meanwhile.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            Err(e) => Err(self.fail(format!("create network {name}"), e)),
+        }
+    }
+
     async fn stop_and_remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
         if grace.is_zero() {
             // A kill: one forced removal (SIGKILL and remove), even while a graceful stop of
@@ -461,6 +513,7 @@ fn container_config(spec: &ContainerSpec) -> Result<ContainerCreateBody, Runtime
         memory,
         nano_cpus,
         pids_limit: spec.pids,
+        network_mode: spec.network.clone(),
         privileged: Some(false),
         cap_drop: Some(vec!["ALL".to_owned()]),
         security_opt: Some(vec!["no-new-privileges".to_owned()]),

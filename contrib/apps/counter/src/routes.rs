@@ -12,6 +12,9 @@
 //! | `GET /sse?n=N` | `text/event-stream`: `data: 0\n\n` .. `data: N-1\n\n`, one per 100 ms; `n=0` (or no `n`): forever, one per second |
 //! | `GET /headers` | the request headers as a JSON object, name → value (repeated names joined with `, `) |
 //! | `GET /healthz` | 200 `ok`, or 503 when `HEALTHZ_FAIL=1` |
+//! | `GET /connect?to=IP:PORT` | tries a TCP connection (2 s): `connected` or `failed: <why>` (a hostile tenant probing its neighbours) |
+//! | `GET /threads?n=N` | starts N sleeping threads, answers how many started and why it stopped (a fork bomb under a pids limit) |
+//! | `GET /hog?n=MIB` | allocates and touches N MiB, then answers (a memory hog under a memory limit) |
 //! | `GET /set-cookies` | three `Set-Cookie` headers (`a`, `b`, `c`; `c` has an `Expires` with a comma) |
 //!
 //! Anything else is 404; a bad query is 400.
@@ -70,6 +73,9 @@ pub async fn handle(
         ),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/set-cookies") => set_cookies(),
+        (&Method::GET, "/connect") => connect(&query).await,
+        (&Method::GET, "/threads") => threads(&query),
+        (&Method::GET, "/hog") => hog(&query),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     Ok(response)
@@ -147,6 +153,67 @@ async fn upload(req: Request<Incoming>) -> Response<Body> {
         }
     }
     text(StatusCode::OK, format!("{n}\n"))
+}
+
+async fn connect(query: &str) -> Response<Body> {
+    let Some(to) = param(query, "to") else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "missing the query parameter to=IP:PORT\n",
+        );
+    };
+    let attempt = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect(to.to_owned()),
+    )
+    .await;
+    match attempt {
+        Ok(Ok(_)) => text(StatusCode::OK, "connected\n"),
+        Ok(Err(e)) => text(StatusCode::OK, format!("failed: {e}\n")),
+        Err(_) => text(StatusCode::OK, "failed: no answer within 2 s\n"),
+    }
+}
+
+fn threads(query: &str) -> Response<Body> {
+    let n = match param_n(query, None) {
+        Ok(n) => n,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let mut started = 0u64;
+    let mut stopped = String::from("all started");
+    for _ in 0..n {
+        match std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            // Plain threads that only wait: each costs the app one process slot (pids limit).
+            .spawn(|| loop {
+                std::thread::park();
+            })
+        {
+            Ok(_) => started += 1,
+            Err(e) => {
+                stopped = e.to_string();
+                break;
+            }
+        }
+    }
+    text(StatusCode::OK, format!("{started} started; {stopped}\n"))
+}
+
+fn hog(query: &str) -> Response<Body> {
+    let mib = match param_n(query, None) {
+        Ok(n) => n as usize,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..mib {
+        // Touched, so the memory is really used (the kernel kills over the limit).
+        kept.push(vec![1u8; 1024 * 1024]);
+    }
+    let total: usize = kept.iter().map(Vec::len).sum();
+    text(
+        StatusCode::OK,
+        format!("{} MiB held\n", total / (1024 * 1024)),
+    )
 }
 
 fn bytes(query: &str) -> Response<Body> {

@@ -1,0 +1,112 @@
+//! Hostile tenants on one node, end to end with real Docker: an app cannot reach another app's
+//! container, and a fork bomb or a memory hog in one app leaves its neighbour answering, because
+//! every app runs under limits (the node's defaults when its task sets none) and their memory
+//! limits may not add up to more than the node's budget.
+
+use std::net::SocketAddr;
+
+use shadow_nodeproxy::start::LABEL_TASK;
+use shadow_tests::{
+    fixtures::{counter_task, domain},
+    http::Client,
+    image::counter_image,
+    master::{self, MasterOptions},
+    node::{self, NodeHandle},
+};
+
+/// The IP of the task's container on the app network.
+async fn container_ip(n: &NodeHandle, task: &str) -> String {
+    let c = n
+        .containers()
+        .await
+        .into_iter()
+        .find(|c| c.labels.get(LABEL_TASK).map(String::as_str) == Some(task))
+        .expect("the task's container");
+    let out = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &c.id,
+        ])
+        .output()
+        .expect("docker inspect");
+    let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!ip.is_empty(), "no IP for {}", c.name);
+    ip
+}
+
+async fn get(addr: SocketAddr, d: &str, path: &str) -> (u16, String) {
+    let r = Client::new(addr).get(d, path).await.expect("answer");
+    (r.status, r.body.trim().to_string())
+}
+
+#[tokio::test]
+async fn apps_cannot_reach_or_starve_their_neighbours() {
+    counter_image().await.expect("image");
+    let m = master::spawn(MasterOptions::default()).await;
+    let n = node::spawn(&m, |c| {
+        c.default_memory_mb = 128;
+        c.default_pids = 64;
+        c.memory_budget_mb = 300;
+    })
+    .await;
+    let (da, db, dc) = (domain("tenant-a"), domain("tenant-b"), domain("tenant-c"));
+    let a = counter_task(&m, &da, "none", |_| {}).await;
+    let b = counter_task(&m, &db, "none", |_| {}).await;
+    let c = counter_task(&m, &dc, "none", |_| {}).await;
+    assert_eq!(get(n.addr, &da, "/").await.0, 200);
+    assert_eq!(get(n.addr, &db, "/").await.0, 200);
+
+    // A cannot open a connection to B's container; it can to its own (the probe works).
+    let (ip_a, ip_b) = (container_ip(&n, &a.id).await, container_ip(&n, &b.id).await);
+    let (_, to_b) = get(n.addr, &da, &format!("/connect?to={ip_b}:8000")).await;
+    assert!(to_b.starts_with("failed"), "A reached B: {to_b}");
+    let (_, to_self) = get(n.addr, &da, &format!("/connect?to={ip_a}:8000")).await;
+    assert_eq!(to_self, "connected");
+
+    // A fork bomb in A stops at the default process limit; B keeps answering.
+    let (status, bomb) = get(n.addr, &da, "/threads?n=100000").await;
+    assert_eq!(status, 200, "{bomb}");
+    let started: u64 = bomb
+        .split(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{bomb}"));
+    assert!(started < 64, "the pids limit held: {bomb}");
+    assert_eq!(get(n.addr, &db, "/").await.0, 200);
+
+    // A memory hog in A is killed at the default memory limit; B keeps answering.
+    let hog = Client::new(n.addr).get(&da, "/hog?n=1024").await;
+    assert!(
+        !matches!(&hog, Ok(r) if r.status == 200),
+        "1 GiB allocated under a 128 MiB limit: {hog:?}"
+    );
+    assert_eq!(get(n.addr, &db, "/").await.0, 200);
+
+    // A and B hold 256 of the 300 MiB budget: C is refused and nothing of it is made.
+    let (status, _) = get(n.addr, &dc, "/").await;
+    assert_eq!(status, 503);
+    assert!(
+        !n.containers()
+            .await
+            .iter()
+            .any(|x| x.labels.get(LABEL_TASK) == Some(&c.id)),
+        "no container for a start past the budget"
+    );
+    // Once B is gone, C fits.
+    m.client.delete_task(&b.id).await.expect("delete");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, body) = get(n.addr, &dc, "/").await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "C never started: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    n.stop().await;
+}
