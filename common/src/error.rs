@@ -52,6 +52,13 @@ impl From<FieldError> for ErrorBody {
 
 /// Parses untrusted JSON, naming the field at fault (`volume.kind`, or the unknown field itself).
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, FieldError> {
+    // serde reads a struct from a JSON array too (by position); the API takes objects only.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(FieldError::new(
+            "body",
+            "invalid request body: send a JSON object ({...})",
+        ));
+    }
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -65,7 +72,8 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, FieldError> {
 
 /// Picks the field a serde error is about: the unknown or missing field's own name when named.
 fn field_of(path: &str, msg: &str) -> String {
-    let base = if path == "." { "" } else { path };
+    // "." is the top level; "?" is where a syntax error left the parser: the body as a whole.
+    let base = if path == "." || path == "?" { "" } else { path };
     let named = ["unknown field `", "missing field `"]
         .iter()
         .find_map(|p| msg.strip_prefix(p))

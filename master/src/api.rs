@@ -82,11 +82,6 @@ async fn recover(r: Rejection) -> Result<warp::reply::Response, Infallible> {
             StatusCode::NOT_FOUND,
             "no such route; see docs/openapi.json for the API",
         )
-    } else if r.find::<MethodNotAllowed>().is_some() {
-        (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed on this route; see docs/openapi.json",
-        )
     } else if r.find::<PayloadTooLarge>().is_some() {
         (
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -96,6 +91,13 @@ async fn recover(r: Rejection) -> Result<warp::reply::Response, Infallible> {
         (
             StatusCode::LENGTH_REQUIRED,
             "send the body with a Content-Length header",
+        )
+    } else if r.find::<MethodNotAllowed>().is_some() {
+        // After the body checks: warp reports every other route's method refusal too, and a
+        // 405 would hide that the body was the problem on the route that matched.
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed on this route; see docs/openapi.json",
         )
     } else if r.find::<InvalidQuery>().is_some() {
         (

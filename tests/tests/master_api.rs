@@ -123,6 +123,30 @@ async fn invalid_specs_get_400_naming_the_field_and_change_nothing() {
     }
     let (st, err) = raw.send("POST", "/tasks/", Some("{not json")).await;
     assert_eq!(st, 400, "{err}");
+    assert_eq!(err["field"], "body", "a syntax error is the body's: {err}");
+    // A JSON array with the fields in order would deserialize as a struct: refused.
+    let array = json!(["a", ["a.example.com"], "img"]).to_string();
+    let (st, err) = raw.send("POST", "/tasks/", Some(&array)).await;
+    assert_eq!((st, err["field"].as_str()), (400, Some("body")), "{err}");
+    // Too large is 413 and without a length is 411, not another route's 405.
+    let big = format!("{{\"name\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    let (st, err) = raw.send("POST", "/tasks/", Some(&big)).await;
+    assert_eq!(st, 413, "{err}");
+    let chunked = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = raw.base.trim_start_matches("http://").to_string();
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let body = base.to_string();
+        let req = format!(
+            "POST /tasks/ HTTP/1.1\r\nHost: m\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    };
+    assert!(chunked.starts_with("HTTP/1.1 411"), "{chunked}");
     assert_eq!(raw.send("GET", "/tasks/", None).await, (200, json!([])));
 
     // An invalid update leaves the stored task as it was.
@@ -570,6 +594,15 @@ async fn a_restarted_master_keeps_tasks_nodes_and_the_lease_generation() {
     register(&m, "node-a").await;
     register(&m, "node-b").await;
     let task = stateful_task(&m, "keep.example.com").await;
+    {
+        // Tasks carry secrets in their env: the database is its owner's only.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(m.dir.path().join("state.db"))
+            .expect("state.db")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "state.db mode {mode:o}");
+    }
     let a = m
         .client
         .acquire_lease(&task, "node-a", Duration::from_secs(60))

@@ -31,6 +31,19 @@ impl SqliteStore {
         let path = dir.join("state.db");
         let conn = Connection::open(&path)
             .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
+        // Tasks carry their env (secrets included): owner only. SQLite gives its -wal and -shm
+        // files the database file's mode.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |e| {
+                    StoreError::Db(format!(
+                        "cannot make {} readable by its owner only: {e}",
+                        path.display()
+                    ))
+                },
+            )?;
+        }
         // WAL + NORMAL: durable across a process crash, one fsync per checkpoint rather than per write.
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;

@@ -187,8 +187,7 @@ fn threads(query: &str) -> Response<Body> {
             // Plain threads that only wait: each costs the app one process slot (pids limit).
             .spawn(|| loop {
                 std::thread::park();
-            })
-        {
+            }) {
             Ok(_) => started += 1,
             Err(e) => {
                 stopped = e.to_string();
