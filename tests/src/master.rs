@@ -64,6 +64,14 @@ pub async fn spawn_in(dir: TempDir, opts: MasterOptions) -> MasterHandle {
 }
 
 impl MasterHandle {
+    /// The master's socket address (for a relay in front of it).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("the master's URL is http://IP:PORT")
+    }
+
     /// Stops the master and hands back its data dir for a restart.
     pub async fn stop(mut self) -> TempDir {
         if let Some(tx) = self.stop.take() {

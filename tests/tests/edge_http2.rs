@@ -23,6 +23,23 @@ use tokio_rustls::rustls::{
 
 type Sender = hyper::client::conn::http2::SendRequest<shadow_tests::http::Body>;
 
+/// A TLS client trusting only `root`, offering `alpn`.
+fn trusting(root: &[u8], alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(root.to_vec()))
+        .expect("root");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
 async fn h2<T>(io: T) -> Sender
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -116,22 +133,10 @@ async fn http2_over_tls_and_in_the_clear_streams_like_http1() {
     })
     .await;
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(ck.cert.der().to_vec()))
-        .expect("root");
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
     let tcp = tokio::net::TcpStream::connect(e.tls_addr.expect("tls"))
         .await
         .expect("connect");
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let tls = trusting(ck.cert.der(), &[b"h2"])
         .connect(ServerName::try_from(d.clone()).expect("name"), tcp)
         .await
         .expect("handshake");
@@ -235,21 +240,10 @@ async fn https_redirect_hsts_and_a_certificate_replaced_on_disk_without_a_restar
     );
 
     // HTTPS: served, with HSTS.
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(first.cert.der().to_vec()))
-        .expect("root");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(tls_addr)
         .await
         .expect("connect");
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let tls = trusting(first.cert.der(), &[b"http/1.1"])
         .connect(ServerName::try_from(d.clone()).expect("name"), tcp)
         .await
         .expect("handshake");

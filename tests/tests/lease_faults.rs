@@ -219,6 +219,22 @@ fn assert_handover(spans: &[Span], old: &str, new: &str, granted_ms: u64) -> Dur
     Duration::from_nanos((granted_ns - died) as u64)
 }
 
+/// A node with `s3` volumes whose link to the master goes through `relay`.
+async fn node_behind(
+    m: &MasterHandle,
+    relay: &Relay,
+    s3: &S3Server,
+    checkpoint_s: u64,
+) -> NodeHandle {
+    let url = relay.url();
+    node::spawn(m, |c| {
+        s3.configure(c);
+        c.master = url;
+        c.checkpoint_interval_s = checkpoint_s;
+    })
+    .await
+}
+
 struct PartitionCluster {
     _s3: S3Server,
     m: MasterHandle,
@@ -232,16 +248,10 @@ async fn partition_cluster() -> PartitionCluster {
     counter_image().await.expect("image");
     let s3 = s3::spawn_with_bucket().await.0;
     let m = master::spawn(fast_master()).await;
-    let relay = Relay::start(m.url.trim_start_matches("http://").parse().expect("addr")).await;
-    let relay_url = relay.url();
+    let relay = Relay::start(m.addr()).await;
     // Periodic checkpoints off: the only snapshot is the one committed at a clean stop, so what
     // the new node must restore is known exactly.
-    let a = node::spawn(&m, |c| {
-        s3.configure(c);
-        c.master = relay_url;
-        c.checkpoint_interval_s = 0;
-    })
-    .await;
+    let a = node_behind(&m, &relay, &s3, 0).await;
     let b = node::spawn(&m, |c| {
         s3.configure(c);
         c.checkpoint_interval_s = 0;
@@ -482,14 +492,8 @@ async fn a_stopped_master_stops_stateful_apps_at_their_deadline_and_cold_starts_
     counter_image().await.expect("image");
     let (s3, probe) = s3::spawn_with_bucket().await;
     let m = master::spawn(fast_master()).await;
-    let relay = Relay::start(m.url.trim_start_matches("http://").parse().expect("addr")).await;
-    let relay_url = relay.url();
-    let a = node::spawn(&m, |c| {
-        s3.configure(c);
-        c.master = relay_url;
-        c.checkpoint_interval_s = 1;
-    })
-    .await;
+    let relay = Relay::start(m.addr()).await;
+    let a = node_behind(&m, &relay, &s3, 1).await;
     let d1 = domain("outage");
     let t1 = counter_task(&m, &d1, "s3", |_| {}).await;
     let d2 = domain("coldwait");
@@ -547,7 +551,7 @@ async fn a_stopped_master_stops_stateful_apps_at_their_deadline_and_cold_starts_
         "the cold start did not wait for the master"
     );
     let m = master::spawn_in(dir, fast_master()).await;
-    relay.retarget(m.url.trim_start_matches("http://").parse().expect("addr"));
+    relay.retarget(m.addr());
     relay.set(Mode::Pass);
     let r = cold.await.expect("task").expect("the cold start answered");
     assert_eq!((r.status, r.body.trim()), (200, "1"), "{r:?}");
