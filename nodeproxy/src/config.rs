@@ -117,6 +117,14 @@ pub struct Cli {
     #[arg(long, env = "SHADOW_MEMORY_BUDGET_MB")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_budget_mb: Option<u64>,
+    /// S3 key prefix volume seeds must be under (never another task's snapshots) [default: seeds/].
+    #[arg(long, env = "SHADOW_SEED_PREFIX")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed_prefix: Option<String>,
+    /// Disk (MiB) a restore must leave free on the node; a larger archive is refused [default: 1024].
+    #[arg(long, env = "SHADOW_DISK_RESERVE_MB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_reserve_mb: Option<u64>,
     /// Seconds between snapshots of a running `s3` app; 0 = off [default: 300].
     #[arg(long, env = "SHADOW_CHECKPOINT_INTERVAL_S")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -218,6 +226,10 @@ pub struct NodeConfig {
     pub s3_path_style: bool,
     #[serde(default = "default_checkpoint_s")]
     pub checkpoint_interval_s: u64,
+    #[serde(default = "default_seed_prefix")]
+    pub seed_prefix: String,
+    #[serde(default = "default_disk_reserve_mb")]
+    pub disk_reserve_mb: u64,
     #[serde(default = "default_app_network")]
     pub app_network: String,
     #[serde(default = "default_memory_mb")]
@@ -285,6 +297,12 @@ fn default_lease_ttl_ms() -> u64 {
 fn default_stop_grace_s() -> u64 {
     10
 }
+fn default_seed_prefix() -> String {
+    crate::volume::s3::DEFAULT_SEED_PREFIX.into()
+}
+fn default_disk_reserve_mb() -> u64 {
+    1024
+}
 fn default_app_network() -> String {
     "shadow-apps".into()
 }
@@ -332,6 +350,8 @@ impl NodeConfig {
             s3_region: None,
             s3_path_style: false,
             checkpoint_interval_s: default_checkpoint_s(),
+            seed_prefix: default_seed_prefix(),
+            disk_reserve_mb: default_disk_reserve_mb(),
             app_network: default_app_network(),
             default_memory_mb: default_memory_mb(),
             default_cpus: default_cpus(),

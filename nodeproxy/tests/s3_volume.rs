@@ -627,6 +627,23 @@ async fn unsafe_archives_are_refused_and_write_nothing_outside() {
             "entry `h`: a hard link to".into(),
         ),
         (
+            "a chain of symlinks, each inside on its own, leading out",
+            EvilTar::default()
+                .entry("d", EntryType::Directory, "", b"")
+                .entry("d/x", EntryType::Symlink, "..", b"")
+                .entry("y", EntryType::Symlink, "d/x/..", b"")
+                .finish(),
+            "entry `y`: a chain of symlinks through it leads outside the volume".into(),
+        ),
+        (
+            "a symlink loop",
+            EvilTar::default()
+                .entry("a", EntryType::Symlink, "b", b"")
+                .entry("b", EntryType::Symlink, "a", b"")
+                .finish(),
+            "a chain of symlinks through it leads outside the volume".into(),
+        ),
+        (
             "replacing a directory",
             EvilTar::default()
                 .entry("d", EntryType::Directory, "", b"")
@@ -644,6 +661,45 @@ async fn unsafe_archives_are_refused_and_write_nothing_outside() {
         );
     }
     assert!(!Path::new("/etc/x").exists());
+}
+
+#[tokio::test]
+async fn a_restore_bomb_stops_at_the_free_space_and_seeds_stay_under_their_prefix() {
+    let s3 = s3srv::spawn().await;
+    let data = tempfile::tempdir().unwrap();
+    // Leave 8 MiB usable: the node's reserve is everything else that is free.
+    let free_mib = fs4::available_space(data.path()).unwrap() / (1024 * 1024);
+    let mut config = NodeConfig::new("node", "http://127.0.0.1:1", data.path().to_path_buf());
+    s3.configure(&mut config);
+    config.disk_reserve_mb = free_mib - 8;
+    let vols = S3Volumes::from_config(&config).await.unwrap().unwrap();
+    vols.ensure_bucket().await.unwrap();
+
+    // 64 MiB of zeros: a few KiB compressed.
+    let bomb = EvilTar::default()
+        .file("small", b"fits")
+        .file("zeros", &vec![0u8; 64 * 1024 * 1024])
+        .finish();
+    let packed = zstd(&bomb);
+    assert!(
+        packed.len() < 1024 * 1024,
+        "a small object: {} bytes",
+        packed.len()
+    );
+    put(vols.store(), "seeds/bomb.tar.zst", &packed).await;
+    let t = task(Some("seeds/bomb.tar.zst"));
+    let err = vols.attach(&t, &Fence::unchecked(1)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("unpacks to more than"),
+        "a clear refusal: {err}"
+    );
+    assert!(!vols.dir(&t.id).exists(), "nothing half-restored is left");
+
+    // A seed outside the prefix (another task's snapshot, say) is refused before any read.
+    let other = task(None);
+    let t = task(Some(&format!("tasks/{}/snapshots/x.tar.zst", other.id)));
+    let err = vols.attach(&t, &Fence::unchecked(1)).await.unwrap_err();
+    assert!(err.to_string().contains("seed prefix"), "{err}");
 }
 
 #[tokio::test]

@@ -53,7 +53,15 @@ pub struct S3Volumes {
     local: LocalCopy,
     keep: usize,
     region: String,
+    /// Seeds must be keys under this prefix: never another task's snapshots.
+    seed_prefix: String,
+    /// Disk a restore must leave free on the node, in bytes.
+    disk_reserve: u64,
+    data_dir: PathBuf,
 }
+
+/// Where seeds live unless the node says otherwise.
+pub const DEFAULT_SEED_PREFIX: &str = "seeds/";
 
 fn mib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
@@ -118,14 +126,16 @@ impl S3Volumes {
             access_key: config.s3_access_key.clone(),
             secret_key: config.s3_secret_key.clone(),
         };
-        Self::new(
+        let mut vols = Self::new(
             &settings,
             bucket.trim(),
             &config.data_dir,
             config.snapshot_keep as usize,
         )
-        .await
-        .map(Some)
+        .await?;
+        vols.seed_prefix = config.seed_prefix.clone();
+        vols.disk_reserve = config.disk_reserve_mb.saturating_mul(1024 * 1024);
+        Ok(Some(vols))
     }
 
     /// A backend on `bucket`, restoring into `<data_dir>/volumes`, keeping `keep` snapshots
@@ -149,7 +159,53 @@ impl S3Volumes {
             local: LocalCopy::new(data_dir),
             keep: keep.max(1),
             region: settings.region(),
+            seed_prefix: DEFAULT_SEED_PREFIX.to_string(),
+            disk_reserve: 0,
+            data_dir: data_dir.to_path_buf(),
         })
+    }
+
+    /// The seed key, if it is under the node's seed prefix: a task must not start from another
+    /// task's snapshot (or any key it happens to know).
+    fn checked_seed(&self, task: &Task, seed: &str) -> Result<String, VolumeError> {
+        let key = seed.trim();
+        if key.starts_with(&self.seed_prefix) && !key.contains("..") {
+            return Ok(key.to_string());
+        }
+        Err(io_error(
+            &task.id,
+            format!(
+                "volume.seed {key:?} is not under this node's seed prefix {:?}; put the seed archive there (SHADOW_SEED_PREFIX), never another task's snapshot",
+                self.seed_prefix
+            ),
+        ))
+    }
+
+    /// How much a restore may unpack: the volume's size, and what the node's disk has free
+    /// beyond its reserve, whichever is less.
+    fn restore_limit(&self, task: &Task) -> Result<u64, VolumeError> {
+        let size = u64::from(task.spec.volume.size_gb) * 1024 * 1024 * 1024;
+        let free = fs4::available_space(&self.data_dir).map_err(|e| {
+            io_error(
+                &task.id,
+                format!(
+                    "cannot read the free space of {}: {e}",
+                    self.data_dir.display()
+                ),
+            )
+        })?;
+        let usable = free.saturating_sub(self.disk_reserve);
+        if usable == 0 {
+            return Err(io_error(
+                &task.id,
+                format!(
+                    "the node's disk has {} MiB free, not more than its reserve (SHADOW_DISK_RESERVE_MB); free space on {} or start the app elsewhere",
+                    free / (1024 * 1024),
+                    self.data_dir.display()
+                ),
+            ));
+        }
+        Ok(size.min(usable))
     }
 
     /// The bucket, for tests and tools (raw transfers, inspecting keys).
@@ -346,11 +402,12 @@ impl VolumeBackend for S3Volumes {
             self.local.fresh(&task.id).await.map_err(prepare)?;
             let source = match (&pointer, &task.spec.volume.seed) {
                 (Some(p), _) => Some((p.key.clone(), "snapshot")),
-                (None, Some(seed)) => Some((seed.trim().to_string(), "seed")),
+                (None, Some(seed)) => Some((self.checked_seed(task, seed)?, "seed")),
                 (None, None) => None,
             };
             if let Some((key, from)) = source {
-                match transfer::restore(&self.store, &key, &dir).await {
+                let limit = self.restore_limit(task)?;
+                match transfer::restore(&self.store, &key, &dir, limit).await {
                     Ok(r) => tracing::info!(
                         key = %key,
                         from,

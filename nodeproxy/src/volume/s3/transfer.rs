@@ -53,7 +53,13 @@ pub struct UploadReport {
 }
 
 /// Downloads `key` and unpacks it into `dir`, which should be empty.
-pub async fn restore(store: &Store, key: &str, dir: &Path) -> Result<RestoreReport, TransferError> {
+/// `limit` bounds the bytes of file content written: a small archive may expand to any size.
+pub async fn restore(
+    store: &Store,
+    key: &str,
+    dir: &Path,
+    limit: u64,
+) -> Result<RestoreReport, TransferError> {
     let started = Instant::now();
     let out = store
         .get(key)
@@ -64,7 +70,7 @@ pub async fn restore(store: &Store, key: &str, dir: &Path) -> Result<RestoreRepo
     let dst = dir.to_path_buf();
     let unpacker = tokio::task::spawn_blocking(move || {
         let input = BufReader::with_capacity(256 * 1024, ChunkReader::new(rx));
-        archive::unpack::unpack(archive::decompressor(input)?, &dst)
+        archive::unpack::unpack(archive::decompressor(input)?, &dst, limit)
     });
     let mut downloaded = 0u64;
     let mut broke_off = None;

@@ -16,7 +16,8 @@
 //! directory modes and times are applied last, so a read-only directory can still be filled.
 
 use std::{
-    collections::HashSet,
+    collections::{HashSet, VecDeque},
+    ffi::OsString,
     fs::{self, File},
     io::{self, Read, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
@@ -40,9 +41,10 @@ pub struct UnpackStats {
     pub skipped: u64,
 }
 
-/// Restores the tar stream `input` into `root`, which should be empty. On error, what was
-/// written so far stays (inside `root`); the caller removes it.
-pub fn unpack<R: Read>(input: R, root: &Path) -> Result<UnpackStats, ArchiveError> {
+/// Restores the tar stream `input` into `root`, which should be empty, writing at most
+/// `limit` bytes of file content. On error, what was written so far stays (inside `root`); the
+/// caller removes it.
+pub fn unpack<R: Read>(input: R, root: &Path, limit: u64) -> Result<UnpackStats, ArchiveError> {
     let mut ar = tar::Archive::new(input);
     let mut u = Unpacker {
         root,
@@ -51,6 +53,8 @@ pub fn unpack<R: Read>(input: R, root: &Path) -> Result<UnpackStats, ArchiveErro
         stats: UnpackStats::default(),
         can_chown: true,
         buf: vec![0; 256 * 1024],
+        limit,
+        links: Vec::new(),
     };
     let entries = ar
         .entries()
@@ -60,6 +64,16 @@ pub fn unpack<R: Read>(input: R, root: &Path) -> Result<UnpackStats, ArchiveErro
         u.entry(&mut entry)?;
     }
     u.finish_dirs()?;
+    // Each link passed the textual check where it stood; a chain of them (a link through a
+    // link) can still lead out, so every one is resolved again, component by component.
+    for link in &u.links {
+        if leads_outside(root, link)? {
+            return Err(unsafe_entry(
+                &link.display().to_string(),
+                "a chain of symlinks through it leads outside the volume",
+            ));
+        }
+    }
     let stats = u.stats;
     // Read to the end, so a compressed stream's checksum is verified and the sender finishes.
     io::copy(&mut ar.into_inner(), &mut io::sink())
@@ -122,6 +136,89 @@ struct Unpacker<'a> {
     stats: UnpackStats,
     can_chown: bool,
     buf: Vec<u8>,
+    /// The most file content bytes the restore may write.
+    limit: u64,
+    /// Every symlink made, relative to the root, for the check of chains at the end.
+    links: Vec<PathBuf>,
+}
+
+/// The most symlinks one resolution follows, as the kernel's own limit (`ELOOP`).
+const MAX_HOPS: u32 = 40;
+
+/// One step of a path walk: up to the parent, or into a name.
+enum Step {
+    Up,
+    Name(OsString),
+}
+
+/// A link target as steps, or `None` when it is absolute (outside by definition).
+fn steps(target: &Path) -> Option<Vec<Step>> {
+    let mut out = Vec::new();
+    for c in target.components() {
+        match c {
+            Component::Normal(n) => out.push(Step::Name(n.to_os_string())),
+            Component::ParentDir => out.push(Step::Up),
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// The target of the symlink at `rel` below `root`, or `None` when it is not a symlink.
+fn link_at(root: &Path, rel: &[OsString]) -> Result<Option<PathBuf>, ArchiveError> {
+    let full: PathBuf = rel.iter().fold(root.to_path_buf(), |p, c| p.join(c));
+    match fs::symlink_metadata(&full) {
+        Ok(m) if m.file_type().is_symlink() => fs::read_link(&full)
+            .map(Some)
+            .map_err(|e| ArchiveError::io(format!("cannot read the link `{}`", full.display()), e)),
+        _ => Ok(None),
+    }
+}
+
+/// Whether resolving the symlink `link` (relative to `root`) as the kernel would, following
+/// every symlink on the way, ever climbs above `root`, turns absolute, or loops.
+pub fn leads_outside(root: &Path, link: &Path) -> Result<bool, ArchiveError> {
+    let mut at: Vec<OsString> = link
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            _ => None,
+        })
+        .collect();
+    let Some(target) = link_at(root, &at)? else {
+        return Ok(false);
+    };
+    // A link's target is walked from the directory the link sits in.
+    at.pop();
+    let Some(first) = steps(&target) else {
+        return Ok(true);
+    };
+    let mut rest: VecDeque<Step> = first.into();
+    let mut hops = 1;
+    while let Some(step) = rest.pop_front() {
+        match step {
+            Step::Up => {
+                if at.pop().is_none() {
+                    return Ok(true);
+                }
+            }
+            Step::Name(n) => {
+                at.push(n);
+                if let Some(t) = link_at(root, &at)? {
+                    at.pop();
+                    hops += 1;
+                    let Some(more) = steps(&t).filter(|_| hops <= MAX_HOPS) else {
+                        return Ok(true);
+                    };
+                    for s in more.into_iter().rev() {
+                        rest.push_front(s);
+                    }
+                }
+            }
+        }
+    }
+    Ok(false)
 }
 
 fn unsafe_entry(shown: &str, why: impl std::fmt::Display) -> ArchiveError {
@@ -190,6 +287,7 @@ impl Unpacker<'_> {
                 let full = self.root.join(&rel);
                 std::os::unix::fs::symlink(&target, &full)
                     .map_err(|err| ArchiveError::io(format!("cannot create `{shown}`"), err))?;
+                self.links.push(rel.clone());
                 if let Some((uid, gid)) = owner {
                     self.chown(|| std::os::unix::fs::lchown(&full, Some(uid), Some(gid)))?;
                 }
@@ -329,6 +427,12 @@ impl Unpacker<'_> {
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => return Err(ArchiveError::io(format!("cannot read `{shown}`"), err)),
             };
+            if self.stats.bytes + n as u64 > self.limit {
+                return Err(ArchiveError::Unsafe(format!(
+                    "entry `{shown}`: the archive unpacks to more than {} MiB (the volume's size_gb, or the node's free disk less its reserve); restore refused",
+                    self.limit / (1024 * 1024)
+                )));
+            }
             f.write_all(&self.buf[..n])
                 .map_err(|err| ArchiveError::io(format!("cannot write `{shown}`"), err))?;
             self.stats.bytes += n as u64;
