@@ -64,6 +64,12 @@ pub struct TaskSpec {
     /// Send `Strict-Transport-Security: max-age=N` on HTTPS answers; 0 sends none.
     #[serde(default)]
     pub hsts_max_age_s: u64,
+    /// The user (and group) the app runs as: `name`, `uid` or `uid:gid`; unset: the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Run with a read-only root filesystem; `/data` and a small `/tmp` stay writable.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 fn default_port() -> u16 {
@@ -323,6 +329,18 @@ impl TaskSpec {
                 return Err(FieldError::new(
                     "resources.cpus",
                     format!("resources.cpus must be above 0 and at most {MAX_CPUS}"),
+                ));
+            }
+        }
+        if let Some(u) = &self.user {
+            let ok = !u.is_empty()
+                && u.len() <= 64
+                && u.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+            if !ok {
+                return Err(FieldError::new(
+                    "user",
+                    "user must be a name, a uid or uid:gid (letters, digits, '_', '-', '.', ':'; at most 64)",
                 ));
             }
         }

@@ -117,6 +117,14 @@ pub struct Cli {
     #[arg(long, env = "SHADOW_MEMORY_BUDGET_MB")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_budget_mb: Option<u64>,
+    /// Refuse to start apps that do not name a non-root user [default: false].
+    #[arg(long, env = "SHADOW_REQUIRE_NON_ROOT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub require_non_root: Option<bool>,
+    /// Refuse to start apps that do not ask for a read-only root filesystem [default: false].
+    #[arg(long, env = "SHADOW_REQUIRE_READ_ONLY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub require_read_only: Option<bool>,
     /// S3 key prefix volume seeds must be under (never another task's snapshots) [default: seeds/].
     #[arg(long, env = "SHADOW_SEED_PREFIX")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -226,6 +234,10 @@ pub struct NodeConfig {
     pub s3_path_style: bool,
     #[serde(default = "default_checkpoint_s")]
     pub checkpoint_interval_s: u64,
+    #[serde(default)]
+    pub require_non_root: bool,
+    #[serde(default)]
+    pub require_read_only: bool,
     #[serde(default = "default_seed_prefix")]
     pub seed_prefix: String,
     #[serde(default = "default_disk_reserve_mb")]
@@ -350,6 +362,8 @@ impl NodeConfig {
             s3_region: None,
             s3_path_style: false,
             checkpoint_interval_s: default_checkpoint_s(),
+            require_non_root: false,
+            require_read_only: false,
             seed_prefix: default_seed_prefix(),
             disk_reserve_mb: default_disk_reserve_mb(),
             app_network: default_app_network(),

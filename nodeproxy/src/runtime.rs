@@ -50,6 +50,10 @@ pub struct ContainerSpec {
     pub memory_mb: Option<u64>,
     /// CPU limit in cores, e.g. `0.5` (no limit when `None`).
     pub cpus: Option<f64>,
+    /// The user (and group) to run as; `None`: the image's.
+    pub user: Option<String>,
+    /// A read-only root filesystem, with a small writable tmpfs at `/tmp`.
+    pub read_only: bool,
     /// The Docker network to attach to (the node's app network); `None`: Docker's default bridge.
     pub network: Option<String>,
     /// Limit on the number of processes and threads (no limit when `None`).
@@ -71,6 +75,8 @@ impl ContainerSpec {
             cpus: None,
             pids: None,
             network: None,
+            user: None,
+            read_only: false,
         }
     }
 }

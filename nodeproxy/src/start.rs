@@ -45,6 +45,8 @@ pub enum StartError {
     LeaseLost,
     #[error(transparent)]
     OverBudget(#[from] crate::budget::OverBudget),
+    #[error("this node's policy refuses the task: {0}")]
+    Policy(String),
     #[error(transparent)]
     Volume(#[from] VolumeError),
     #[error(transparent)]
@@ -104,7 +106,8 @@ pub async fn start(
     holder_down: Option<&str>,
 ) -> Result<Running, StartError> {
     let began = Instant::now();
-    // Cheapest check first, before anything is taken: a start past the budget changes nothing.
+    // Cheapest checks first, before anything is taken: a refused start changes nothing.
+    check_policy(&ctx.config, task)?;
     let memory = ctx.budget.reserve(limits(&ctx.config, task).memory_mb)?;
 
     let mut lease = None;
@@ -269,9 +272,31 @@ pub fn container_spec(
     spec.container_port = task.spec.port;
     spec.data_mount = data_mount;
     spec.memory_mb = task.spec.resources.memory_mb;
+    spec.user = task.spec.user.clone();
+    spec.read_only = task.spec.read_only;
     spec.cpus = task.spec.resources.cpus;
     spec.pids = task.spec.resources.pids;
     spec
+}
+
+/// The node's least-privilege policy: operators may require every app to name a non-root user
+/// and to run on a read-only root filesystem.
+pub fn check_policy(cfg: &crate::config::NodeConfig, task: &Task) -> Result<(), StartError> {
+    if cfg.require_non_root {
+        let user = task.spec.user.as_deref().unwrap_or("");
+        let name = user.split(':').next().unwrap_or("");
+        if name.is_empty() || name == "root" || name == "0" {
+            return Err(StartError::Policy(format!(
+                "apps here must run as a non-root user (SHADOW_REQUIRE_NON_ROOT); set the task's user, e.g. \"1000:1000\" (it has {user:?})"
+            )));
+        }
+    }
+    if cfg.require_read_only && !task.spec.read_only {
+        return Err(StartError::Policy(
+            "apps here must run on a read-only root filesystem (SHADOW_REQUIRE_READ_ONLY); set the task's read_only to true (/data and /tmp stay writable)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The limits an app runs with: its task's, else the node's defaults.

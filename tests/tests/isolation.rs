@@ -110,3 +110,48 @@ async fn apps_cannot_reach_or_starve_their_neighbours() {
     }
     n.stop().await;
 }
+
+#[tokio::test]
+async fn a_node_can_require_a_non_root_user_and_a_read_only_root() {
+    counter_image().await.expect("image");
+    let m = master::spawn(MasterOptions::default()).await;
+    let n = node::spawn(&m, |c| {
+        c.require_non_root = true;
+        c.require_read_only = true;
+    })
+    .await;
+    // A task that names no user is refused before anything is made.
+    let (loose, strict) = (domain("as-root"), domain("least"));
+    let refused = counter_task(&m, &loose, "local", |_| {}).await;
+    assert_eq!(get(n.addr, &loose, "/").await.0, 503);
+    assert!(
+        !n.containers()
+            .await
+            .iter()
+            .any(|x| x.labels.get(LABEL_TASK) == Some(&refused.id)),
+        "no container for a refused task"
+    );
+    // One that complies runs as its user, writes /data and /tmp, and nothing else.
+    counter_task(&m, &strict, "local", |s| {
+        s["user"] = serde_json::json!("1000:1000");
+        s["read_only"] = serde_json::json!(true);
+    })
+    .await;
+    let r = Client::new(n.addr)
+        .post(&strict, "/count", "")
+        .await
+        .expect("answer");
+    assert_eq!(
+        (r.status, r.body.trim()),
+        (200, "1"),
+        "the count is written to /data"
+    );
+    assert_eq!(get(n.addr, &strict, "/whoami").await.1, "uid=1000 gid=1000");
+    assert_eq!(get(n.addr, &strict, "/write?path=/tmp/x").await.1, "ok");
+    let (_, root) = get(n.addr, &strict, "/write?path=/x").await;
+    assert!(
+        root.starts_with("failed") && root.contains("Read-only"),
+        "{root}"
+    );
+    n.stop().await;
+}

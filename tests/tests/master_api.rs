@@ -110,6 +110,8 @@ async fn invalid_specs_get_400_naming_the_field_and_change_nothing() {
         (with("cold_start", json!("maybe")), "cold_start"),
         (with("health", json!({"path": "healthz"})), "health.path"),
         (with("surprise", json!(1)), "surprise"),
+        (with("user", json!("root; rm -rf /")), "user"),
+        (with("hsts_max_age_s", json!(99_999_999)), "hsts_max_age_s"),
         (json!({"domains": ["x.example.com"], "image": "x"}), "name"),
     ];
     for (body, field) in cases {

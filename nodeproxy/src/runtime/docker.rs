@@ -514,6 +514,14 @@ fn container_config(spec: &ContainerSpec) -> Result<ContainerCreateBody, Runtime
         nano_cpus,
         pids_limit: spec.pids,
         network_mode: spec.network.clone(),
+        readonly_rootfs: Some(spec.read_only),
+        // With a read-only root, scratch space the app may need, neither executable nor setuid.
+        tmpfs: spec.read_only.then(|| {
+            HashMap::from([(
+                "/tmp".to_owned(),
+                "rw,noexec,nosuid,nodev,size=64m".to_owned(),
+            )])
+        }),
         privileged: Some(false),
         cap_drop: Some(vec!["ALL".to_owned()]),
         security_opt: Some(vec!["no-new-privileges".to_owned()]),
@@ -521,6 +529,7 @@ fn container_config(spec: &ContainerSpec) -> Result<ContainerCreateBody, Runtime
     };
     Ok(ContainerCreateBody {
         image: Some(spec.image.clone()),
+        user: spec.user.clone(),
         cmd: spec.command.clone(),
         env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         labels: Some(spec.labels.clone().into_iter().collect()),

@@ -15,6 +15,8 @@
 //! | `GET /connect?to=IP:PORT` | tries a TCP connection (2 s): `connected` or `failed: <why>` (a hostile tenant probing its neighbours) |
 //! | `GET /threads?n=N` | starts N sleeping threads, answers how many started and why it stopped (a fork bomb under a pids limit) |
 //! | `GET /hog?n=MIB` | allocates and touches N MiB, then answers (a memory hog under a memory limit) |
+//! | `GET /whoami` | `uid=U gid=G` of the app's process |
+//! | `GET /write?path=P` | tries to create the file P: `ok` or `failed: <why>` (a read-only root) |
 //! | `GET /set-cookies` | three `Set-Cookie` headers (`a`, `b`, `c`; `c` has an `Expires` with a comma) |
 //!
 //! Anything else is 404; a bad query is 400.
@@ -76,6 +78,8 @@ pub async fn handle(
         (&Method::GET, "/connect") => connect(&query).await,
         (&Method::GET, "/threads") => threads(&query),
         (&Method::GET, "/hog") => hog(&query),
+        (&Method::GET, "/whoami") => whoami(),
+        (&Method::GET, "/write") => write(&query),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     Ok(response)
@@ -196,6 +200,35 @@ fn threads(query: &str) -> Response<Body> {
         }
     }
     text(StatusCode::OK, format!("{started} started; {stopped}\n"))
+}
+
+fn whoami() -> Response<Body> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let first = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap_or("?")
+            .to_owned()
+    };
+    text(
+        StatusCode::OK,
+        format!("uid={} gid={}\n", first("Uid:"), first("Gid:")),
+    )
+}
+
+fn write(query: &str) -> Response<Body> {
+    let Some(path) = param(query, "path") else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "missing the query parameter path\n",
+        );
+    };
+    match std::fs::write(path, b"x") {
+        Ok(()) => text(StatusCode::OK, "ok\n"),
+        Err(e) => text(StatusCode::OK, format!("failed: {e}\n")),
+    }
 }
 
 fn hog(query: &str) -> Response<Body> {
