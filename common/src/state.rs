@@ -41,7 +41,8 @@ impl ClusterState {
                 for d in &task.spec.domains {
                     self.by_domain.insert(d.clone(), task.id.clone());
                 }
-                self.tasks.insert(task.id.clone(), Arc::new(task.clone()));
+                self.tasks
+                    .insert(task.id.clone(), Arc::new((**task).clone()));
             }
             WatchEvent::TaskDeleted { id } => {
                 if let Some(old) = self.tasks.remove(id) {

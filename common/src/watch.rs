@@ -9,7 +9,8 @@ use crate::{lease::Lease, node::NodeStatus, task::Task};
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum WatchEvent {
     TaskPut {
-        task: Task,
+        // Boxed: a task is much larger than every other event (the wire form is the same).
+        task: Box<Task>,
     },
     TaskDeleted {
         id: String,

@@ -49,10 +49,10 @@ fn state(tasks: usize) -> ClusterState {
         )
         .expect("a valid spec");
         state.apply(&WatchEvent::TaskPut {
-            task: Task {
+            task: Box::new(Task {
                 id: format!("{t:032x}"),
                 spec,
-            },
+            }),
         });
     }
     state

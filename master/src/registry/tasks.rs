@@ -24,7 +24,9 @@ impl Registry {
         g.tasks.insert(task.id.clone(), task.clone());
         g.emit(
             &self.revision_tx,
-            WatchEvent::TaskPut { task: task.clone() },
+            WatchEvent::TaskPut {
+                task: Box::new(task.clone()),
+            },
         );
         Ok(task)
     }
@@ -49,7 +51,9 @@ impl Registry {
         g.tasks.insert(task.id.clone(), task.clone());
         g.emit(
             &self.revision_tx,
-            WatchEvent::TaskPut { task: task.clone() },
+            WatchEvent::TaskPut {
+                task: Box::new(task.clone()),
+            },
         );
         Ok(task)
     }

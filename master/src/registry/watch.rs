@@ -34,7 +34,9 @@ impl Registry {
         let mut events: Vec<WatchEvent> = g
             .tasks
             .values()
-            .map(|t| WatchEvent::TaskPut { task: t.clone() })
+            .map(|t| WatchEvent::TaskPut {
+                task: Box::new(t.clone()),
+            })
             .collect();
         events.extend(g.nodes.values().map(|n| WatchEvent::NodePut {
             node: NodeEntry::status(n),
