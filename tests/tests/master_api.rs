@@ -151,6 +151,38 @@ async fn invalid_specs_get_400_naming_the_field_and_change_nothing() {
     assert!(chunked.starts_with("HTTP/1.1 411"), "{chunked}");
     assert_eq!(raw.send("GET", "/tasks/", None).await, (200, json!([])));
 
+    // Changing a stateful task's volume kind would strand its data: 409, nothing changed.
+    let (_, local) = raw
+        .send(
+            "POST",
+            "/tasks/",
+            Some(&json!({"name": "k", "domains": ["kind.example.com"], "image": "x", "volume": {"kind": "local"}}).to_string()),
+        )
+        .await;
+    let kid = local["id"].as_str().expect("id");
+    let mut to_s3 = local.clone();
+    to_s3["volume"] = json!({"kind": "s3"});
+    to_s3.as_object_mut().expect("object").remove("id");
+    let (st, err) = raw
+        .send("PUT", &format!("/tasks/{kid}"), Some(&to_s3.to_string()))
+        .await;
+    assert_eq!(
+        (st, err["field"].as_str()),
+        (409, Some("volume.kind")),
+        "{err}"
+    );
+    assert!(
+        err["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("local to s3")),
+        "{err}"
+    );
+    assert_eq!(
+        raw.send("GET", &format!("/tasks/{kid}"), None).await,
+        (200, local.clone())
+    );
+    raw.send("DELETE", &format!("/tasks/{kid}"), None).await;
+
     // An invalid update leaves the stored task as it was.
     let (_, t) = raw.send("POST", "/tasks/", Some(&base.to_string())).await;
     let id = t["id"].as_str().expect("id");

@@ -37,6 +37,20 @@ impl Registry {
         let mut g = self.lock();
         let old = g.tasks.get(id).cloned().ok_or_else(|| not_found(id))?;
         check_domains_free(&g, &spec, Some(id))?;
+        let (from, to) = (old.spec.volume.kind, spec.volume.kind);
+        if from != to && from.is_stateful() {
+            // The data lives in the old backend; the new one would start the app empty.
+            let name = |k| format!("{k:?}").to_ascii_lowercase();
+            return Err(RegistryError::Conflict {
+                message: format!(
+                    "volume.kind cannot change from {} to {}: the app's data is in its {} volume and would be left behind; keep volume.kind, or make a new task and copy the data over (Shadow does not migrate volumes yet)",
+                    name(from),
+                    name(to),
+                    name(from)
+                ),
+                field: Some("volume.kind".into()),
+            });
+        }
         let task = Task {
             id: id.to_string(),
             spec,
