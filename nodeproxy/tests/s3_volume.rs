@@ -689,8 +689,12 @@ async fn a_restore_bomb_stops_at_the_free_space_and_seeds_stay_under_their_prefi
     put(vols.store(), "seeds/bomb.tar.zst", &packed).await;
     let t = task(Some("seeds/bomb.tar.zst"));
     let err = vols.attach(&t, &Fence::unchecked(1)).await.unwrap_err();
+    // Other tests of this file write to the same disk meanwhile: the free space may have gone
+    // below the reserve before the restore began, which is refused too (the byte limit itself is
+    // unit-tested in archive::unpack).
+    let message = err.to_string();
     assert!(
-        err.to_string().contains("unpacks to more than"),
+        message.contains("unpacks to more than") || message.contains("not more than its reserve"),
         "a clear refusal: {err}"
     );
     assert!(!vols.dir(&t.id).exists(), "nothing half-restored is left");

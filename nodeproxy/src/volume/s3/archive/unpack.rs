@@ -514,6 +514,34 @@ fn mkdir(path: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// A tar holding one file of `len` zeros.
+    fn tar_of(len: usize) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(len as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "zeros", std::io::repeat(0).take(len as u64))
+            .expect("append");
+        b.into_inner().expect("tar")
+    }
+
+    #[test]
+    fn a_restore_stops_at_its_byte_limit() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let archive = tar_of(3 * 1024 * 1024);
+        let err = unpack(&archive[..], dir.path(), 1024 * 1024).expect_err("over the limit");
+        assert!(
+            err.to_string().contains("unpacks to more than 1 MiB"),
+            "{err}"
+        );
+        let written = fs::metadata(dir.path().join("zeros")).map_or(0, |m| m.len());
+        assert!(written <= 1024 * 1024, "{written} bytes written");
+        let fits = tempfile::tempdir().expect("tmp");
+        let stats = unpack(&archive[..], fits.path(), 3 * 1024 * 1024).expect("exactly fits");
+        assert_eq!(stats.bytes, 3 * 1024 * 1024);
+    }
+
     #[test]
     fn relative_paths_only() {
         assert_eq!(safe_relative(Path::new("./a/b")).unwrap(), Path::new("a/b"));
