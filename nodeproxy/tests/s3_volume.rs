@@ -704,6 +704,21 @@ async fn a_restore_bomb_stops_at_the_free_space_and_seeds_stay_under_their_prefi
     let t = task(Some(&format!("tasks/{}/snapshots/x.tar.zst", other.id)));
     let err = vols.attach(&t, &Fence::unchecked(1)).await.unwrap_err();
     assert!(err.to_string().contains("seed prefix"), "{err}");
+    assert!(!vols.dir(&t.id).exists(), "a refused seed leaves nothing");
+
+    // A disk with less free than the reserve refuses every restore, and makes nothing.
+    config.disk_reserve_mb = u64::MAX / (2 * 1024 * 1024);
+    let full = S3Volumes::from_config(&config).await.unwrap().unwrap();
+    let t = task(Some("seeds/bomb.tar.zst"));
+    let err = full.attach(&t, &Fence::unchecked(1)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("not more than its reserve"),
+        "{err}"
+    );
+    assert!(
+        !full.dir(&t.id).exists(),
+        "a refused restore leaves nothing"
+    );
 }
 
 #[tokio::test]

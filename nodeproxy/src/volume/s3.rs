@@ -399,14 +399,18 @@ impl VolumeBackend for S3Volumes {
             );
             self.local.reopen(&task.id).await.map_err(prepare)?;
         } else {
-            self.local.fresh(&task.id).await.map_err(prepare)?;
+            // Every refusal comes before the directory is made: a refused attach leaves nothing.
             let source = match (&pointer, &task.spec.volume.seed) {
                 (Some(p), _) => Some((p.key.clone(), "snapshot")),
                 (None, Some(seed)) => Some((self.checked_seed(task, seed)?, "seed")),
                 (None, None) => None,
             };
+            let limit = match source {
+                Some(_) => self.restore_limit(task)?,
+                None => 0,
+            };
+            self.local.fresh(&task.id).await.map_err(prepare)?;
             if let Some((key, from)) = source {
-                let limit = self.restore_limit(task)?;
                 match transfer::restore(&self.store, &key, &dir, limit).await {
                     Ok(r) => tracing::info!(
                         key = %key,
