@@ -706,6 +706,28 @@ async fn a_restore_bomb_stops_at_the_free_space_and_seeds_stay_under_their_prefi
     assert!(err.to_string().contains("seed prefix"), "{err}");
     assert!(!vols.dir(&t.id).exists(), "a refused seed leaves nothing");
 
+    // A node whose data dir is not made yet still measures its disk (a fresh node).
+    let fresh = tempfile::tempdir().unwrap();
+    let mut fresh_config = config.clone();
+    fresh_config.data_dir = fresh.path().join("not/made/yet");
+    fresh_config.disk_reserve_mb = 0;
+    let vols2 = S3Volumes::from_config(&fresh_config)
+        .await
+        .unwrap()
+        .unwrap();
+    put(
+        vols2.store(),
+        "seeds/small.tar",
+        &EvilTar::default().file("a", b"b").finish(),
+    )
+    .await;
+    let t = task(Some("seeds/small.tar"));
+    let attached = vols2
+        .attach(&t, &Fence::unchecked(1))
+        .await
+        .expect("restored");
+    assert_eq!(std::fs::read(attached.host_path.join("a")).unwrap(), b"b");
+
     // A disk with less free than the reserve refuses every restore, and makes nothing.
     config.disk_reserve_mb = u64::MAX / (2 * 1024 * 1024);
     let full = S3Volumes::from_config(&config).await.unwrap().unwrap();

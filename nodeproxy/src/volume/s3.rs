@@ -60,6 +60,21 @@ pub struct S3Volumes {
     data_dir: PathBuf,
 }
 
+/// Free space for `path`'s file system, asked of its nearest existing ancestor: the volumes'
+/// directory is made only once a restore is allowed.
+fn free_space(path: &std::path::Path) -> std::io::Result<u64> {
+    let mut at = path;
+    loop {
+        match fs4::available_space(at) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match at.parent() {
+                Some(parent) => at = parent,
+                None => return Err(e),
+            },
+            other => return other,
+        }
+    }
+}
+
 /// Where seeds live unless the node says otherwise.
 pub const DEFAULT_SEED_PREFIX: &str = "seeds/";
 
@@ -185,7 +200,7 @@ impl S3Volumes {
     /// beyond its reserve, whichever is less.
     fn restore_limit(&self, task: &Task) -> Result<u64, VolumeError> {
         let size = u64::from(task.spec.volume.size_gb) * 1024 * 1024 * 1024;
-        let free = fs4::available_space(&self.data_dir).map_err(|e| {
+        let free = free_space(&self.data_dir).map_err(|e| {
             io_error(
                 &task.id,
                 format!(
