@@ -23,7 +23,6 @@ use crate::{
 
 /// Everything a request needs; shared by all connections.
 pub struct Node {
-    pub node_id: String,
     pub apps: Arc<Apps>,
     pub follower: Follower,
     pub forwarder: Forwarder,

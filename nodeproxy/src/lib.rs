@@ -122,7 +122,6 @@ pub async fn run_with(
     ));
     let reconciler = tokio::spawn(apps.clone().follow(follower.clone()));
     let node = Arc::new(handler::Node {
-        node_id: config.node_id.clone(),
         apps: apps.clone(),
         follower,
         forwarder: proxy::Forwarder::default(),

@@ -72,6 +72,15 @@ impl EdgeHandle {
         crate::http::Client::new(self.addr)
     }
 
+    /// The edge's Prometheus text, from the admin listener.
+    pub async fn metrics(&self) -> String {
+        self.admin()
+            .get("admin.invalid", "/metrics")
+            .await
+            .expect("the admin listener answers")
+            .body
+    }
+
     /// A client of the admin listener (health, metrics).
     pub fn admin(&self) -> crate::http::Client {
         crate::http::Client::new(self.admin_addr)

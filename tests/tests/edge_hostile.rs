@@ -332,12 +332,7 @@ async fn stalled_and_greedy_clients_are_cut_and_capped_while_others_are_served()
     let answer = until_closed(&mut over, Duration::from_secs(20)).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
 
-    let metrics = e
-        .admin()
-        .get("any", "/metrics")
-        .await
-        .expect("metrics")
-        .body;
+    let metrics = e.metrics().await;
     for line in [
         "shadow_edge_client_body_stalls_total 2",
         "shadow_edge_client_connections_refused_total{cap=\"per_ip\"} 1",
