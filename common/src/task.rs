@@ -41,6 +41,11 @@ pub struct TaskSpec {
     pub command: Option<Vec<String>>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Environment variables whose values are write-only: the API answers them as `null`, logs
+    /// never show them, and only the watch stream carries them, to the nodes that start the app.
+    /// Sending `null` back keeps the stored value, so a read-modify-write loses nothing.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, Secret>,
     /// The port the app listens on inside the container.
     #[serde(default = "default_port")]
     pub port: u16,
@@ -70,6 +75,63 @@ pub struct TaskSpec {
     /// Run with a read-only root filesystem; `/data` and a small `/tmp` stay writable.
     #[serde(default)]
     pub read_only: bool,
+}
+
+/// A write-only value: `None` once redacted for an API answer, or in a request that keeps what is
+/// stored. Its `Debug` never shows the value, so a logged spec leaks nothing.
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(Option<String>);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(Some(value.into()))
+    }
+    /// Stands for "keep the stored value" in a request; what a redacted answer shows.
+    pub fn kept() -> Self {
+        Self(None)
+    }
+    pub fn value(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Secret(..)" } else { "Secret(kept)" })
+    }
+}
+
+impl Task {
+    /// The task as the API shows it: secret values left out.
+    pub fn redacted(mut self) -> Self {
+        for v in self.spec.secret_env.values_mut() {
+            *v = Secret::kept();
+        }
+        self
+    }
+}
+
+impl TaskSpec {
+    /// Fills every `null` secret from `stored` (the task's current spec); a `null` for a name
+    /// that has no stored value is refused, since it would start the app without it.
+    pub fn keep_secrets(&mut self, stored: Option<&TaskSpec>) -> Result<(), FieldError> {
+        for (k, v) in &mut self.secret_env {
+            if v.0.is_some() {
+                continue;
+            }
+            match stored.and_then(|s| s.secret_env.get(k)).and_then(|s| s.0.clone()) {
+                Some(old) => v.0 = Some(old),
+                None => {
+                    return Err(FieldError::new(
+                        format!("secret_env.{k}"),
+                        format!("secret_env.{k} is null but no value is stored for it; send its value (values are write-only: the API shows them as null)"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_port() -> u16 {
@@ -197,7 +259,8 @@ pub mod limits {
 impl TaskSpec {
     /// Parses and validates untrusted JSON, naming the field at fault on error.
     pub fn from_json(body: &[u8]) -> Result<TaskSpec, FieldError> {
-        let spec: TaskSpec = parse_json(body)?;
+        let mut spec: TaskSpec = parse_json(body)?;
+        spec.normalize();
         spec.validate()?;
         Ok(spec)
     }
@@ -237,10 +300,9 @@ impl TaskSpec {
                     format!("{d:?} is under .invalid, which Shadow reserves for its own requests (node health checks); use the app's real hostname"),
                 ));
             }
-            let canonical = |h: &str| h.trim_end_matches('.').to_ascii_lowercase();
             if self.domains[..i]
                 .iter()
-                .any(|o| canonical(o) == canonical(d))
+                .any(|o| canonical_host(o) == canonical_host(d))
             {
                 return Err(FieldError::new(
                     format!("domains[{i}]"),
@@ -267,6 +329,26 @@ impl TaskSpec {
                 return Err(FieldError::new(
                     format!("env.{k}"),
                     "environment variable names must be non-empty and contain no '=' or NUL",
+                ));
+            }
+        }
+        for (k, v) in &self.secret_env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(FieldError::new(
+                    format!("secret_env.{k}"),
+                    "environment variable names must be non-empty and contain no '=' or NUL",
+                ));
+            }
+            if self.env.contains_key(k) {
+                return Err(FieldError::new(
+                    format!("secret_env.{k}"),
+                    format!("{k} is in both env and secret_env; keep it in one of them"),
+                ));
+            }
+            if v.value().is_some_and(|v| v.contains('\0')) {
+                return Err(FieldError::new(
+                    format!("secret_env.{k}"),
+                    "environment variable values cannot contain NUL",
                 ));
             }
         }
@@ -361,11 +443,22 @@ impl TaskSpec {
         Ok(())
     }
 
-    /// The domains in the canonical form used for routing: lower case, no trailing dot.
+    /// The domains in the canonical form used for routing: lower case, no trailing dot, and
+    /// internationalised names in their ASCII (IDNA, `xn--`) form, which is what clients send as
+    /// Host. A name IDNA refuses is left for [`TaskSpec::validate`] to name.
     pub fn normalize(&mut self) {
         for d in &mut self.domains {
-            *d = d.trim_end_matches('.').to_ascii_lowercase();
+            *d = canonical_host(d);
         }
+    }
+}
+
+/// A hostname as routing compares it: IDNA to ASCII (which also lower-cases), no trailing dot.
+pub fn canonical_host(host: &str) -> String {
+    let trimmed = host.trim_end_matches('.');
+    match idna::domain_to_ascii(trimmed) {
+        Ok(ascii) if !ascii.is_empty() => ascii,
+        _ => trimmed.to_ascii_lowercase(),
     }
 }
 
@@ -442,6 +535,48 @@ mod tests {
         assert_eq!(s.start_timeout_s, 60);
         assert_eq!(s.volume.kind, VolumeKind::None);
         assert_eq!(s.cold_start, ColdStart::Hold);
+    }
+
+    #[test]
+    fn unicode_domains_become_their_idna_ascii_form() {
+        let s = parse(serde_json::json!({"name": "a", "domains": ["Bücher.Example."], "image": "x"}))
+            .expect("valid");
+        assert_eq!(s.domains, vec!["xn--bcher-kva.example"]);
+        let twice = parse(serde_json::json!(
+            {"name": "a", "domains": ["bücher.example", "xn--bcher-kva.example"], "image": "x"}
+        ))
+        .expect_err("the same name twice");
+        assert_eq!(twice.field, "domains[1]");
+    }
+
+    #[test]
+    fn secrets_are_redacted_kept_and_never_debug_printed() {
+        let mut v = minimal();
+        v["secret_env"] = serde_json::json!({"DB_PASSWORD": "hunter2"});
+        let stored = parse(v).expect("valid");
+        assert!(!format!("{stored:?}").contains("hunter2"));
+        let task = Task { id: "t".into(), spec: stored.clone() };
+        let shown = serde_json::to_value(task.redacted()).unwrap();
+        assert_eq!(shown["secret_env"], serde_json::json!({"DB_PASSWORD": null}));
+
+        // Sending back what GET showed keeps the value.
+        let mut back: TaskSpec =
+            serde_json::from_value(serde_json::json!({"name": "app", "domains": ["app.example.com"], "image": "app:1", "secret_env": {"DB_PASSWORD": null}})).unwrap();
+        back.keep_secrets(Some(&stored)).expect("kept");
+        assert_eq!(back.secret_env["DB_PASSWORD"].value(), Some("hunter2"));
+        // A null with nothing stored is refused, naming the key.
+        let mut fresh = back.clone();
+        fresh.secret_env.insert("NEW".into(), Secret::kept());
+        let e = fresh.keep_secrets(Some(&stored)).expect_err("nothing stored");
+        assert_eq!(e.field, "secret_env.NEW");
+    }
+
+    #[test]
+    fn a_name_in_env_and_secret_env_is_refused() {
+        let mut v = minimal();
+        v["env"] = serde_json::json!({"A": "1"});
+        v["secret_env"] = serde_json::json!({"A": "2"});
+        assert_eq!(parse(v).expect_err("twice").field, "secret_env.A");
     }
 
     #[test]

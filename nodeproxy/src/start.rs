@@ -259,6 +259,11 @@ pub fn container_spec(
     let mut spec = ContainerSpec::new(container_name(task), task.spec.image.clone());
     spec.command = task.spec.command.clone();
     spec.env = task.spec.env.clone();
+    for (k, v) in &task.spec.secret_env {
+        if let Some(v) = v.value() {
+            spec.env.insert(k.clone(), v.to_owned());
+        }
+    }
     spec.env
         .entry("PORT".into())
         .or_insert_with(|| task.spec.port.to_string());

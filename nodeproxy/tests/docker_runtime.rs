@@ -430,3 +430,36 @@ async fn an_unreachable_daemon_says_where_and_what_to_check() {
     assert!(message.contains("/nonexistent/docker.sock"), "{message}");
     assert!(message.contains("Is it running"), "{message}");
 }
+
+#[tokio::test]
+async fn nodes_starting_together_end_with_one_app_network() {
+    let rt = runtime().await;
+    let name = format!(
+        "shadow-test-net-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    // Four nodes on one daemon, all finding no network and creating one at once.
+    let (a, b, c, d) = tokio::join!(
+        rt.ensure_network(&name),
+        rt.ensure_network(&name),
+        rt.ensure_network(&name),
+        rt.ensure_network(&name)
+    );
+    let listed = std::process::Command::new("docker")
+        .args(["network", "ls", "-q", "--filter", &format!("name=^{name}$")])
+        .output()
+        .expect("docker network ls");
+    let ids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    for id in &ids {
+        let _ = std::process::Command::new("docker")
+            .args(["network", "rm", id])
+            .output();
+    }
+    for r in [a, b, c, d] {
+        r.expect("ensure_network");
+    }
+    assert_eq!(ids.len(), 1, "exactly one network named {name}: {ids:?}");
+}

@@ -524,13 +524,13 @@ async fn refused(s3: &S3Server, archive: Vec<u8>, sentinel: &Path) -> String {
     };
     // The half-restored volume is gone, and nothing else appeared in the node's data dir.
     assert!(!vols.dir(&t.id).exists());
-    let volumes = data.path().join("volumes");
+    let volumes = data.path().join("s3");
     assert_eq!(std::fs::read_dir(&volumes).unwrap().count(), 0);
     let names: Vec<_> = std::fs::read_dir(data.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(names, vec!["volumes"]);
+    assert_eq!(names, vec!["s3"]);
     assert_eq!(
         listing(sentinel),
         vec![(

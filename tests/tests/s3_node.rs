@@ -59,7 +59,7 @@ async fn the_count_survives_a_reap_on_the_same_node_and_on_another() {
     until_released(&m, &t.id).await;
 
     // The other node has never seen this task: its data can only come from S3.
-    assert!(!b.dir.path().join("volumes").join(&t.id).exists());
+    assert!(!b.dir.path().join("s3").join(&t.id).exists());
     assert_eq!(
         body(&cb.post(&d, "/count", "").await.expect("req")),
         (200, "3"),
@@ -240,8 +240,8 @@ async fn an_unreachable_store_gives_503_and_starts_no_container() {
     assert!(n.containers().await.is_empty(), "no container was made");
     until_released(&m, &t.id).await;
     assert!(
-        !Path::new(&n.dir.path().join("volumes").join(&t.id)).exists()
-            || std::fs::read_dir(n.dir.path().join("volumes").join(&t.id))
+        !Path::new(&n.dir.path().join("s3").join(&t.id)).exists()
+            || std::fs::read_dir(n.dir.path().join("s3").join(&t.id))
                 .expect("dir")
                 .next()
                 .is_none(),

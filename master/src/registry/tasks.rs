@@ -11,6 +11,7 @@ impl Registry {
     pub fn create_task(&self, mut spec: TaskSpec) -> Result<Task, RegistryError> {
         spec.validate().map_err(RegistryError::Invalid)?;
         spec.normalize();
+        spec.keep_secrets(None).map_err(RegistryError::Invalid)?;
         let mut g = self.lock();
         check_domains_free(&g, &spec, None)?;
         let task = Task {
@@ -36,6 +37,8 @@ impl Registry {
         spec.normalize();
         let mut g = self.lock();
         let old = g.tasks.get(id).cloned().ok_or_else(|| not_found(id))?;
+        spec.keep_secrets(Some(&old.spec))
+            .map_err(RegistryError::Invalid)?;
         check_domains_free(&g, &spec, Some(id))?;
         let (from, to) = (old.spec.volume.kind, spec.volume.kind);
         if from != to && from.is_stateful() {

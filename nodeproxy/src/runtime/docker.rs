@@ -53,6 +53,25 @@ impl std::fmt::Debug for DockerRuntime {
 const ICC_OPTION: &str = "com.docker.network.bridge.enable_icc";
 
 impl DockerRuntime {
+    /// The networks whose name is exactly `name` (Docker's filter matches substrings).
+    async fn networks_named(
+        &self,
+        name: &str,
+    ) -> Result<Vec<bollard::models::Network>, RuntimeError> {
+        let options = bollard::query_parameters::ListNetworksOptionsBuilder::new()
+            .filters(&HashMap::from([("name".to_owned(), vec![name.to_owned()])]))
+            .build();
+        let nets = self
+            .docker
+            .list_networks(Some(options))
+            .await
+            .map_err(|e| self.fail(format!("list networks named {name}"), e))?;
+        Ok(nets
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .collect())
+    }
+
     /// Kills (if running) and removes a container; one that is already gone is not an error.
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         let options = RemoveContainerOptionsBuilder::new()
@@ -295,52 +314,52 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn ensure_network(&self, name: &str) -> Result<(), RuntimeError> {
-        match self
-            .docker
-            .inspect_network(
-                name,
-                None::<bollard::query_parameters::InspectNetworkOptions>,
-            )
-            .await
-        {
-            Ok(net) => {
-                let icc = net
-                    .options
-                    .as_ref()
-                    .and_then(|o| o.get(ICC_OPTION))
-                    .map(String::as_str);
-                if icc != Some("false") {
-                    warn!(network = name, "the app network allows traffic between containers; remove it (docker network rm) and restart the node to have it made with that off");
-                }
-                return Ok(());
-            }
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(self.fail(format!("inspect network {name}"), e)),
-        }
-        let request = bollard::models::NetworkCreateRequest {
-            name: name.to_owned(),
-            driver: Some("bridge".to_owned()),
-            options: Some(HashMap::from([(ICC_OPTION.to_owned(), "false".to_owned())])),
-            labels: Some(HashMap::from([(
-                "shadow.network".to_owned(),
-                "apps".to_owned(),
-            )])),
-            ..Default::default()
-        };
-        match self.docker.create_network(request).await {
-            Ok(_) => {
-                info!(
+        if self.networks_named(name).await?.is_empty() {
+            let request = bollard::models::NetworkCreateRequest {
+                name: name.to_owned(),
+                driver: Some("bridge".to_owned()),
+                options: Some(HashMap::from([(ICC_OPTION.to_owned(), "false".to_owned())])),
+                labels: Some(HashMap::from([(
+                    "shadow.network".to_owned(),
+                    "apps".to_owned(),
+                )])),
+                ..Default::default()
+            };
+            match self.docker.create_network(request).await {
+                Ok(_) => info!(
                     network = name,
                     "created the app network (no traffic between apps)"
-                );
-                Ok(())
+                ),
+                // Another node on this daemon made it meanwhile.
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 409, ..
+                }) => {}
+                Err(e) => return Err(self.fail(format!("create network {name}"), e)),
             }
-            // Another node on this daemon made it meanwhile.
-            Err(BollardError::DockerResponseServerError {
-                status_code: 409, ..
-            }) => Ok(()),
-            Err(e) => Err(self.fail(format!("create network {name}"), e)),
         }
+        // Docker does not make names unique: nodes starting together on one daemon can each
+        // create one, and then the name is ambiguous. Every node keeps the lowest id, so all
+        // agree, and removes the rest (none has containers yet: they were made a moment ago).
+        let mut nets = self.networks_named(name).await?;
+        nets.sort_by(|a, b| a.id.cmp(&b.id));
+        for extra in nets.iter().skip(1) {
+            if let Some(id) = &extra.id {
+                if let Err(e) = self.docker.remove_network(id).await {
+                    if !is_not_found(&e) {
+                        warn!(network = name, id, error = %e, "could not remove a duplicate app network");
+                    }
+                }
+            }
+        }
+        let icc = nets
+            .first()
+            .and_then(|n| n.options.as_ref())
+            .and_then(|o| o.get(ICC_OPTION))
+            .map(String::as_str);
+        if icc != Some("false") {
+            warn!(network = name, "the app network allows traffic between containers; remove it (docker network rm) and restart the node to have it made with that off");
+        }
+        Ok(())
     }
 
     async fn stop_and_remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {

@@ -47,7 +47,7 @@ use crate::config::NodeConfig;
 /// Times a commit re-reads the pointer after losing a conditional write.
 const COMMIT_TRIES: usize = 3;
 
-/// Volumes kept as snapshots in one S3 bucket, restored to `<data dir>/volumes/<task id>`.
+/// Volumes kept as snapshots in one S3 bucket, restored to `<data dir>/s3/<task id>`.
 pub struct S3Volumes {
     store: Store,
     local: LocalCopy,

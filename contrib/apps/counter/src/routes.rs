@@ -16,6 +16,7 @@
 //! | `GET /threads?n=N` | starts N sleeping threads, answers how many started and why it stopped (a fork bomb under a pids limit) |
 //! | `GET /hog?n=MIB` | allocates and touches N MiB, then answers (a memory hog under a memory limit) |
 //! | `GET /whoami` | `uid=U gid=G` of the app's process |
+//! | `GET /env?name=N` | the value of environment variable `N`, 404 when unset |
 //! | `GET /write?path=P` | tries to create the file P: `ok` or `failed: <why>` (a read-only root) |
 //! | `GET /set-cookies` | three `Set-Cookie` headers (`a`, `b`, `c`; `c` has an `Expires` with a comma) |
 //!
@@ -79,6 +80,10 @@ pub async fn handle(
         (&Method::GET, "/threads") => threads(&query),
         (&Method::GET, "/hog") => hog(&query),
         (&Method::GET, "/whoami") => whoami(),
+        (&Method::GET, "/env") => match std::env::var(param(&query, "name").unwrap_or("")) {
+            Ok(v) => text(StatusCode::OK, format!("{v}\n")),
+            Err(_) => text(StatusCode::NOT_FOUND, "not set\n"),
+        },
         (&Method::GET, "/write") => write(&query),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };

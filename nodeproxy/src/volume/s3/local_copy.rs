@@ -1,4 +1,5 @@
-//! The node's copy of a task's volume, `<data dir>/volumes/<task id>`, and beside it
+//! The node's copy of a task's volume, `<data dir>/s3/<task id>` (apart from the `local`
+//! backend's `volumes/`, so the two kinds never share a directory), and beside it
 //! `<task id>.s3-base`: the snapshot key the copy descends from (empty when it started empty
 //! or from a seed). The marker exists only while the copy is complete, so an attach can tell
 //! a copy that is at least as new as the task's last snapshot (left by a detach that could
@@ -22,7 +23,7 @@ impl LocalCopy {
     /// Copies live in `<data_dir>/volumes`.
     pub fn new(data_dir: &Path) -> Self {
         Self {
-            root: data_dir.join("volumes"),
+            root: data_dir.join("s3"),
         }
     }
 
