@@ -6,6 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
+    acme::{AcmeRecord, CertStatus},
     error::ErrorBody,
     lease::{Lease, LeaseGrant, LeaseRenewal, LeaseRequest, SessionRenewal, SessionRenewed},
     node::{Heartbeat, NodeRegistration, NodeStatus},
@@ -165,6 +166,62 @@ impl MasterClient {
         )
         .await
         .map(drop)
+    }
+
+    /// Stores an ACME record (certificate, challenge, status) for every edge.
+    pub async fn put_acme(&self, record: &AcmeRecord) -> Result<(), ClientError> {
+        self.call::<_, serde_json::Value>(
+            Method::PUT,
+            &format!("/acme/{}", record.key()),
+            Some(record),
+            Self::TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+    /// Removes the ACME record with this key (`challenges/<token>`, ...); gone already is fine.
+    pub async fn delete_acme(&self, key: &str) -> Result<(), ClientError> {
+        match self
+            .call::<(), serde_json::Value>(
+                Method::DELETE,
+                &format!("/acme/{key}"),
+                None,
+                Self::TIMEOUT,
+            )
+            .await
+        {
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(()),
+            r => r.map(drop),
+        }
+    }
+    /// The stored ACME account's credentials, if an edge made one.
+    pub async fn acme_account(&self) -> Result<Option<serde_json::Value>, ClientError> {
+        match self
+            .call::<(), serde_json::Value>(Method::GET, "/acme/account", None, Self::TIMEOUT)
+            .await
+        {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    /// Stores the account's credentials; 409 ([`ClientError::Api`]) when another is stored.
+    pub async fn put_acme_account(
+        &self,
+        credentials: &serde_json::Value,
+    ) -> Result<(), ClientError> {
+        self.call::<_, serde_json::Value>(
+            Method::PUT,
+            "/acme/account",
+            Some(credentials),
+            Self::TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+    pub async fn cert_statuses(&self) -> Result<Vec<CertStatus>, ClientError> {
+        self.call::<(), _>(Method::GET, "/certificates", None, Self::TIMEOUT)
+            .await
     }
 
     pub async fn register_node(&self, reg: &NodeRegistration) -> Result<NodeStatus, ClientError> {

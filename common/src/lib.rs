@@ -1,13 +1,14 @@
 //! Shadow's shared library: what the master, the node proxy and the edge proxy have in common.
 //!
 //! # Layout
-//! - [`task`], [`node`], [`lease`], [`watch`], [`error`]: the wire types of the master's API.
+//! - [`task`], [`node`], [`lease`], [`acme`], [`watch`], [`error`]: the wire types of the master's API.
 //! - [`client`]: a typed client for that API.
 //! - [`state`] and [`follower`]: a local copy of the master's state kept current by its watch.
 //! - [`config`]: TOML file + `SHADOW_*` environment + flags, parsed once at start-up.
 //! - [`telemetry`]: tracing set-up.
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -55,5 +55,7 @@ pub use forward::{ForwardFailure, Forwarder, ForwarderConfig, Unsent};
 pub use headers::{is_upgrade_request, strip_hop_by_hop};
 pub use host::{checked_domain, HostError};
 pub use request_id::{new_request_id, request_id, MAX_REQUEST_ID_LEN};
-pub use serve::{serve, serve_with, ClientLimits, ServeOptions, DEFAULT_DRAIN_TIMEOUT};
+pub use serve::{
+    serve, serve_with, ClientLimits, ServeOptions, ACME_TLS_ALPN, DEFAULT_DRAIN_TIMEOUT,
+};
 pub use workers::Workers;

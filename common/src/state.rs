@@ -3,6 +3,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use crate::{
+    acme::{AcmeRecord, CertStatus, Challenge, StoredCert},
     lease::Lease,
     node::NodeStatus,
     task::Task,
@@ -17,6 +18,10 @@ pub struct ClusterState {
     by_domain: HashMap<String, String>,
     nodes: HashMap<String, NodeStatus>,
     leases: HashMap<String, Lease>,
+    /// ACME records by key (`certs/<domain>`, `challenges/<token>`, `status/<domain>`).
+    acme: HashMap<String, Arc<AcmeRecord>>,
+    /// TLS-ALPN-01 challenges by domain (the CA names the domain, not the token).
+    alpn: HashMap<String, String>,
 }
 
 impl ClusterState {
@@ -65,6 +70,22 @@ impl ClusterState {
                     self.leases.remove(task_id);
                 }
             }
+            WatchEvent::AcmePut { record } => {
+                let key = record.key();
+                if let AcmeRecord::Challenge(c) = &**record {
+                    self.alpn.insert(c.domain.clone(), key.clone());
+                }
+                self.acme.insert(key, Arc::new((**record).clone()));
+            }
+            WatchEvent::AcmeDeleted { key } => {
+                if let Some(old) = self.acme.remove(key) {
+                    if let AcmeRecord::Challenge(c) = &*old {
+                        if self.alpn.get(&c.domain) == Some(key) {
+                            self.alpn.remove(&c.domain);
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -89,5 +110,40 @@ impl ClusterState {
     }
     pub fn lease(&self, task_id: &str) -> Option<&Lease> {
         self.leases.get(task_id)
+    }
+    /// The certificate the ACME orderer stored for `domain`.
+    pub fn cert(&self, domain: &str) -> Option<&StoredCert> {
+        match self.acme.get(&format!("certs/{domain}")).map(|r| &**r) {
+            Some(AcmeRecord::Cert(c)) => Some(c),
+            _ => None,
+        }
+    }
+    /// The HTTP-01 challenge with this token.
+    pub fn challenge(&self, token: &str) -> Option<&Challenge> {
+        match self.acme.get(&format!("challenges/{token}")).map(|r| &**r) {
+            Some(AcmeRecord::Challenge(c)) => Some(c),
+            _ => None,
+        }
+    }
+    /// The TLS-ALPN-01 challenge for `domain`, the newest if several.
+    pub fn alpn_challenge(&self, domain: &str) -> Option<&Challenge> {
+        let key = self.alpn.get(domain)?;
+        match self.acme.get(key).map(|r| &**r) {
+            Some(AcmeRecord::Challenge(c)) => Some(c),
+            _ => None,
+        }
+    }
+    pub fn cert_status(&self, domain: &str) -> Option<&CertStatus> {
+        match self.acme.get(&format!("status/{domain}")).map(|r| &**r) {
+            Some(AcmeRecord::Status(s)) => Some(s),
+            _ => None,
+        }
+    }
+    /// Every stored certificate.
+    pub fn certs(&self) -> impl Iterator<Item = &StoredCert> {
+        self.acme.values().filter_map(|r| match &**r {
+            AcmeRecord::Cert(c) => Some(c),
+            _ => None,
+        })
     }
 }

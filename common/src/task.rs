@@ -98,7 +98,11 @@ impl Secret {
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "Secret(..)" } else { "Secret(kept)" })
+        f.write_str(if self.0.is_some() {
+            "Secret(..)"
+        } else {
+            "Secret(kept)"
+        })
     }
 }
 
@@ -539,8 +543,9 @@ mod tests {
 
     #[test]
     fn unicode_domains_become_their_idna_ascii_form() {
-        let s = parse(serde_json::json!({"name": "a", "domains": ["Bücher.Example."], "image": "x"}))
-            .expect("valid");
+        let s =
+            parse(serde_json::json!({"name": "a", "domains": ["Bücher.Example."], "image": "x"}))
+                .expect("valid");
         assert_eq!(s.domains, vec!["xn--bcher-kva.example"]);
         let twice = parse(serde_json::json!(
             {"name": "a", "domains": ["bücher.example", "xn--bcher-kva.example"], "image": "x"}
@@ -555,9 +560,15 @@ mod tests {
         v["secret_env"] = serde_json::json!({"DB_PASSWORD": "hunter2"});
         let stored = parse(v).expect("valid");
         assert!(!format!("{stored:?}").contains("hunter2"));
-        let task = Task { id: "t".into(), spec: stored.clone() };
+        let task = Task {
+            id: "t".into(),
+            spec: stored.clone(),
+        };
         let shown = serde_json::to_value(task.redacted()).unwrap();
-        assert_eq!(shown["secret_env"], serde_json::json!({"DB_PASSWORD": null}));
+        assert_eq!(
+            shown["secret_env"],
+            serde_json::json!({"DB_PASSWORD": null})
+        );
 
         // Sending back what GET showed keeps the value.
         let mut back: TaskSpec =
@@ -567,7 +578,9 @@ mod tests {
         // A null with nothing stored is refused, naming the key.
         let mut fresh = back.clone();
         fresh.secret_env.insert("NEW".into(), Secret::kept());
-        let e = fresh.keep_secrets(Some(&stored)).expect_err("nothing stored");
+        let e = fresh
+            .keep_secrets(Some(&stored))
+            .expect_err("nothing stored");
         assert_eq!(e.field, "secret_env.NEW");
     }
 

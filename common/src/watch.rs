@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{lease::Lease, node::NodeStatus, task::Task};
+use crate::{acme::AcmeRecord, lease::Lease, node::NodeStatus, task::Task};
 
 /// One change to the master's state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,6 +30,13 @@ pub enum WatchEvent {
         task_id: String,
         token: u64,
         expired: bool,
+    },
+    /// A certificate, challenge or ordering status for the edges (see [`crate::acme`]).
+    AcmePut {
+        record: Box<AcmeRecord>,
+    },
+    AcmeDeleted {
+        key: String,
     },
 }
 

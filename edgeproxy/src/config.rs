@@ -57,6 +57,32 @@ pub struct Cli {
     #[arg(long, env = "SHADOW_EDGE_TLS_RELOAD_S")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_reload_s: Option<u64>,
+    /// ACME directory URL (e.g. https://acme-v02.api.letsencrypt.org/directory); set, the edges
+    /// obtain and renew a certificate for every task domain [default: none, ACME off].
+    #[arg(long, env = "SHADOW_EDGE_ACME_DIRECTORY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acme_directory: Option<String>,
+    /// Contact addresses for the ACME account, comma-separated (e.g. mailto:ops@example.com).
+    #[arg(long, env = "SHADOW_EDGE_ACME_CONTACT", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acme_contact: Option<Vec<String>>,
+    /// PEM file of the CA that signed the ACME server's own TLS certificate, for a private ACME
+    /// server [default: the system's roots].
+    #[arg(long, env = "SHADOW_EDGE_ACME_CA_ROOT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acme_ca_root: Option<PathBuf>,
+    /// The challenge answered: http-01 (port 80) or tls-alpn-01 (port 443) [default: http-01].
+    #[arg(long, env = "SHADOW_EDGE_ACME_CHALLENGE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acme_challenge: Option<String>,
+    /// Renew a certificate this many seconds before it expires [default: 2592000, 30 days].
+    #[arg(long, env = "SHADOW_EDGE_ACME_RENEW_BEFORE_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acme_renew_before_s: Option<u64>,
+    /// Seconds between looks for domains that need a certificate [default: 60].
+    #[arg(long, env = "SHADOW_EDGE_ACME_CHECK_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acme_check_s: Option<u64>,
     /// This edge's id, for logs and the replacement lock [default: the hostname].
     #[arg(long, env = "SHADOW_EDGE_ID")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -174,6 +200,18 @@ pub struct EdgeConfig {
     pub client_max_per_ip: usize,
     #[serde(default = "default_client_max_total")]
     pub client_max_total: usize,
+    #[serde(default)]
+    pub acme_directory: Option<String>,
+    #[serde(default)]
+    pub acme_contact: Vec<String>,
+    #[serde(default)]
+    pub acme_ca_root: Option<PathBuf>,
+    #[serde(default = "default_acme_challenge")]
+    pub acme_challenge: String,
+    #[serde(default = "default_acme_renew_before_s")]
+    pub acme_renew_before_s: u64,
+    #[serde(default = "default_acme_check_s")]
+    pub acme_check_s: u64,
     #[serde(default = "default_edge_id")]
     pub edge_id: String,
     #[serde(default = "default_master")]
@@ -235,6 +273,15 @@ fn default_edge_id() -> String {
 }
 fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7080))
+}
+fn default_acme_challenge() -> String {
+    "http-01".into()
+}
+fn default_acme_renew_before_s() -> u64 {
+    30 * 24 * 3600
+}
+fn default_acme_check_s() -> u64 {
+    60
 }
 fn default_tls_reload_s() -> u64 {
     10
@@ -312,6 +359,12 @@ impl EdgeConfig {
             admin_listen: default_admin_listen(),
             trusted_proxies: vec![],
             tls_reload_s: default_tls_reload_s(),
+            acme_directory: None,
+            acme_contact: vec![],
+            acme_ca_root: None,
+            acme_challenge: default_acme_challenge(),
+            acme_renew_before_s: default_acme_renew_before_s(),
+            acme_check_s: default_acme_check_s(),
             client_header_timeout_s: default_client_header_timeout_s(),
             client_body_stall_s: default_client_body_stall_s(),
             client_max_per_ip: default_client_max_per_ip(),
@@ -382,6 +435,34 @@ impl EdgeConfig {
                 "SHADOW_NODE_PROVIDER={other:?} is not a provider; use static, aws or digitalocean"
             )),
         }
+    }
+
+    /// The ACME settings, when a directory is set; a bad challenge name is an error.
+    pub fn acme(&self) -> Result<Option<crate::acme::AcmeConfig>, String> {
+        let Some(directory) = self.acme_directory.clone() else {
+            return Ok(None);
+        };
+        let challenge = match self.acme_challenge.as_str() {
+            "http-01" => crate::acme::ChallengeKind::Http01,
+            "tls-alpn-01" => crate::acme::ChallengeKind::TlsAlpn01,
+            other => {
+                return Err(format!(
+                    "SHADOW_EDGE_ACME_CHALLENGE is {other:?}; use http-01 or tls-alpn-01"
+                ))
+            }
+        };
+        if challenge == crate::acme::ChallengeKind::TlsAlpn01 && self.tls_listen.is_none() {
+            return Err("SHADOW_EDGE_ACME_CHALLENGE=tls-alpn-01 needs the HTTPS listener: set SHADOW_EDGE_TLS_LISTEN (port 443), or use http-01".into());
+        }
+        Ok(Some(crate::acme::AcmeConfig {
+            directory,
+            contact: self.acme_contact.clone(),
+            ca_root: self.acme_ca_root.clone(),
+            challenge,
+            renew_before: Duration::from_secs(self.acme_renew_before_s),
+            check_every: Duration::from_secs(self.acme_check_s.max(1)),
+            ..crate::acme::AcmeConfig::default()
+        }))
     }
 
     pub fn replacer(&self) -> ReplacerConfig {

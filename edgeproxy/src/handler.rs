@@ -38,6 +38,18 @@ pub struct Edge {
     pub metrics: Metrics,
 }
 
+/// The CA validating an HTTP-01 challenge of the ACME orderer: the key authorization for a
+/// token the master holds, for a registered domain; anything else goes to the app as usual.
+fn acme_challenge<B>(edge: &Edge, req: &Request<B>, host: &str) -> Option<Response<ProxyBody>> {
+    let token = req
+        .uri()
+        .path()
+        .strip_prefix("/.well-known/acme-challenge/")?;
+    let state = edge.follower.read();
+    let challenge = state.challenge(token)?;
+    (challenge.domain == host).then(|| text(StatusCode::OK, challenge.key_authorization.clone()))
+}
+
 /// Serves one request that arrived over `scheme` (http or https).
 pub async fn handle(
     edge: Arc<Edge>,
@@ -50,6 +62,9 @@ pub async fn handle(
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
     let request_id = proxy::request_id(req.headers());
+    if let Some(answer) = acme_challenge(&edge, &req, &host) {
+        return answer;
+    }
     let task = edge.follower.read().task_by_domain(&host);
     let Some(task) = task else {
         // The public listener serves apps and nothing else: the edge's own routes are on the

@@ -7,9 +7,10 @@
 //! - [`handler`]: the request path; [`placement`]: lease holder, sticky choice, rendezvous hashing.
 //! - [`provider`] / [`replacer`]: replacing dead nodes (static, AWS, DigitalOcean), one edge at a time.
 //! - [`health`]: active and passive node health; [`metrics`]; [`tls`]: certificates by SNI.
-//! - [`provider`] and [`replacer`]: replacing dead nodes (AWS EC2, DigitalOcean, or static).
+//! - [`acme`]: automatic certificates, ordered by one edge at a time, served by all.
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod config;
 pub mod handler;
 pub mod health;
@@ -95,15 +96,6 @@ pub async fn run_listeners(
         admin,
     } = listeners;
     let bound = listener.local_addr().map_err(RunError::Listener)?;
-    let (acceptor, reloader) = match &tls_listener {
-        Some(_) => {
-            let (acceptor, certificates) = tls::acceptor(&config.tls_cert, &config.tls_key)?;
-            let every = std::time::Duration::from_secs(config.tls_reload_s.max(1));
-            let reloader = tokio::spawn(certificates.reload_forever(every));
-            (Some(acceptor), Some(reloader))
-        }
-        None => (None, None),
-    };
     let master = MasterClient::new(config.master.clone(), config.api_token.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -113,6 +105,17 @@ pub async fn run_listeners(
         }
     };
     let follower = Follower::spawn(master.clone(), stopped());
+    let acme_config = config.acme().map_err(RunError::Config)?;
+    let (acceptor, reloader) = match &tls_listener {
+        Some(_) => {
+            let acme = acme_config.as_ref().map(|_| follower.clone());
+            let (acceptor, certificates) = tls::acceptor(&config.tls_cert, &config.tls_key, acme)?;
+            let every = std::time::Duration::from_secs(config.tls_reload_s.max(1));
+            let reloader = certificates.map(|c| tokio::spawn(c.reload_forever(every)));
+            (Some(acceptor), reloader)
+        }
+        None => (None, None),
+    };
     let health = health::Health::new(config.health_fails, config.health_passes);
     let checker = tokio::spawn(health::check_forever(
         health.clone(),
@@ -132,6 +135,21 @@ pub async fn run_listeners(
         tracing::error!(error = %e, "cannot register the replacement metric");
     }
     let replacing = replacer.spawn(stopped());
+    let ordering = acme_config.map(|acme_config| {
+        let orders = acme::metric();
+        if let Err(e) = metrics.registry.register(Box::new(orders.clone())) {
+            tracing::error!(error = %e, "cannot register the ACME metric");
+        }
+        tracing::info!(directory = %acme_config.directory, challenge = ?acme_config.challenge, "automatic certificates on");
+        let acme = Arc::new(acme::Acme {
+            config: acme_config,
+            master: master.clone(),
+            follower: follower.clone(),
+            edge_id: config.edge_id.clone(),
+            orders,
+        });
+        tokio::spawn(acme.run(stopped()))
+    });
     let limits = config.client_limits();
     let https_port = tls_listener
         .as_ref()
@@ -217,5 +235,8 @@ pub async fn run_listeners(
         r.abort();
     }
     let _ = replacing.await;
+    if let Some(o) = ordering {
+        let _ = o.await;
+    }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! Handlers parse into a call on the [`Registry`] and turn its answer into a reply; nothing else
 //! happens here. One file per resource.
 
+mod acme;
 mod auth;
 mod leases;
 mod nodes;
@@ -48,6 +49,8 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
             .or(leases::routes(state.clone()))
             .unify()
             .or(watch::routes(state.clone()))
+            .unify()
+            .or(acme::routes(state.clone()))
             .unify(),
     );
     let m = state.metrics.clone();

@@ -4,6 +4,7 @@
 //! One mutex guards it all; every mutation writes the store first, so a failed write changes
 //! nothing, then updates memory and appends an event. Sub-modules hold the rules per resource.
 
+mod acme;
 mod leases;
 mod nodes;
 mod tasks;
@@ -81,6 +82,8 @@ struct Inner {
     domains: HashMap<String, String>,
     nodes: BTreeMap<String, NodeEntry>,
     leases: BTreeMap<String, Lease>,
+    acme: BTreeMap<String, shadow_common::acme::AcmeRecord>,
+    acme_account: Option<serde_json::Value>,
     next_token: u64,
     revision: u64,
     log: VecDeque<(u64, WatchEvent)>,
@@ -142,6 +145,8 @@ impl Registry {
                 domains,
                 nodes,
                 leases,
+                acme: snap.acme.into_iter().map(|r| (r.key(), r)).collect(),
+                acme_account: snap.acme_account,
                 next_token: snap.next_token.max(1),
                 revision: 0,
                 log: VecDeque::new(),

@@ -6,7 +6,7 @@
 
 pub mod sqlite;
 
-use shadow_common::{lease::Lease, node::NodeRegistration, task::Task};
+use shadow_common::{acme::AcmeRecord, lease::Lease, node::NodeRegistration, task::Task};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -24,6 +24,10 @@ pub struct Snapshot {
     pub leases: Vec<Lease>,
     /// The next fencing token to grant; never goes down.
     pub next_token: u64,
+    /// Certificates, challenges and ordering statuses (see `shadow_common::acme`).
+    pub acme: Vec<AcmeRecord>,
+    /// The ACME account's credentials, as the ordering edge gave them.
+    pub acme_account: Option<serde_json::Value>,
 }
 
 /// Durable storage of tasks, nodes, leases and the fencing generation.
@@ -39,4 +43,7 @@ pub trait Store: Send {
     /// a restarted master re-arms every lease it loads for a full TTL (see `docs/leases.md`).
     fn put_lease(&mut self, lease: &Lease, next_token: u64) -> Result<(), StoreError>;
     fn delete_lease(&mut self, task_id: &str) -> Result<(), StoreError>;
+    fn put_acme(&mut self, record: &AcmeRecord) -> Result<(), StoreError>;
+    fn delete_acme(&mut self, key: &str) -> Result<(), StoreError>;
+    fn put_acme_account(&mut self, credentials: &serde_json::Value) -> Result<(), StoreError>;
 }

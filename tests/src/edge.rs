@@ -9,7 +9,7 @@ use crate::master::{MasterHandle, TOKEN};
 
 pub struct EdgeHandle {
     pub addr: SocketAddr,
-    /// The HTTPS address, when the config names certificates.
+    /// The HTTPS address, when the config names certificates or a TLS listener.
     pub tls_addr: Option<SocketAddr>,
     /// The admin listener: the edge's /healthz and /metrics.
     pub admin_addr: SocketAddr,
@@ -25,7 +25,7 @@ pub async fn spawn(master: &MasterHandle, tweak: impl FnOnce(&mut EdgeConfig)) -
         .await
         .expect("bind loopback");
     let addr = listener.local_addr().expect("addr");
-    let tls = if config.tls_cert.is_empty() {
+    let tls = if config.tls_cert.is_empty() && config.tls_listen.is_none() {
         None
     } else {
         Some(
@@ -56,12 +56,17 @@ pub async fn spawn(master: &MasterHandle, tweak: impl FnOnce(&mut EdgeConfig)) -
         join: Some(join),
     };
     let client = crate::http::Client::new(admin_addr);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     while !client
         .get("edge.invalid", "/healthz")
         .await
         .is_ok_and(|r| r.status == 200)
     {
         // The edge answers /healthz once its first watch of the master came back.
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the edge did not become healthy within 20 s"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     edge

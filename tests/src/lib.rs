@@ -23,6 +23,7 @@ pub mod image;
 pub mod master;
 pub mod moto;
 pub mod node;
+pub mod pebble;
 pub mod procs;
 pub mod relay;
 pub mod s3;

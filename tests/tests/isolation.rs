@@ -166,16 +166,24 @@ async fn secret_env_reaches_the_app_and_never_the_api() {
         s["secret_env"] = serde_json::json!({"DB_PASSWORD": "hunter2"});
     })
     .await;
-    assert_eq!(get(n.addr, &d, "/env?name=DB_PASSWORD").await, (200, "hunter2".into()));
+    assert_eq!(
+        get(n.addr, &d, "/env?name=DB_PASSWORD").await,
+        (200, "hunter2".into())
+    );
 
     // Every API answer shows the name with a null value.
     let raw = m.raw();
     let (status, shown) = raw.send("GET", &format!("/tasks/{}", t.id), None).await;
     assert_eq!(status, 200);
-    assert_eq!(shown["secret_env"], serde_json::json!({"DB_PASSWORD": null}));
+    assert_eq!(
+        shown["secret_env"],
+        serde_json::json!({"DB_PASSWORD": null})
+    );
     let (_, all) = raw.send("GET", "/tasks", None).await;
     assert!(!all.to_string().contains("hunter2"), "{all}");
-    let (_, by_domain) = raw.send("GET", &format!("/tasks/by-domain/{d}"), None).await;
+    let (_, by_domain) = raw
+        .send("GET", &format!("/tasks/by-domain/{d}"), None)
+        .await;
     assert!(!by_domain.to_string().contains("hunter2"), "{by_domain}");
 
     // Putting back what GET showed (a changed env beside it) keeps the secret: the restarted app
@@ -189,7 +197,10 @@ async fn secret_env_reaches_the_app_and_never_the_api() {
     assert_eq!(status, 200, "{updated}");
     assert!(!updated.to_string().contains("hunter2"), "{updated}");
     assert_eq!(get(n.addr, &d, "/env?name=MODE").await, (200, "2".into()));
-    assert_eq!(get(n.addr, &d, "/env?name=DB_PASSWORD").await, (200, "hunter2".into()));
+    assert_eq!(
+        get(n.addr, &d, "/env?name=DB_PASSWORD").await,
+        (200, "hunter2".into())
+    );
 
     // A null for a name that has no stored value is refused and changes nothing.
     back["secret_env"]["API_KEY"] = serde_json::Value::Null;

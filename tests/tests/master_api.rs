@@ -710,3 +710,56 @@ async fn named_locks_need_no_task_and_exclude_each_other() {
         .await;
     assert_eq!((st, err["field"].as_str()), (400, Some("node")), "{err}");
 }
+
+#[tokio::test]
+async fn acme_records_are_kept_checked_and_the_first_account_wins() {
+    let m = spawn(MasterOptions::default()).await;
+    let raw = m.raw();
+    // A record must be PUT at its own URL.
+    let status = json!({"kind": "status", "domain": "a.example", "failures": 2,
+        "last_error": "refused", "next_attempt": 100, "updated_at": 40});
+    let (st, err) = raw
+        .send("PUT", "/acme/status/b.example", Some(&status.to_string()))
+        .await;
+    assert_eq!((st, err["field"].as_str()), (400, Some("body")), "{err}");
+    let (st, _) = raw
+        .send("PUT", "/acme/status/a.example", Some(&status.to_string()))
+        .await;
+    assert_eq!(st, 200);
+    let (st, err) = raw.send("GET", "/acme/keys/a.example", None).await;
+    assert_eq!((st, err["field"].as_str()), (400, Some("kind")), "{err}");
+
+    // The first account stays; a different one is refused and changes nothing.
+    let first =
+        json!({"id": "https://ca/acct/1", "key_pkcs8": "k1", "directory": "https://ca/dir"});
+    let second =
+        json!({"id": "https://ca/acct/2", "key_pkcs8": "k2", "directory": "https://ca/dir"});
+    assert_eq!(
+        raw.send("PUT", "/acme/account", Some(&first.to_string()))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        raw.send("PUT", "/acme/account", Some(&second.to_string()))
+            .await
+            .0,
+        409
+    );
+    assert_eq!(
+        raw.send("GET", "/acme/account", None).await,
+        (200, first.clone())
+    );
+
+    // Both survive a restart; /certificates shows the status without the record's kind.
+    let dir = m.stop().await;
+    let m = spawn_in(dir, MasterOptions::default()).await;
+    assert_eq!(
+        m.raw().send("GET", "/acme/account", None).await,
+        (200, first)
+    );
+    let (_, list) = m.raw().send("GET", "/certificates", None).await;
+    assert_eq!(list[0]["domain"], "a.example");
+    assert_eq!(list[0]["last_error"], "refused");
+    assert!(list[0].get("kind").is_none(), "{list}");
+}

@@ -52,6 +52,9 @@ const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// A client that connects and never finishes its TLS handshake is dropped after this.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The ALPN protocol of ACME's TLS-ALPN-01 challenge (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
 /// How [`serve_with`] serves: TLS or not, on worker threads or not, how long to drain.
 #[derive(Clone, Default)]
 pub struct ServeOptions {
@@ -349,6 +352,10 @@ where
             None => serve_connection(stream, peer, handler, stop, how).await,
             Some(acceptor) => {
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    // A TLS-ALPN-01 validation: the handshake (its certificate) was the answer.
+                    Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) => {
+                        debug!(%peer, "answered a TLS-ALPN-01 challenge");
+                    }
                     Ok(Ok(tls)) => serve_connection(tls, peer, handler, stop, how).await,
                     Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
                     Err(_) => debug!(%peer, "TLS handshake timed out"),

@@ -12,35 +12,51 @@ use super::{json_body, reply, AppState};
 
 pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
     let s = state.clone();
-    let list = warp::path!("tasks")
-        .and(warp::get())
-        .map(move || {
-            let tasks: Vec<Task> = s.registry.list_tasks().into_iter().map(Task::redacted).collect();
-            reply::json(StatusCode::OK, &tasks)
-        });
+    let list = warp::path!("tasks").and(warp::get()).map(move || {
+        let tasks: Vec<Task> = s
+            .registry
+            .list_tasks()
+            .into_iter()
+            .map(Task::redacted)
+            .collect();
+        reply::json(StatusCode::OK, &tasks)
+    });
     let s = state.clone();
     let create = warp::path!("tasks")
         .and(warp::post())
         .and(json_body())
         .map(move |body: Bytes| match TaskSpec::from_json(&body) {
-            Ok(spec) => reply::from_result(StatusCode::CREATED, s.registry.create_task(spec).map(Task::redacted)),
+            Ok(spec) => reply::from_result(
+                StatusCode::CREATED,
+                s.registry.create_task(spec).map(Task::redacted),
+            ),
             Err(e) => reply::invalid(e),
         });
     let s = state.clone();
     let by_domain = warp::path!("tasks" / "by-domain" / String)
         .and(warp::get())
-        .map(move |d: String| reply::from_result(StatusCode::OK, s.registry.task_by_domain(&d).map(Task::redacted)));
+        .map(move |d: String| {
+            reply::from_result(
+                StatusCode::OK,
+                s.registry.task_by_domain(&d).map(Task::redacted),
+            )
+        });
     let s = state.clone();
     let get = warp::path!("tasks" / String)
         .and(warp::get())
-        .map(move |id: String| reply::from_result(StatusCode::OK, s.registry.get_task(&id).map(Task::redacted)));
+        .map(move |id: String| {
+            reply::from_result(StatusCode::OK, s.registry.get_task(&id).map(Task::redacted))
+        });
     let s = state.clone();
     let update = warp::path!("tasks" / String)
         .and(warp::put())
         .and(json_body())
         .map(
             move |id: String, body: Bytes| match TaskSpec::from_json(&body) {
-                Ok(spec) => reply::from_result(StatusCode::OK, s.registry.update_task(&id, spec).map(Task::redacted)),
+                Ok(spec) => reply::from_result(
+                    StatusCode::OK,
+                    s.registry.update_task(&id, spec).map(Task::redacted),
+                ),
                 Err(e) => reply::invalid(e),
             },
         );

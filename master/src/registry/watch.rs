@@ -48,6 +48,9 @@ impl Registry {
                 .values()
                 .map(|l| WatchEvent::LeasePut { lease: l.clone() }),
         );
+        events.extend(g.acme.values().map(|r| WatchEvent::AcmePut {
+            record: Box::new(r.clone()),
+        }));
         WatchResponse {
             epoch: self.epoch.clone(),
             revision: g.revision,

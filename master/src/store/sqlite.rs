@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use shadow_common::{lease::Lease, node::NodeRegistration, task::Task};
+use shadow_common::{acme::AcmeRecord, lease::Lease, node::NodeRegistration, task::Task};
 
 use super::{Snapshot, Store, StoreError};
 
@@ -20,6 +20,7 @@ CREATE TABLE IF NOT EXISTS tasks (id TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS nodes (id TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS leases (task_id TEXT PRIMARY KEY, node TEXT NOT NULL, token INTEGER NOT NULL, expires_at INTEGER NOT NULL, granted_at INTEGER NOT NULL DEFAULT 0, ttl_ms INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS acme (key TEXT PRIMARY KEY, body TEXT NOT NULL);
 ";
 
 impl SqliteStore {
@@ -118,6 +119,23 @@ impl Store for SqliteStore {
             .optional()
             .map_err(db)?;
         snap.next_token = next.map_or(1, |n| n as u64);
+        let mut st = self
+            .conn
+            .prepare("SELECT key, body FROM acme")
+            .map_err(db)?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(db)?;
+        for row in rows {
+            let (key, body) = row.map_err(db)?;
+            let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("acme {key}: {e}"));
+            if key == ACCOUNT {
+                snap.acme_account = Some(serde_json::from_str(&body).map_err(corrupt)?);
+            } else {
+                snap.acme
+                    .push(serde_json::from_str(&body).map_err(corrupt)?);
+            }
+        }
         Ok(snap)
     }
 
@@ -186,6 +204,37 @@ impl Store for SqliteStore {
     fn delete_lease(&mut self, task_id: &str) -> Result<(), StoreError> {
         self.conn
             .execute("DELETE FROM leases WHERE task_id = ?1", params![task_id])
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn put_acme(&mut self, record: &AcmeRecord) -> Result<(), StoreError> {
+        let body = serde_json::to_string(record).map_err(|e| StoreError::Db(e.to_string()))?;
+        self.put_acme_body(&record.key(), &body)
+    }
+
+    fn delete_acme(&mut self, key: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM acme WHERE key = ?1", params![key])
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn put_acme_account(&mut self, credentials: &serde_json::Value) -> Result<(), StoreError> {
+        self.put_acme_body(ACCOUNT, &credentials.to_string())
+    }
+}
+
+/// The `acme` row holding the account; every other row is a record under its own key.
+const ACCOUNT: &str = "account";
+
+impl SqliteStore {
+    fn put_acme_body(&mut self, key: &str, body: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO acme (key, body) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET body = ?2",
+                params![key, body],
+            )
             .map_err(db)?;
         Ok(())
     }
