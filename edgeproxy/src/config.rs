@@ -58,7 +58,7 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_reload_s: Option<u64>,
     /// ACME directory URL (e.g. https://acme-v02.api.letsencrypt.org/directory); set, the edges
-    /// obtain and renew a certificate for every task domain [default: none, ACME off].
+    /// obtain and renew a certificate for every task domain; unset = ACME off [default: unset].
     #[arg(long, env = "SHADOW_EDGE_ACME_DIRECTORY")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acme_directory: Option<String>,
@@ -75,7 +75,7 @@ pub struct Cli {
     #[arg(long, env = "SHADOW_EDGE_ACME_CHALLENGE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acme_challenge: Option<String>,
-    /// Renew a certificate this many seconds before it expires [default: 2592000, 30 days].
+    /// Renew a certificate this many seconds before it expires (30 days) [default: 2592000].
     #[arg(long, env = "SHADOW_EDGE_ACME_RENEW_BEFORE_S")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acme_renew_before_s: Option<u64>,

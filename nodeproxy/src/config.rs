@@ -10,6 +10,10 @@ pub enum Command {
     /// Kill and remove every container of this node (by its id), then exit. systemd runs it
     /// after the node process ends, however it ended (ExecStopPost), so no app outlives it.
     Cleanup,
+    /// Make the app network and install its firewall rules (apps fenced from this machine and
+    /// the metadata service), then exit. For a node proxy that runs without root: systemd runs
+    /// it as root first (ExecStartPre=+).
+    Firewall,
 }
 
 /// Command line; every option can also come from the environment or the config file.
@@ -100,6 +104,11 @@ pub struct Cli {
     #[arg(long, env = "SHADOW_APP_NETWORK")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app_network: Option<String>,
+    /// Host firewall rules (iptables) so apps cannot open connections to this machine or to
+    /// the cloud metadata service: auto (warn when they cannot be made), on, off [default: auto].
+    #[arg(long, env = "SHADOW_APP_FIREWALL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_firewall: Option<String>,
     /// Memory limit (MiB) of an app whose task sets none [default: 512].
     #[arg(long, env = "SHADOW_DEFAULT_MEMORY_MB")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -244,6 +253,8 @@ pub struct NodeConfig {
     pub disk_reserve_mb: u64,
     #[serde(default = "default_app_network")]
     pub app_network: String,
+    #[serde(default = "default_app_firewall")]
+    pub app_firewall: String,
     #[serde(default = "default_memory_mb")]
     pub default_memory_mb: u64,
     #[serde(default = "default_cpus")]
@@ -315,6 +326,9 @@ fn default_seed_prefix() -> String {
 fn default_disk_reserve_mb() -> u64 {
     1024
 }
+fn default_app_firewall() -> String {
+    "auto".into()
+}
 fn default_app_network() -> String {
     "shadow-apps".into()
 }
@@ -367,6 +381,7 @@ impl NodeConfig {
             seed_prefix: default_seed_prefix(),
             disk_reserve_mb: default_disk_reserve_mb(),
             app_network: default_app_network(),
+            app_firewall: default_app_firewall(),
             default_memory_mb: default_memory_mb(),
             default_cpus: default_cpus(),
             default_pids: default_pids(),

@@ -6,7 +6,8 @@
 //! - [`handler`]: the HTTP entry; Host → task → running app → forward.
 //! - [`apps`]: each task's life cycle on this node (idle, starting, running, stopping).
 //! - [`start`] / [`stop`]: the phases of a cold start and of a stop; [`ready`]: readiness probes.
-//! - [`budget`]: the memory the apps' limits may add up to.
+//! - [`budget`]: the memory the apps' limits may add up to; [`firewall`]: apps fenced from the
+//!   host and the metadata service.
 //! - [`activity`]: what counts as idle; [`lease`]: the node's lease session and each lease's
 //!   deadline.
 //! - [`runtime`]: the container seam (Docker via bollard); [`volume`]: the volume seam.
@@ -17,6 +18,7 @@ pub mod activity;
 pub mod apps;
 pub mod budget;
 pub mod config;
+pub mod firewall;
 pub mod handler;
 pub mod lease;
 pub mod metrics;
@@ -55,6 +57,10 @@ pub enum RunError {
     Volume(#[from] volume::VolumeError),
     #[error("invalid lease settings: {0}")]
     Lease(String),
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Firewall(#[from] firewall::FirewallError),
 }
 
 /// Runs the node with Docker until `shutdown` resolves, then stops every app.
@@ -82,7 +88,9 @@ pub async fn run_with(
         .clone()
         .unwrap_or_else(|| bound.to_string());
     remove_leftovers(&*runtime, &config.node_id).await?;
-    runtime.ensure_network(&config.app_network).await?;
+    let firewall: firewall::Mode = config.app_firewall.parse().map_err(RunError::Config)?;
+    let bridge = runtime.ensure_network(&config.app_network).await?;
+    firewall::apply(firewall, &bridge).await?;
 
     let master = MasterClient::new(config.master.clone(), config.api_token.clone());
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -186,6 +194,14 @@ pub async fn clean_up(node_id: &str, docker_host: Option<&str>) -> Result<usize,
             .await?;
     }
     Ok(found.len())
+}
+
+/// Makes the app network and installs its firewall rules (`shadow-nodeproxy firewall`).
+pub async fn fence_apps(app_network: &str, docker_host: Option<&str>) -> Result<String, RunError> {
+    let runtime = runtime::docker::DockerRuntime::connect(docker_host).await?;
+    let bridge = runtime.ensure_network(app_network).await?;
+    firewall::fence(&bridge).await?;
+    Ok(bridge)
 }
 
 /// A node starts clean: containers it made in an earlier life are removed (their data is in

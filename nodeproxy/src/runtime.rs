@@ -189,7 +189,8 @@ pub trait ContainerRuntime: Send + Sync {
 
     /// Makes sure the bridge network `name` exists, with traffic between its containers
     /// disabled (inter-container communication off): apps on it cannot reach each other.
-    async fn ensure_network(&self, name: &str) -> Result<(), RuntimeError>;
+    /// Answers the bridge's interface on the host, for the node's firewall rules.
+    async fn ensure_network(&self, name: &str) -> Result<String, RuntimeError>;
 
     /// Sends SIGTERM, waits up to `grace`, kills, and removes the container (its volumes stay).
     /// A container that is already gone is not an error.

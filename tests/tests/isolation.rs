@@ -211,3 +211,65 @@ async fn secret_env_reaches_the_app_and_never_the_api() {
     assert_eq!(err["field"], "secret_env.API_KEY");
     assert_eq!(get(n.addr, &d, "/env?name=API_KEY").await.0, 404);
 }
+
+/// The app network's gateway: this machine's address on the apps' bridge.
+fn gateway(network: &str) -> std::net::IpAddr {
+    let out = std::process::Command::new("docker")
+        .args([
+            "network",
+            "inspect",
+            "-f",
+            "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+            network,
+        ])
+        .output()
+        .expect("docker network inspect");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("no gateway for {network}: {e}"))
+}
+
+#[tokio::test]
+async fn apps_cannot_open_connections_to_the_node_or_the_metadata_service() {
+    counter_image().await.expect("image");
+    let m = master::spawn(MasterOptions::default()).await;
+    let n = node::spawn(&m, |c| c.app_firewall = "on".into()).await;
+    let d = domain("fenced");
+    counter_task(&m, &d, "none", |_| {}).await;
+    assert_eq!(get(n.addr, &d, "/").await.0, 200);
+
+    // A service of this machine's, listening on its address on the apps' bridge (where an app
+    // finds its host): the app's connection is refused, while the node reaches the app fine.
+    let service = tokio::net::TcpListener::bind((gateway("shadow-apps"), 0))
+        .await
+        .expect("bind on the bridge's gateway");
+    let to = service.local_addr().expect("addr");
+    let (_, answer) = get(n.addr, &d, &format!("/connect?to={to}")).await;
+    assert!(
+        answer.starts_with("failed"),
+        "the app reached the host: {answer}"
+    );
+    assert_eq!(get(n.addr, &d, "/").await.0, 200);
+
+    // The metadata service is off limits too: its rules are in place (no traffic is sent there
+    // from a test).
+    let out = std::process::Command::new("docker")
+        .args(["network", "inspect", "-f", "{{.Id}}", "shadow-apps"])
+        .output()
+        .expect("docker network inspect");
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let bridge = format!("br-{}", &id[..12]);
+    for (chain, spec) in shadow_nodeproxy::firewall::rules(&bridge) {
+        let status = std::process::Command::new("iptables")
+            .args(["-w", "-C", chain])
+            .args(&spec)
+            .status()
+            .expect("iptables");
+        assert!(
+            status.success(),
+            "missing: iptables -A {chain} {}",
+            spec.join(" ")
+        );
+    }
+}

@@ -1,5 +1,6 @@
 //! `shadow-nodeproxy`: parse config, bind, run until Ctrl-C or SIGTERM (then stop every app);
-//! `shadow-nodeproxy cleanup` removes this node's containers after the process died.
+//! `shadow-nodeproxy cleanup` removes this node's containers after the process died;
+//! `shadow-nodeproxy firewall` fences the apps from the host (run as root before the node).
 
 use anyhow::Context;
 use clap::Parser;
@@ -19,6 +20,14 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("cannot remove this node's containers; is Docker running?")?;
         tracing::info!(node = %config.node_id, removed = n, "cleanup done");
+        return Ok(());
+    }
+    if cli.command == Some(Command::Firewall) {
+        let bridge =
+            shadow_nodeproxy::fence_apps(&config.app_network, config.docker_host.as_deref())
+                .await
+                .context("cannot fence the apps from this machine")?;
+        tracing::info!(network = %config.app_network, %bridge, "app firewall rules in place");
         return Ok(());
     }
     let listener = tokio::net::TcpListener::bind(config.listen)

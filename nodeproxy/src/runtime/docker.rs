@@ -51,6 +51,8 @@ impl std::fmt::Debug for DockerRuntime {
 
 /// The bridge driver's option for traffic between containers on one network.
 const ICC_OPTION: &str = "com.docker.network.bridge.enable_icc";
+/// The bridge driver's option naming the host interface.
+const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
 
 impl DockerRuntime {
     /// The networks whose name is exactly `name` (Docker's filter matches substrings).
@@ -313,7 +315,7 @@ impl ContainerRuntime for DockerRuntime {
         })
     }
 
-    async fn ensure_network(&self, name: &str) -> Result<(), RuntimeError> {
+    async fn ensure_network(&self, name: &str) -> Result<String, RuntimeError> {
         if self.networks_named(name).await?.is_empty() {
             let request = bollard::models::NetworkCreateRequest {
                 name: name.to_owned(),
@@ -359,7 +361,25 @@ impl ContainerRuntime for DockerRuntime {
         if icc != Some("false") {
             warn!(network = name, "the app network allows traffic between containers; remove it (docker network rm) and restart the node to have it made with that off");
         }
-        Ok(())
+        let net = nets.first().ok_or_else(|| RuntimeError::Docker {
+            action: format!("make the app network {name}"),
+            message: "it vanished while it was being made; restart the node".into(),
+        })?;
+        // Docker names a bridge br-<first 12 of the id> unless the network says otherwise.
+        let bridge = net
+            .options
+            .as_ref()
+            .and_then(|o| o.get(BRIDGE_NAME_OPTION).cloned())
+            .or_else(|| {
+                net.id
+                    .as_deref()
+                    .map(|id| format!("br-{}", &id[..id.len().min(12)]))
+            })
+            .ok_or_else(|| RuntimeError::Docker {
+                action: format!("inspect the app network {name}"),
+                message: "it has no id".into(),
+            })?;
+        Ok(bridge)
     }
 
     async fn stop_and_remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
