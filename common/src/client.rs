@@ -149,6 +149,17 @@ impl MasterClient {
         )
         .await
     }
+    /// Tells the master the data of task `id` was moved into its new backend, under lease
+    /// `token`: the migration is done.
+    pub async fn task_migrated(&self, id: &str, token: u64) -> Result<Task, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/tasks/{id}/migrated"),
+            Some(&serde_json::json!({ "token": token })),
+            Self::TIMEOUT,
+        )
+        .await
+    }
     pub async fn get_task(&self, id: &str) -> Result<Task, ClientError> {
         self.call::<(), _>(Method::GET, &format!("/tasks/{id}"), None, Self::TIMEOUT)
             .await

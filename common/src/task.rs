@@ -117,6 +117,14 @@ impl Task {
 }
 
 impl TaskSpec {
+    /// Whether an app started with `self` runs as one started with `other` would: the same spec
+    /// but for the master's migration bookkeeping, which a running app need not restart for.
+    pub fn runs_like(&self, other: &TaskSpec) -> bool {
+        let mut a = self.clone();
+        a.volume.migrating_from = other.volume.migrating_from;
+        a == *other
+    }
+
     /// Fills every `null` secret from `stored` (the task's current spec); a `null` for a name
     /// that has no stored value is refused, since it would start the app without it.
     pub fn keep_secrets(&mut self, stored: Option<&TaskSpec>) -> Result<(), FieldError> {
@@ -160,6 +168,11 @@ pub struct VolumeSpec {
     /// S3 key of an archive to start from the first time (the ancestor's `source`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<String>,
+    /// Set by the master (never by a request) after `kind` changed with `?migrate=true`: the
+    /// backend the data is still in. The next start copies it into `kind`'s backend, writes it
+    /// there, and tells the master, which clears this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrating_from: Option<VolumeKind>,
 }
 
 fn default_size_gb() -> u32 {
@@ -172,6 +185,7 @@ impl Default for VolumeSpec {
             kind: VolumeKind::None,
             size_gb: default_size_gb(),
             seed: None,
+            migrating_from: None,
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct AppContext {
     pub follower: Follower,
     /// Asks the master whether a lease token is still current, right before a volume commit.
     pub fence_check: Arc<dyn crate::volume::FenceCheck>,
+    /// The master, told when a volume migration is done.
+    pub master: shadow_common::client::MasterClient,
 }
 
 impl AppContext {
@@ -153,7 +155,9 @@ impl Apps {
                 let mut st = slot.lock();
                 match &*st {
                     // The same `Arc` (the common case) needs no deep comparison of the specs.
-                    State::Running(r) if Arc::ptr_eq(&r.task, task) || r.task.spec == task.spec => {
+                    State::Running(r)
+                        if Arc::ptr_eq(&r.task, task) || r.task.spec.runs_like(&task.spec) =>
+                    {
                         return Ok(Route {
                             addr: r.container.host_addr,
                             token: r.activity.enter(),
@@ -226,7 +230,10 @@ impl Apps {
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         for slot in slots.values() {
             if let State::Running(r) = &*slot.lock() {
-                if state.task(&r.task.id).is_none_or(|t| t.spec != r.task.spec) {
+                if state
+                    .task(&r.task.id)
+                    .is_none_or(|t| !t.spec.runs_like(&r.task.spec))
+                {
                     r.replaced.notify_one();
                 }
             }

@@ -5,7 +5,8 @@
 //! - [`config`]: flags, environment and file.
 //! - [`handler`]: the HTTP entry; Host → task → running app → forward.
 //! - [`apps`]: each task's life cycle on this node (idle, starting, running, stopping).
-//! - [`start`] / [`stop`]: the phases of a cold start and of a stop; [`ready`]: readiness probes.
+//! - [`start`] / [`stop`]: the phases of a cold start and of a stop; [`ready`]: readiness probes;
+//!   [`migrate`]: moving a task's data when its volume kind changed.
 //! - [`budget`]: the memory the apps' limits may add up to; [`firewall`]: apps fenced from the
 //!   host and the metadata service.
 //! - [`activity`]: what counts as idle; [`lease`]: the node's lease session and each lease's
@@ -22,6 +23,7 @@ pub mod firewall;
 pub mod handler;
 pub mod lease;
 pub mod metrics;
+pub mod migrate;
 pub mod pages;
 pub mod ready;
 pub mod register;
@@ -116,6 +118,7 @@ pub async fn run_with(
             master: master.clone(),
             ttl: config.lease_ttl(),
         }),
+        master: master.clone(),
     }));
     let reg = NodeRegistration {
         id: config.node_id.clone(),

@@ -55,6 +55,8 @@ pub enum StartError {
     Exited { status: String, logs: String },
     #[error("the app did not answer within start_timeout_s ({0:?})")]
     Timeout(Duration),
+    #[error("moving the app's data to its new volume failed: {0}")]
+    Migration(String),
 }
 
 /// What a start has made so far, for undoing it.
@@ -224,6 +226,9 @@ async fn bring_up(
     let cfg = &ctx.config;
     let t = Instant::now();
     let mut data_mount = None;
+    if let Some(from) = task.spec.volume.migrating_from {
+        crate::migrate::migrate(ctx, task, from, fence).await?;
+    }
     if let Some(backend) = ctx.volumes.backend(task)? {
         let attached = backend.attach(task, fence).await?;
         data_mount = Some(attached.host_path.clone());

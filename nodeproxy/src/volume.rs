@@ -159,7 +159,15 @@ pub struct Volumes {
 impl Volumes {
     /// The backend for `task`, `None` for a task without a volume.
     pub fn backend(&self, task: &Task) -> Result<Option<Arc<dyn VolumeBackend>>, VolumeError> {
-        let kind = task.spec.volume.kind;
+        self.for_kind(task, task.spec.volume.kind)
+    }
+
+    /// The backend of `kind` for `task` (a migration reads the old one).
+    pub fn for_kind(
+        &self,
+        task: &Task,
+        kind: VolumeKind,
+    ) -> Result<Option<Arc<dyn VolumeBackend>>, VolumeError> {
         let backend = match kind {
             VolumeKind::None => return Ok(None),
             VolumeKind::Local => &self.local,

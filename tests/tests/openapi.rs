@@ -31,6 +31,7 @@ const SERVED: &[(&str, &str)] = &[
     ("GET", "/tasks/{id}"),
     ("PUT", "/tasks/{id}"),
     ("DELETE", "/tasks/{id}"),
+    ("POST", "/tasks/{id}/migrated"),
     ("GET", "/nodes/"),
     ("POST", "/nodes/"),
     ("PUT", "/nodes/{id}/heartbeat"),
@@ -715,6 +716,18 @@ async fn defaults_bounds_and_enums_are_what_the_api_enforces() {
     for (path, s) in leaves(doc, spec_schema) {
         let keys: Vec<&str> = path.iter().map(String::as_str).collect();
         let field = keys.join(".");
+        if s.get("readOnly") == Some(&json!(true)) {
+            // Set by the master only: any value in a request is a 400 naming it.
+            let mut spec = with_fresh_domains(&full);
+            set_at(&mut spec, &keys, json!("local"));
+            let (st, v) = api.create(&spec).await;
+            assert_eq!(
+                (st, v["field"].as_str()),
+                (400, Some(field.as_str())),
+                "{v}"
+            );
+            continue;
+        }
         let is_int = s["type"] == json!("integer");
         let mut cases: Vec<(Value, bool)> = vec![];
         if let Some(min) = s.get("minimum") {

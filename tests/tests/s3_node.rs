@@ -249,3 +249,101 @@ async fn an_unreachable_store_gives_503_and_starts_no_container() {
     );
     n.stop().await;
 }
+
+#[tokio::test]
+async fn a_volume_kind_change_is_refused_then_migrated_with_the_data() {
+    counter_image().await.expect("image");
+    let (s3, probe) = s3::spawn_with_bucket().await;
+    let m = master::spawn(MasterOptions::default()).await;
+    let a = s3_node(&m, &s3).await;
+    let d = domain("migrate");
+    let t = counter_task(&m, &d, "local", |s| s["idle_timeout_s"] = json!(1)).await;
+    let ca = Client::new(a.addr);
+    for want in ["1", "2"] {
+        assert_eq!(
+            body(&ca.post(&d, "/count", "").await.expect("req")),
+            (200, want)
+        );
+    }
+    until_released(&m, &t.id).await;
+
+    let raw = m.raw();
+    let path = format!("/tasks/{}", t.id);
+    let (_, mut spec) = raw.send("GET", &path, None).await;
+    spec.as_object_mut().expect("task").remove("id");
+    spec["volume"]["kind"] = json!("s3");
+    // Without asking for a migration: refused, and the task is unchanged.
+    let (st, err) = raw.send("PUT", &path, Some(&spec.to_string())).await;
+    assert_eq!(
+        (st, err["field"].as_str()),
+        (409, Some("volume.kind")),
+        "{err}"
+    );
+    assert!(
+        err["error"]
+            .as_str()
+            .expect("error")
+            .contains("?migrate=true"),
+        "{err}"
+    );
+    // The bookkeeping field is the master's.
+    let mut forged = spec.clone();
+    forged["volume"]["migrating_from"] = json!("ebs");
+    let (st, err) = raw
+        .send(
+            "PUT",
+            &format!("{path}?migrate=true"),
+            Some(&forged.to_string()),
+        )
+        .await;
+    assert_eq!(
+        (st, err["field"].as_str()),
+        (400, Some("volume.migrating_from")),
+        "{err}"
+    );
+
+    let (st, moved) = raw
+        .send(
+            "PUT",
+            &format!("{path}?migrate=true"),
+            Some(&spec.to_string()),
+        )
+        .await;
+    assert_eq!(st, 200, "{moved}");
+    assert_eq!(moved["volume"]["migrating_from"], "local");
+    // The next start moves the data: the count goes on from 2, and the migration is over.
+    assert_eq!(
+        body(&ca.post(&d, "/count", "").await.expect("req")),
+        (200, "3")
+    );
+    let (_, now) = raw.send("GET", &path, None).await;
+    assert!(now["volume"].get("migrating_from").is_none(), "{now}");
+    until_released(&m, &t.id).await;
+    assert!(
+        probe.pointer(&t.id).await.expect("read").is_some(),
+        "written to S3"
+    );
+
+    // A node that never had the local volume finds the data in S3, and moves it back into a
+    // local volume of its own.
+    let b = s3_node(&m, &s3).await;
+    let cb = Client::new(b.addr);
+    spec["volume"]["kind"] = json!("local");
+    let (st, back) = raw
+        .send(
+            "PUT",
+            &format!("{path}?migrate=true"),
+            Some(&spec.to_string()),
+        )
+        .await;
+    assert_eq!(st, 200, "{back}");
+    assert_eq!(
+        body(&cb.post(&d, "/count", "").await.expect("req")),
+        (200, "4")
+    );
+    until_released(&m, &t.id).await;
+    assert_eq!(body(&cb.get(&d, "/").await.expect("req")), (200, "4"));
+    assert!(b.dir.path().join("volumes").join(&t.id).exists());
+    a.stop().await;
+    b.stop().await;
+}

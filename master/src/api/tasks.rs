@@ -1,14 +1,24 @@
 //! `/tasks/`: the ancestor's task routes. Every answer is redacted: secret values never leave
 //! the master here (only the watch stream carries them, to nodes).
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use bytes::Bytes;
 use http::StatusCode;
-use shadow_common::task::{Task, TaskSpec};
+use shadow_common::{
+    error::parse_json,
+    task::{Task, TaskSpec},
+};
 use warp::{filters::BoxedFilter, Filter};
 
 use super::{json_body, reply, AppState};
+
+/// `POST /tasks/{id}/migrated`: the node holding lease `token` moved the data.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Migrated {
+    token: u64,
+}
 
 pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
     let s = state.clone();
@@ -50,12 +60,29 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
     let s = state.clone();
     let update = warp::path!("tasks" / String)
         .and(warp::put())
+        .and(warp::query::<HashMap<String, String>>())
         .and(json_body())
-        .map(
-            move |id: String, body: Bytes| match TaskSpec::from_json(&body) {
+        .map(move |id: String, q: HashMap<String, String>, body: Bytes| {
+            let migrate = q.get("migrate").is_some_and(|v| v == "true");
+            match TaskSpec::from_json(&body) {
                 Ok(spec) => reply::from_result(
                     StatusCode::OK,
-                    s.registry.update_task(&id, spec).map(Task::redacted),
+                    s.registry
+                        .update_task(&id, spec, migrate)
+                        .map(Task::redacted),
+                ),
+                Err(e) => reply::invalid(e),
+            }
+        });
+    let s = state.clone();
+    let migrated = warp::path!("tasks" / String / "migrated")
+        .and(warp::post())
+        .and(json_body())
+        .map(
+            move |id: String, body: Bytes| match parse_json::<Migrated>(&body) {
+                Ok(m) => reply::from_result(
+                    StatusCode::OK,
+                    s.registry.task_migrated(&id, m.token).map(Task::redacted),
                 ),
                 Err(e) => reply::invalid(e),
             },
@@ -74,6 +101,8 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
         .or(get)
         .unify()
         .or(update)
+        .unify()
+        .or(migrated)
         .unify()
         .or(delete)
         .unify()

@@ -1,7 +1,8 @@
 //! Task rules: server-made ids, domains unique across tasks, validation before any change.
 
 use shadow_common::{
-    task::{Task, TaskSpec},
+    error::FieldError,
+    task::{Task, TaskSpec, VolumeKind},
     watch::WatchEvent,
 };
 
@@ -10,6 +11,9 @@ use super::{Inner, Registry, RegistryError};
 impl Registry {
     pub fn create_task(&self, mut spec: TaskSpec) -> Result<Task, RegistryError> {
         spec.validate().map_err(RegistryError::Invalid)?;
+        if spec.volume.migrating_from.is_some() {
+            return Err(master_only());
+        }
         spec.normalize();
         spec.keep_secrets(None).map_err(RegistryError::Invalid)?;
         let mut g = self.lock();
@@ -32,7 +36,15 @@ impl Registry {
         Ok(task)
     }
 
-    pub fn update_task(&self, id: &str, mut spec: TaskSpec) -> Result<Task, RegistryError> {
+    /// Replaces the task's spec. A change of a stateful `volume.kind` is refused unless
+    /// `migrate`: then the task records where the data still is (`volume.migrating_from`) and
+    /// its next start moves it.
+    pub fn update_task(
+        &self,
+        id: &str,
+        mut spec: TaskSpec,
+        migrate: bool,
+    ) -> Result<Task, RegistryError> {
         spec.validate().map_err(RegistryError::Invalid)?;
         spec.normalize();
         let mut g = self.lock();
@@ -40,19 +52,44 @@ impl Registry {
         spec.keep_secrets(Some(&old.spec))
             .map_err(RegistryError::Invalid)?;
         check_domains_free(&g, &spec, Some(id))?;
+        let sent = spec.volume.migrating_from.take();
+        let pending = old.spec.volume.migrating_from;
         let (from, to) = (old.spec.volume.kind, spec.volume.kind);
+        let name = |k: VolumeKind| format!("{k:?}").to_ascii_lowercase();
+        let conflict = |message: String| RegistryError::Conflict {
+            message,
+            field: Some("volume.kind".into()),
+        };
         if from != to && from.is_stateful() {
-            // The data lives in the old backend; the new one would start the app empty.
-            let name = |k| format!("{k:?}").to_ascii_lowercase();
-            return Err(RegistryError::Conflict {
-                message: format!(
-                    "volume.kind cannot change from {} to {}: the app's data is in its {} volume and would be left behind; keep volume.kind, or make a new task and copy the data over (Shadow does not migrate volumes yet)",
+            if let Some(p) = pending {
+                return Err(conflict(format!(
+                    "the data is still being moved from {} to {}; let the app start once (any request), then change volume.kind again",
+                    name(p),
+                    name(from)
+                )));
+            }
+            if !migrate {
+                // The data lives in the old backend; the new one would start the app empty.
+                return Err(conflict(format!(
+                    "volume.kind cannot change from {} to {} without moving the data: send the request again with ?migrate=true, and the app's next start copies its data into the new {} volume",
                     name(from),
                     name(to),
+                    name(to)
+                )));
+            }
+            if !to.is_stateful() {
+                return Err(conflict(format!(
+                    "volume.kind none would drop the app's {} data; to throw it away, delete the task and create it again",
                     name(from)
-                ),
-                field: Some("volume.kind".into()),
-            });
+                )));
+            }
+            spec.volume.migrating_from = Some(from);
+        } else {
+            spec.volume.migrating_from = pending;
+        }
+        // A GET's body sent back carries the master's own value; any other is refused.
+        if sent.is_some() && sent != pending {
+            return Err(master_only());
         }
         let task = Task {
             id: id.to_string(),
@@ -65,6 +102,34 @@ impl Registry {
         for d in &task.spec.domains {
             g.domains.insert(d.clone(), task.id.clone());
         }
+        g.tasks.insert(task.id.clone(), task.clone());
+        g.emit(
+            &self.revision_tx,
+            WatchEvent::TaskPut {
+                task: Box::new(task.clone()),
+            },
+        );
+        Ok(task)
+    }
+
+    /// The node holding lease `token` moved the data into the new backend: the migration is
+    /// done. Any other token is refused (409), so a stale node cannot end a newer migration.
+    pub fn task_migrated(&self, id: &str, token: u64) -> Result<Task, RegistryError> {
+        let mut g = self.lock();
+        let mut task = g.tasks.get(id).cloned().ok_or_else(|| not_found(id))?;
+        let current = g.leases.get(id).map(|l| l.token);
+        if current != Some(token) {
+            return Err(RegistryError::Conflict {
+                message: format!(
+                    "lease token {token} is not the task's current one ({current:?}); only the node holding the lease finishes a migration"
+                ),
+                field: Some("token".into()),
+            });
+        }
+        if task.spec.volume.migrating_from.take().is_none() {
+            return Ok(task);
+        }
+        g.store.put_task(&task)?;
         g.tasks.insert(task.id.clone(), task.clone());
         g.emit(
             &self.revision_tx,
@@ -138,4 +203,11 @@ fn check_domains_free(g: &Inner, spec: &TaskSpec, own: Option<&str>) -> Result<(
         }
     }
     Ok(())
+}
+
+fn master_only() -> RegistryError {
+    RegistryError::Invalid(FieldError::new(
+        "volume.migrating_from",
+        "volume.migrating_from is set by the master during a migration; leave it out (change volume.kind with ?migrate=true instead)",
+    ))
 }
