@@ -10,6 +10,7 @@ use crate::{
     error::ErrorBody,
     lease::{Lease, LeaseGrant, LeaseRenewal, LeaseRequest, SessionRenewal, SessionRenewed},
     node::{Heartbeat, NodeRegistration, NodeStatus},
+    status::{AppStatus, TaskStatus},
     task::{Task, TaskSpec},
     watch::WatchResponse,
 };
@@ -179,6 +180,27 @@ impl MasterClient {
         .map(drop)
     }
 
+    /// Reports one app's status on this node (`PUT /nodes/{node}/apps/{task}`).
+    pub async fn report_app(&self, status: &AppStatus) -> Result<(), ClientError> {
+        self.call::<_, serde_json::Value>(
+            Method::PUT,
+            &format!("/nodes/{}/apps/{}", status.node, status.task_id),
+            Some(status),
+            Self::TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+    /// The task's state on every node that has it.
+    pub async fn task_status(&self, id: &str) -> Result<TaskStatus, ClientError> {
+        self.call::<(), _>(
+            Method::GET,
+            &format!("/tasks/{id}/status"),
+            None,
+            Self::TIMEOUT,
+        )
+        .await
+    }
     /// Stores an ACME record (certificate, challenge, status) for every edge.
     pub async fn put_acme(&self, record: &AcmeRecord) -> Result<(), ClientError> {
         self.call::<_, serde_json::Value>(

@@ -1,7 +1,8 @@
 //! Shadow's shared library: what the master, the node proxy and the edge proxy have in common.
 //!
 //! # Layout
-//! - [`task`], [`node`], [`lease`], [`acme`], [`watch`], [`error`]: the wire types of the master's API.
+//! - [`task`], [`node`], [`lease`], [`acme`], [`status`], [`watch`], [`error`]: the wire types of
+//!   the master's API.
 //! - [`client`]: a typed client for that API.
 //! - [`state`] and [`follower`]: a local copy of the master's state kept current by its watch.
 //! - [`config`]: TOML file + `SHADOW_*` environment + flags, parsed once at start-up.
@@ -17,6 +18,7 @@ pub mod lease;
 pub mod node;
 pub mod proxy;
 pub mod state;
+pub mod status;
 pub mod task;
 pub mod telemetry;
 pub mod watch;

@@ -7,6 +7,7 @@
 mod acme;
 mod leases;
 mod nodes;
+mod status;
 mod tasks;
 mod watch;
 
@@ -84,6 +85,8 @@ struct Inner {
     leases: BTreeMap<String, Lease>,
     acme: BTreeMap<String, shadow_common::acme::AcmeRecord>,
     acme_account: Option<serde_json::Value>,
+    /// Apps' states by task, then node, as the nodes report them (not stored).
+    statuses: HashMap<String, BTreeMap<String, shadow_common::status::AppStatus>>,
     next_token: u64,
     revision: u64,
     log: VecDeque<(u64, WatchEvent)>,
@@ -147,6 +150,7 @@ impl Registry {
                 leases,
                 acme: snap.acme.into_iter().map(|r| (r.key(), r)).collect(),
                 acme_account: snap.acme_account,
+                statuses: HashMap::new(),
                 next_token: snap.next_token.max(1),
                 revision: 0,
                 log: VecDeque::new(),

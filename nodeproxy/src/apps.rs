@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use shadow_common::{follower::Follower, state::ClusterState, task::Task};
+use shadow_common::{follower::Follower, state::ClusterState, status::EffectiveLimits, task::Task};
 use tokio::{sync::watch, time::Instant};
 
 use crate::{
@@ -41,6 +41,8 @@ pub struct AppContext {
     pub fence_check: Arc<dyn crate::volume::FenceCheck>,
     /// The master, told when a volume migration is done.
     pub master: shadow_common::client::MasterClient,
+    /// Each app's state, reported to the master as it changes.
+    pub status: Arc<crate::status::StatusBoard>,
 }
 
 impl AppContext {
@@ -66,6 +68,44 @@ struct Slot {
     state: Mutex<State>,
     /// True while the state is `Idle`, for whoever must wait until the app is fully stopped.
     idle: watch::Sender<bool>,
+    /// The failed starts in a row, and how long the next one waits.
+    failure: Mutex<Option<Failure>>,
+}
+
+/// Starts that failed in a row with one spec: requests are refused until `until`.
+struct Failure {
+    count: u32,
+    until: Instant,
+    spec: shadow_common::task::TaskSpec,
+    error: Arc<StartError>,
+}
+
+/// The wait before the next start after `failures` failed ones: 1 s, doubling, at most 5 min.
+pub fn backoff(failures: u32) -> Duration {
+    let factor = 1u32
+        .checked_shl(failures.saturating_sub(1))
+        .unwrap_or(u32::MAX);
+    Duration::from_secs(1)
+        .checked_mul(factor)
+        .unwrap_or(MAX_BACKOFF)
+        .min(MAX_BACKOFF)
+}
+
+/// The longest wait between two failing starts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+impl Slot {
+    /// The back-off the next start of `task` must wait out, if any; a changed spec ends it.
+    fn backing_off(&self, task: &Task) -> Option<(Duration, Arc<StartError>)> {
+        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        let f = failure.as_ref()?;
+        if !f.spec.runs_like(&task.spec) {
+            *failure = None;
+            return None;
+        }
+        let left = f.until.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then(|| (left, f.error.clone()))
+    }
 }
 
 impl Slot {
@@ -88,6 +128,18 @@ pub enum Unavailable {
     StartFailed(Arc<StartError>),
     #[error("the node is shutting down")]
     ShuttingDown,
+    #[error("the app's last start failed; the next is in {wait:?}: {error}")]
+    BackingOff {
+        wait: Duration,
+        error: Arc<StartError>,
+    },
+}
+
+/// What [`Apps::kick`] did.
+pub enum Kick {
+    Running,
+    Starting,
+    BackingOff(Duration, Arc<StartError>),
 }
 
 pub struct Apps {
@@ -135,6 +187,7 @@ impl Apps {
                 Arc::new(Slot {
                     state: Mutex::new(State::Idle),
                     idle: watch::channel(true).0,
+                    failure: Mutex::new(None),
                 })
             })
             .clone()
@@ -158,10 +211,11 @@ impl Apps {
                     State::Running(r)
                         if Arc::ptr_eq(&r.task, task) || r.task.spec.runs_like(&task.spec) =>
                     {
+                        self.ctx.status.request(&task.id);
                         return Ok(Route {
                             addr: r.container.host_addr,
                             token: r.activity.enter(),
-                        })
+                        });
                     }
                     // The task was changed (new image, env...): restart it with the new spec.
                     State::Running(r) => {
@@ -173,6 +227,9 @@ impl Apps {
                     State::Idle => {
                         if *self.shutdown.borrow() {
                             return Err(Unavailable::ShuttingDown);
+                        }
+                        if let Some((wait, error)) = slot.backing_off(task) {
+                            return Err(Unavailable::BackingOff { wait, error });
                         }
                         let rx = self.spawn_start(
                             slot.clone(),
@@ -208,18 +265,21 @@ impl Apps {
         }
     }
 
-    /// Starts the app in the background if it is idle (for the loading page); true if running.
-    pub fn kick(self: &Arc<Self>, task: &Arc<Task>) -> bool {
+    /// Starts the app in the background if it is idle (for the loading page).
+    pub fn kick(self: &Arc<Self>, task: &Arc<Task>) -> Kick {
         let slot = self.slot(&task.id);
         let mut st = slot.lock();
         match &*st {
-            State::Running(_) => true,
+            State::Running(_) => Kick::Running,
             State::Idle if !*self.shutdown.borrow() => {
+                if let Some((wait, error)) = slot.backing_off(task) {
+                    return Kick::BackingOff(wait, error);
+                }
                 let rx = self.spawn_start(slot.clone(), task.clone(), None);
                 slot.set(&mut st, State::Starting(rx));
-                false
+                Kick::Starting
             }
-            _ => false,
+            _ => Kick::Starting,
         }
     }
 
@@ -278,12 +338,27 @@ impl Apps {
             let start = start::start(&apps.ctx, &task, &partial, holder_down.as_deref());
             let result = match tokio::time::timeout(limit, start).await {
                 Ok(r) => r,
-                Err(_) => Err(StartError::Timeout(limit)),
+                Err(_) => Err(StartError::Timeout {
+                    limit,
+                    port: task.spec.port,
+                }),
             };
             match result {
                 Ok(running) => {
                     let running = Arc::new(running);
                     apps.ctx.metrics.cold_start(began.elapsed());
+                    *slot.failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    let l = start::limits(&apps.ctx.config, &task);
+                    apps.ctx.status.running(
+                        &task.id,
+                        &task.spec.image,
+                        running.container.image_digest.clone(),
+                        EffectiveLimits {
+                            memory_mb: l.memory_mb,
+                            cpus: l.cpus,
+                            pids: l.pids,
+                        },
+                    );
                     slot.set(&mut slot.lock(), State::Running(running.clone()));
                     let _ = tx.send(Some(Ok(())));
                     tokio::spawn(apps.clone().supervise(slot, running));
@@ -294,7 +369,20 @@ impl Apps {
                     apps.ctx.metrics.start_failed();
                     let taken =
                         std::mem::take(&mut *partial.lock().unwrap_or_else(|p| p.into_inner()));
+                    let logs = match (&*e, &taken.container) {
+                        (StartError::Exited { logs, .. }, _)
+                        | (
+                            StartError::Runtime(crate::runtime::RuntimeError::ExitedAtStart {
+                                logs,
+                                ..
+                            }),
+                            _,
+                        ) => logs.clone(),
+                        (_, Some(c)) => apps.ctx.runtime.logs_tail(c, 20).await.unwrap_or_default(),
+                        _ => String::new(),
+                    };
                     start::clean_up(&apps.ctx, &task, taken).await;
+                    apps.failed(&slot, &task, e.clone(), &logs);
                     slot.set(&mut slot.lock(), State::Idle);
                     let _ = tx.send(Some(Err(e)));
                 }
@@ -357,9 +445,64 @@ impl Apps {
                 }
             }
         };
+        self.ctx.status.stopping(&running.task.id);
         stop::stop(&self.ctx, &running, reason).await;
         slot.set(&mut slot.lock(), State::Idle);
+        if self.ctx.follower.read().task(&running.task.id).is_some() {
+            self.ctx.status.idle(&running.task.id);
+        } else {
+            self.ctx.status.forget(&running.task.id);
+        }
         let _ = done_tx.send(true);
+    }
+
+    /// Records a failed start: the back-off before the next (for failures of the app's own),
+    /// and the status with the reason.
+    fn failed(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        task: &Arc<Task>,
+        error: Arc<StartError>,
+        logs: &str,
+    ) {
+        if matches!(&*error, StartError::LeaseHeld { .. }) {
+            // Not a failure: the app runs on the holder.
+            self.ctx.status.idle(&task.id);
+            return;
+        }
+        let lines: Vec<String> = logs.lines().map(str::to_owned).collect();
+        if !error.backs_off() {
+            self.ctx
+                .status
+                .failed(&task.id, error.to_string(), lines, 0, None);
+            return;
+        }
+        let count = {
+            let mut failure = slot.failure.lock().unwrap_or_else(|e| e.into_inner());
+            let count = failure
+                .as_ref()
+                .filter(|f| f.spec.runs_like(&task.spec))
+                .map_or(0, |f| f.count)
+                + 1;
+            *failure = Some(Failure {
+                count,
+                until: Instant::now() + backoff(count),
+                spec: task.spec.clone(),
+                error: error.clone(),
+            });
+            count
+        };
+        let wait = backoff(count);
+        let until_ms = shadow_common::status::now_ms()
+            + u64::try_from(wait.as_millis()).unwrap_or(u64::MAX / 2);
+        self.ctx
+            .status
+            .failed(&task.id, error.to_string(), lines, count, Some(until_ms));
+        let (status, id) = (self.ctx.status.clone(), task.id.clone());
+        self.spawner.spawn(async move {
+            tokio::time::sleep(wait).await;
+            status.backoff_over(&id);
+        });
     }
 
     /// Stops every app (persisting its volume) and waits until they are all stopped.
@@ -419,4 +562,16 @@ async fn checkpoint(ctx: &AppContext, running: &Running) -> Result<(), stop::Rea
 /// Waits until the flag is set, without holding the channel's read guard across an await.
 async fn until_set(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_to_five_minutes() {
+        let waits: Vec<u64> = (1..=10).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(waits, vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 300]);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
 }

@@ -15,7 +15,7 @@ use shadow_common::{
 use tracing::Instrument;
 
 use crate::{
-    apps::{Apps, Unavailable},
+    apps::{Apps, Kick, Unavailable},
     metrics::Metrics,
     pages,
     start::StartError,
@@ -91,8 +91,12 @@ async fn serve_app(
     peer: SocketAddr,
     request_id: String,
 ) -> Response<ProxyBody> {
-    if task.spec.cold_start == ColdStart::Page && wants_html(&req) && !node.apps.kick(&task) {
-        return pages::loading(&task.spec.name);
+    if task.spec.cold_start == ColdStart::Page && wants_html(&req) {
+        match node.apps.kick(&task) {
+            Kick::Running => {}
+            Kick::Starting => return pages::loading(&task.spec.name),
+            Kick::BackingOff(wait, _) => return pages::failed(&task.spec.name, retry_after(wait)),
+        }
     }
     let holder_down = req
         .headers()
@@ -113,6 +117,11 @@ async fn serve_app(
             e.to_response()
         }
     }
+}
+
+/// Whole seconds to wait, at least one.
+fn retry_after(wait: std::time::Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 fn unavailable(task: &Task, request_id: &str, e: Unavailable) -> Response<ProxyBody> {
@@ -149,6 +158,14 @@ fn unavailable(task: &Task, request_id: &str, e: Unavailable) -> Response<ProxyB
                 limit.as_secs()
             ),
             retry,
+        ),
+        Unavailable::BackingOff { wait, .. } => pages::unavailable(
+            format!(
+                "app {} failed to start and tries again in {} s; if it keeps failing, its owner can see why in its status\n",
+                task.spec.name,
+                retry_after(wait)
+            ),
+            retry_after(wait),
         ),
         Unavailable::ShuttingDown => pages::unavailable(
             "this node is shutting down; retry on another\n".into(),

@@ -12,7 +12,8 @@
 //! - [`activity`]: what counts as idle; [`lease`]: the node's lease session and each lease's
 //!   deadline.
 //! - [`runtime`]: the container seam (Docker via bollard); [`volume`]: the volume seam.
-//! - [`register`]: registration and heartbeats; [`metrics`], [`pages`].
+//! - [`register`]: registration and heartbeats; [`status`]: each app's state, reported to the
+//!   master; [`metrics`], [`pages`].
 #![forbid(unsafe_code)]
 
 pub mod activity;
@@ -29,6 +30,7 @@ pub mod ready;
 pub mod register;
 pub mod runtime;
 pub mod start;
+pub mod status;
 pub mod stop;
 pub mod volume;
 
@@ -104,6 +106,8 @@ pub async fn run_with(
     let config = Arc::new(config);
     let leases = lease::LeaseSession::new(Arc::new(master.clone()), config.node_id.clone(), timing);
     let renewer = tokio::spawn(leases.clone().run());
+    let status = status::StatusBoard::new(config.node_id.clone());
+    let reporter = tokio::spawn(status.clone().report_forever(master.clone()));
     let budget = budget::MemoryBudget::new(config.memory_budget_mb());
     tracing::info!(memory_budget_mb = config.memory_budget_mb(), network = %config.app_network, "app limits");
     let apps = Apps::new(Arc::new(AppContext {
@@ -119,6 +123,7 @@ pub async fn run_with(
             ttl: config.lease_ttl(),
         }),
         master: master.clone(),
+        status: status.clone(),
     }));
     let reg = NodeRegistration {
         id: config.node_id.clone(),
@@ -155,6 +160,7 @@ pub async fn run_with(
     tracing::info!("shutting down: stopping every app");
     apps.stop_all().await;
     renewer.abort();
+    reporter.abort();
     heartbeat.abort();
     reconciler.abort();
     let _ = stop_tx.send(true);

@@ -89,6 +89,8 @@ pub struct RunningContainer {
     /// The host side of the published app port, on 127.0.0.1. Started is not ready: the caller
     /// must wait until the app answers there.
     pub host_addr: SocketAddr,
+    /// The id of the image it runs (`sha256:…`, a digest of its content).
+    pub image_digest: Option<String>,
 }
 
 /// A container found by its labels, in any state.

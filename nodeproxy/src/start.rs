@@ -14,6 +14,7 @@ use std::{
 use shadow_common::{
     client::ClientError,
     state::ClusterState,
+    status::StartPhase,
     task::{Task, DATA_MOUNT},
 };
 use tokio::{sync::Notify, time::Instant};
@@ -53,10 +54,26 @@ pub enum StartError {
     Runtime(#[from] RuntimeError),
     #[error("the container exited before it answered ({status}); its last log lines:\n{logs}")]
     Exited { status: String, logs: String },
-    #[error("the app did not answer within start_timeout_s ({0:?})")]
-    Timeout(Duration),
+    #[error("the app did not answer on port {port} within start_timeout_s ({limit:?}); check that it listens on 0.0.0.0:{port} (the task's port, also in $PORT)")]
+    Timeout { limit: Duration, port: u16 },
     #[error("moving the app's data to its new volume failed: {0}")]
     Migration(String),
+}
+
+impl StartError {
+    /// Whether the app (its image, spec or data) made the start fail, so trying again at once
+    /// would fail the same way: such failures back off. Not so for a lease held elsewhere, an
+    /// unreachable master or a full node.
+    pub fn backs_off(&self) -> bool {
+        !matches!(
+            self,
+            StartError::LeaseHeld { .. }
+                | StartError::Master(_)
+                | StartError::Acquire(_)
+                | StartError::LeaseLost
+                | StartError::OverBudget(_)
+        )
+    }
 }
 
 /// What a start has made so far, for undoing it.
@@ -113,6 +130,7 @@ pub async fn start(
     let memory = ctx.budget.reserve(limits(&ctx.config, task).memory_mb)?;
 
     let mut lease = None;
+    ctx.status.phase(&task.id, StartPhase::Lease);
     if task.spec.volume.kind.is_stateful() {
         let held = Arc::new(take_lease(ctx, task, holder_down).await?);
         record(partial, |p| p.lease = Some(held.clone()));
@@ -226,6 +244,7 @@ async fn bring_up(
     let cfg = &ctx.config;
     let t = Instant::now();
     let mut data_mount = None;
+    ctx.status.phase(&task.id, StartPhase::Volume);
     if let Some(from) = task.spec.volume.migrating_from {
         crate::migrate::migrate(ctx, task, from, fence).await?;
     }
@@ -237,6 +256,7 @@ async fn bring_up(
     ctx.metrics.phase("volume", t.elapsed());
 
     let t = Instant::now();
+    ctx.status.phase(&task.id, StartPhase::Image);
     ctx.runtime.ensure_image(&task.spec.image).await?;
     ctx.metrics.phase("image", t.elapsed());
 
@@ -246,11 +266,13 @@ async fn bring_up(
     (spec.memory_mb, spec.cpus, spec.pids) = (Some(l.memory_mb), Some(l.cpus), Some(l.pids));
     spec.network = Some(cfg.app_network.clone());
     record(partial, |p| p.container = Some(spec.name.clone()));
+    ctx.status.phase(&task.id, StartPhase::Container);
     let container = ctx.runtime.create_and_start(&spec).await?;
     record(partial, |p| p.container = Some(container.id.clone()));
     ctx.metrics.phase("create_start", t.elapsed());
 
     let t = Instant::now();
+    ctx.status.phase(&task.id, StartPhase::Ready);
     wait_ready(ctx, task, &container).await?;
     ctx.metrics.phase("ready", t.elapsed());
     Ok(container)

@@ -1,4 +1,5 @@
-//! `/nodes/`: node registration, heartbeats, the node list and removing dead nodes.
+//! `/nodes/`: node registration, heartbeats, the node list, removing dead nodes, and the apps'
+//! states the nodes report.
 
 use std::sync::Arc;
 
@@ -7,6 +8,7 @@ use http::StatusCode;
 use shadow_common::{
     error::parse_json,
     node::{Heartbeat, NodeRegistration},
+    status::AppStatus,
 };
 use warp::{filters::BoxedFilter, Filter};
 
@@ -35,6 +37,19 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
             Ok(()) => reply::no_content(),
             Err(e) => reply::registry_error(e),
         });
+    let s = state.clone();
+    let report = warp::path!("nodes" / String / "apps" / String)
+        .and(warp::put())
+        .and(json_body())
+        .map(
+            move |node: String, task: String, body: Bytes| match parse_json::<AppStatus>(&body) {
+                Ok(st) => match s.registry.report_app(&node, &task, st) {
+                    Ok(()) => reply::no_content(),
+                    Err(e) => reply::registry_error(e),
+                },
+                Err(e) => reply::invalid(e),
+            },
+        );
     let s = state;
     let heartbeat = warp::path!("nodes" / String / "heartbeat")
         .and(warp::put())
@@ -50,6 +65,8 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
         .or(delete)
         .unify()
         .or(heartbeat)
+        .unify()
+        .or(report)
         .unify()
         .boxed()
 }

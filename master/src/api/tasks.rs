@@ -13,6 +13,14 @@ use warp::{filters::BoxedFilter, Filter};
 
 use super::{json_body, reply, AppState};
 
+/// A task in the list, with its one-word state.
+#[derive(serde::Serialize)]
+struct Listed {
+    #[serde(flatten)]
+    task: Task,
+    state: shadow_common::status::AppState,
+}
+
 /// `POST /tasks/{id}/migrated`: the node holding lease `token` moved the data.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,14 +31,21 @@ struct Migrated {
 pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
     let s = state.clone();
     let list = warp::path!("tasks").and(warp::get()).map(move || {
-        let tasks: Vec<Task> = s
+        let tasks: Vec<Listed> = s
             .registry
             .list_tasks()
             .into_iter()
-            .map(Task::redacted)
+            .map(|t| Listed {
+                state: s.registry.task_state(&t.id),
+                task: t.redacted(),
+            })
             .collect();
         reply::json(StatusCode::OK, &tasks)
     });
+    let s = state.clone();
+    let status = warp::path!("tasks" / String / "status")
+        .and(warp::get())
+        .map(move |id: String| reply::from_result(StatusCode::OK, s.registry.task_status(&id)));
     let s = state.clone();
     let create = warp::path!("tasks")
         .and(warp::post())
@@ -103,6 +118,8 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
         .or(update)
         .unify()
         .or(migrated)
+        .unify()
+        .or(status)
         .unify()
         .or(delete)
         .unify()

@@ -111,6 +111,9 @@ impl Registry {
         }
         g.store.delete_node(id)?;
         g.nodes.remove(id);
+        for per_node in g.statuses.values_mut() {
+            per_node.remove(id);
+        }
         g.emit(
             &self.revision_tx,
             WatchEvent::NodeDeleted { id: id.to_string() },

@@ -144,6 +144,7 @@ impl Registry {
         let mut g = self.lock();
         let old = g.tasks.get(id).cloned().ok_or_else(|| not_found(id))?;
         g.store.delete_task(id)?;
+        g.statuses.remove(id);
         for d in &old.spec.domains {
             g.domains.remove(d);
         }

@@ -190,11 +190,12 @@ impl DockerRuntime {
 
     /// The host address of `port/tcp`, from an inspect, or `None` when it is not published (the
     /// container is not running).
+    /// The published address of `port`, and the id (digest) of the image the container runs.
     async fn published_addr(
         &self,
         id: &str,
         port: u16,
-    ) -> Result<Option<SocketAddr>, RuntimeError> {
+    ) -> Result<(Option<SocketAddr>, Option<String>), RuntimeError> {
         let inspect = self
             .docker
             .inspect_container(
@@ -203,13 +204,14 @@ impl DockerRuntime {
             )
             .await
             .map_err(|e| self.fail(format!("inspect container {id}"), e))?;
+        let image = inspect.image.clone();
         let bindings = inspect
             .network_settings
             .and_then(|n| n.ports)
             .and_then(|mut ports| ports.remove(&format!("{port}/tcp")))
             .flatten()
             .unwrap_or_default();
-        Ok(bindings.iter().find_map(|binding| {
+        let addr = bindings.iter().find_map(|binding| {
             let ip = binding
                 .host_ip
                 .as_deref()
@@ -217,7 +219,8 @@ impl DockerRuntime {
                 .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
             let port = binding.host_port.as_deref()?.parse().ok()?;
             Some(SocketAddr::new(ip, port))
-        }))
+        });
+        Ok((addr, image))
     }
 }
 
@@ -282,8 +285,8 @@ impl ContainerRuntime for DockerRuntime {
         }
 
         // The port is assigned at start; it is gone again once the container has exited.
-        let addr = match self.published_addr(&id, spec.container_port).await {
-            Ok(addr) => addr,
+        let (addr, image_digest) = match self.published_addr(&id, spec.container_port).await {
+            Ok(found) => found,
             Err(e) => {
                 self.discard(&id, &name).await;
                 return Err(e);
@@ -312,6 +315,7 @@ impl ContainerRuntime for DockerRuntime {
             id,
             name,
             host_addr,
+            image_digest,
         })
     }
 

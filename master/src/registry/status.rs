@@ -1,0 +1,83 @@
+//! Apps' states as their nodes report them: kept in memory only (nodes send everything again
+//! every minute, so a restarted master learns it back), dropped with their task or node.
+
+use shadow_common::{
+    error::FieldError,
+    status::{summary, AppState, AppStatus, TaskStatus},
+};
+
+use super::{Registry, RegistryError};
+
+impl Registry {
+    /// Stores what `node` reports about `task`.
+    pub fn report_app(
+        &self,
+        node: &str,
+        task: &str,
+        status: AppStatus,
+    ) -> Result<(), RegistryError> {
+        if status.node != node || status.task_id != task {
+            return Err(RegistryError::Invalid(FieldError::new(
+                "body",
+                format!(
+                    "the body reports task {:?} on node {:?}; PUT it at /nodes/{}/apps/{}",
+                    status.task_id, status.node, status.node, status.task_id
+                ),
+            )));
+        }
+        let mut g = self.lock();
+        if !g.nodes.contains_key(node) {
+            return Err(RegistryError::NotFound(format!(
+                "node {node:?} is not registered; register it with POST /nodes/ first"
+            )));
+        }
+        if !g.tasks.contains_key(task) {
+            return Err(RegistryError::NotFound(format!("no task with id {task:?}")));
+        }
+        g.statuses
+            .entry(task.to_owned())
+            .or_default()
+            .insert(node.to_owned(), status);
+        Ok(())
+    }
+
+    /// The task's state on each node that reported it, most recent change first.
+    pub fn task_status(&self, id: &str) -> Result<TaskStatus, RegistryError> {
+        let g = self.lock();
+        let task = g.tasks.get(id).ok_or_else(|| {
+            RegistryError::NotFound(format!(
+                "no task with id {id:?}; list tasks with GET /tasks/"
+            ))
+        })?;
+        let mut nodes: Vec<AppStatus> = g
+            .statuses
+            .get(id)
+            .map(|m| {
+                m.iter()
+                    // A node that was removed reports nothing any more.
+                    .filter(|(node, _)| g.nodes.contains_key(*node))
+                    .map(|(_, s)| s.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        nodes.sort_by_key(|s| std::cmp::Reverse(s.since_ms));
+        Ok(TaskStatus {
+            task_id: id.to_owned(),
+            name: task.spec.name.clone(),
+            state: summary(&nodes),
+            nodes,
+        })
+    }
+
+    /// The one-word state of every task, for the task list.
+    pub fn task_state(&self, id: &str) -> AppState {
+        let g = self.lock();
+        g.statuses.get(id).map_or(AppState::Idle, |m| {
+            summary(
+                m.iter()
+                    .filter(|(n, _)| g.nodes.contains_key(*n))
+                    .map(|(_, s)| s),
+            )
+        })
+    }
+}

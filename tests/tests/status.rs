@@ -1,0 +1,182 @@
+//! What the people who host an app see when it fails, end to end with real Docker: the app's
+//! status on the master (state, last error, the container's last log lines, effective limits),
+//! a crash-loop back-off instead of a container per request, and an error page instead of an
+//! endless loading page.
+
+use std::time::Duration;
+
+use shadow_common::status::{AppState, TaskStatus};
+use shadow_nodeproxy::start::LABEL_TASK;
+use shadow_tests::{
+    fixtures::{counter_task, domain},
+    http::Client,
+    image::counter_image,
+    master::{self, MasterHandle, MasterOptions},
+    node,
+};
+
+/// The task's status once `pred` holds; the nodes report it as it changes, so this polls the
+/// master (there is no feed of statuses) for 30 s at most.
+async fn status_until(
+    m: &MasterHandle,
+    task: &str,
+    what: &str,
+    pred: impl Fn(&TaskStatus) -> bool,
+) -> TaskStatus {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = m.client.task_status(task).await.expect("status");
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} within 30 s; last status {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_crashing_app_shows_why_backs_off_and_gets_an_error_page() {
+    counter_image().await.expect("image");
+    let m = master::spawn(MasterOptions::default()).await;
+    let n = node::spawn(&m, |_| {}).await;
+    let d = domain("crashy");
+    let t = counter_task(&m, &d, "none", |s| {
+        s["env"] = serde_json::json!({"FAIL_START": "1"});
+    })
+    .await;
+    let c = Client::new(n.addr);
+
+    let first = c.get(&d, "/").await.expect("answer");
+    assert_eq!(first.status, 503, "{}", first.body);
+    let s = status_until(&m, &t.id, "the failure reported", |s| {
+        s.nodes.first().is_some_and(|a| a.last_error.is_some())
+    })
+    .await;
+    assert_eq!(s.state, AppState::Backoff, "{s:?}");
+    let app = &s.nodes[0];
+    let error = app.last_error.as_ref().expect("last error");
+    assert!(error.message.contains("exited"), "{}", error.message);
+    // The app's own last words, kept although its container is gone.
+    assert!(
+        error.logs.iter().any(|l| l.contains("FAIL_START=1 is set")),
+        "{:?}",
+        error.logs
+    );
+    assert!(
+        !n.containers()
+            .await
+            .iter()
+            .any(|x| x.labels.get(LABEL_TASK) == Some(&t.id)),
+        "the failed container was removed"
+    );
+
+    // Ten requests in a row start it at most a few more times: the others are refused at once
+    // with Retry-After while the back-off runs (1 s, then 2 s, ...).
+    for _ in 0..10 {
+        let r = c.get(&d, "/").await.expect("answer");
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
+    }
+    let s = m.client.task_status(&t.id).await.expect("status");
+    let failures = s.nodes[0].failures;
+    assert!(
+        (1..=3).contains(&failures),
+        "{failures} starts for 11 requests"
+    );
+    assert!(s.nodes[0].backoff_until_ms.is_some());
+
+    // A browser on a page-mode app that keeps failing gets a page saying so, not the loading
+    // page (which would reload into a new start every second).
+    let p = domain("crashy-page");
+    let pt = counter_task(&m, &p, "none", |s| {
+        s["env"] = serde_json::json!({"FAIL_START": "1"});
+        s["cold_start"] = serde_json::json!("page");
+    })
+    .await;
+    let html = [("accept", "text/html")];
+    let loading = c
+        .request("GET", &p, "/", &html, shadow_tests::http::empty())
+        .await
+        .expect("answer");
+    assert!(loading.body.contains("Starting"), "{}", loading.body);
+    status_until(&m, &pt.id, "the page-mode app backing off", |s| {
+        s.state == AppState::Backoff
+    })
+    .await;
+    let page = c
+        .request("GET", &p, "/", &html, shadow_tests::http::empty())
+        .await
+        .expect("answer");
+    assert_eq!(page.status, 503);
+    assert!(page.body.contains("failed to start"), "{}", page.body);
+    assert!(page.headers.contains_key("retry-after"));
+
+    // Fixing the task (a new spec) ends the back-off at once: the next request starts it.
+    let mut fixed = t.spec.clone();
+    fixed.env.clear();
+    m.client.update_task(&t.id, &fixed).await.expect("update");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // The node learns of the update through its watch, a moment after the master has it.
+        let r = c.get(&d, "/").await.expect("answer");
+        if r.status == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", r.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = status_until(&m, &t.id, "running", |s| s.state == AppState::Running).await;
+    assert_eq!(s.nodes[0].failures, 0);
+    assert_eq!(s.nodes[0].cold_starts, 1);
+}
+
+#[tokio::test]
+async fn a_running_app_shows_its_limits_image_and_requests_and_a_wrong_port_is_named() {
+    counter_image().await.expect("image");
+    let m = master::spawn(MasterOptions::default()).await;
+    let n = node::spawn(&m, |c| {
+        c.default_memory_mb = 192;
+        c.default_pids = 77;
+    })
+    .await;
+    let d = domain("shown");
+    let t = counter_task(&m, &d, "none", |_| {}).await;
+    let c = Client::new(n.addr);
+    assert_eq!(c.get(&d, "/").await.expect("answer").status, 200);
+    let s = status_until(&m, &t.id, "running with a request seen", |s| {
+        s.nodes
+            .first()
+            .is_some_and(|a| a.state == AppState::Running && a.last_request_ms.is_some())
+    })
+    .await;
+    assert_eq!(s.name, "counter");
+    let app = &s.nodes[0];
+    assert_eq!(app.node, n.id);
+    // No resources in the task: the node's defaults are what it runs under.
+    let limits = app.limits.expect("limits");
+    assert_eq!((limits.memory_mb, limits.pids), (192, 77));
+    assert!(app
+        .image_digest
+        .as_deref()
+        .is_some_and(|d| d.starts_with("sha256:")));
+    let (_, list) = m.raw().send("GET", "/tasks/", None).await;
+    assert_eq!(list[0]["state"], "running");
+
+    // An app listening on another port than the task's: the start fails naming the port.
+    let w = domain("wrong-port");
+    let wt = counter_task(&m, &w, "none", |s| {
+        s["env"] = serde_json::json!({"PORT": "8081"});
+        s["start_timeout_s"] = serde_json::json!(3);
+    })
+    .await;
+    assert_eq!(c.get(&w, "/").await.expect("answer").status, 503);
+    let s = status_until(&m, &wt.id, "the timeout reported", |s| {
+        s.nodes.first().is_some_and(|a| a.last_error.is_some())
+    })
+    .await;
+    let message = &s.nodes[0].last_error.as_ref().expect("error").message;
+    assert!(message.contains("port 8000"), "{message}");
+}
