@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod follower;
 pub mod lease;
+pub mod logs;
 pub mod node;
 pub mod proxy;
 pub mod state;

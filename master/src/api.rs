@@ -6,6 +6,7 @@
 mod acme;
 mod auth;
 mod leases;
+mod logs;
 mod nodes;
 mod reply;
 mod tasks;
@@ -26,6 +27,8 @@ pub struct AppState {
     /// `None` = no token required (the master then listens on loopback only).
     pub api_token: Option<String>,
     pub metrics: Metrics,
+    /// For relaying an app's logs from its node.
+    pub http: reqwest::Client,
 }
 
 /// Largest JSON body accepted; task specs are small.
@@ -51,6 +54,8 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
             .or(watch::routes(state.clone()))
             .unify()
             .or(acme::routes(state.clone()))
+            .unify()
+            .or(logs::routes(state.clone()))
             .unify(),
     );
     let m = state.metrics.clone();

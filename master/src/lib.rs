@@ -41,6 +41,7 @@ pub fn open_state(config: &MasterConfig) -> Result<Arc<api::AppState>, RunError>
         registry: Arc::new(registry),
         api_token: config.api_token.clone(),
         metrics: metrics::Metrics::new(),
+        http: reqwest::Client::new(),
     }))
 }
 

@@ -43,6 +43,8 @@ pub struct AppContext {
     pub master: shadow_common::client::MasterClient,
     /// Each app's state, reported to the master as it changes.
     pub status: Arc<crate::status::StatusBoard>,
+    /// Each app's output, kept after its container is gone.
+    pub logs: Arc<crate::logs::LogStore>,
 }
 
 impl AppContext {
@@ -381,6 +383,22 @@ impl Apps {
                         (_, Some(c)) => apps.ctx.runtime.logs_tail(c, 20).await.unwrap_or_default(),
                         _ => String::new(),
                     };
+                    if let StartError::Runtime(crate::runtime::RuntimeError::ExitedAtStart {
+                        name,
+                        ..
+                    }) = &*e
+                    {
+                        // Gone before its output could be followed: keep its last lines.
+                        let ts = crate::logs::now_rfc3339();
+                        for text in logs.lines() {
+                            let out = crate::runtime::OutputLine {
+                                stderr: false,
+                                ts: ts.clone(),
+                                text: text.to_owned(),
+                            };
+                            apps.ctx.logs.append(&task.id, name, &out);
+                        }
+                    }
                     start::clean_up(&apps.ctx, &task, taken).await;
                     apps.failed(&slot, &task, e.clone(), &logs);
                     slot.set(&mut slot.lock(), State::Idle);

@@ -104,6 +104,10 @@ pub struct Cli {
     #[arg(long, env = "SHADOW_APP_NETWORK")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app_network: Option<String>,
+    /// Bytes of each app's output kept on the node (twice this at most, in two files) [default: 1048576].
+    #[arg(long, env = "SHADOW_APP_LOG_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_log_bytes: Option<u64>,
     /// Host firewall rules (iptables) so apps cannot open connections to this machine or to
     /// the cloud metadata service: auto (warn when they cannot be made), on, off [default: auto].
     #[arg(long, env = "SHADOW_APP_FIREWALL")]
@@ -255,6 +259,8 @@ pub struct NodeConfig {
     pub app_network: String,
     #[serde(default = "default_app_firewall")]
     pub app_firewall: String,
+    #[serde(default = "default_app_log_bytes")]
+    pub app_log_bytes: u64,
     #[serde(default = "default_memory_mb")]
     pub default_memory_mb: u64,
     #[serde(default = "default_cpus")]
@@ -326,6 +332,9 @@ fn default_seed_prefix() -> String {
 fn default_disk_reserve_mb() -> u64 {
     1024
 }
+fn default_app_log_bytes() -> u64 {
+    1 << 20
+}
 fn default_app_firewall() -> String {
     "auto".into()
 }
@@ -382,6 +391,7 @@ impl NodeConfig {
             disk_reserve_mb: default_disk_reserve_mb(),
             app_network: default_app_network(),
             app_firewall: default_app_firewall(),
+            app_log_bytes: default_app_log_bytes(),
             default_memory_mb: default_memory_mb(),
             default_cpus: default_cpus(),
             default_pids: default_pids(),

@@ -27,6 +27,9 @@ pub struct Node {
     pub follower: Follower,
     pub forwarder: Forwarder,
     pub metrics: Metrics,
+    pub logs: Arc<crate::logs::LogStore>,
+    /// The master's token, which it sends when it relays an app's logs; `None`: no check.
+    pub api_token: Option<String>,
 }
 
 pub use shadow_common::lease::{HOLDER_DOWN_HEADER, HOLDER_HEADER};
@@ -55,6 +58,9 @@ pub async fn handle(
 }
 
 fn own_route(node: &Node, req: &Request<Incoming>, host: &str) -> Response<ProxyBody> {
+    if let Some(task) = req.uri().path().strip_prefix("/_shadow/logs/") {
+        return logs_route(node, req, task);
+    }
     match req.uri().path() {
         "/healthz" => {
             if node.follower.is_synced() {
@@ -75,6 +81,41 @@ fn own_route(node: &Node, req: &Request<Incoming>, host: &str) -> Response<Proxy
             ),
         ),
     }
+}
+
+/// `/_shadow/logs/<task>?tail=N&follow=true`, for the master relaying `GET /tasks/{id}/logs`.
+fn logs_route(node: &Node, req: &Request<Incoming>, task: &str) -> Response<ProxyBody> {
+    if let Some(token) = &node.api_token {
+        let sent = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if sent != Some(token.as_str()) {
+            return pages::text(
+                StatusCode::UNAUTHORIZED,
+                "send the cluster's API token (Authorization: Bearer $SHADOW_API_TOKEN)\n".into(),
+            );
+        }
+    }
+    if task.is_empty() || !task.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return pages::text(StatusCode::BAD_REQUEST, "name a task id\n".into());
+    }
+    let query = req.uri().query().unwrap_or("");
+    let param = |name: &str| {
+        query.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k == name).then_some(v)
+        })
+    };
+    let tail = param("tail").and_then(|v| v.parse().ok()).unwrap_or(100);
+    let follow = param("follow") == Some("true");
+    let mut r = Response::new(crate::logs::answer(&node.logs, task, tail, follow));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    r
 }
 
 fn wants_html(req: &Request<Incoming>) -> bool {

@@ -13,7 +13,7 @@
 //!   deadline.
 //! - [`runtime`]: the container seam (Docker via bollard); [`volume`]: the volume seam.
 //! - [`register`]: registration and heartbeats; [`status`]: each app's state, reported to the
-//!   master; [`metrics`], [`pages`].
+//!   master; [`logs`]: each app's output, kept after its container; [`metrics`], [`pages`].
 #![forbid(unsafe_code)]
 
 pub mod activity;
@@ -23,6 +23,7 @@ pub mod config;
 pub mod firewall;
 pub mod handler;
 pub mod lease;
+pub mod logs;
 pub mod metrics;
 pub mod migrate;
 pub mod pages;
@@ -107,6 +108,7 @@ pub async fn run_with(
     let leases = lease::LeaseSession::new(Arc::new(master.clone()), config.node_id.clone(), timing);
     let renewer = tokio::spawn(leases.clone().run());
     let status = status::StatusBoard::new(config.node_id.clone());
+    let logs = logs::LogStore::new(&config.data_dir, config.app_log_bytes);
     let reporter = tokio::spawn(status.clone().report_forever(master.clone()));
     let budget = budget::MemoryBudget::new(config.memory_budget_mb());
     tracing::info!(memory_budget_mb = config.memory_budget_mb(), network = %config.app_network, "app limits");
@@ -124,6 +126,7 @@ pub async fn run_with(
         }),
         master: master.clone(),
         status: status.clone(),
+        logs: logs.clone(),
     }));
     let reg = NodeRegistration {
         id: config.node_id.clone(),
@@ -142,6 +145,8 @@ pub async fn run_with(
         follower,
         forwarder: proxy::Forwarder::default(),
         metrics,
+        logs: logs.clone(),
+        api_token: config.api_token.clone(),
     });
     let workers =
         proxy::Workers::start(config.workers, "shadow-node").map_err(RunError::Workers)?;

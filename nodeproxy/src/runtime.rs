@@ -93,6 +93,15 @@ pub struct RunningContainer {
     pub image_digest: Option<String>,
 }
 
+/// One line of a container's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputLine {
+    pub stderr: bool,
+    /// RFC 3339, as Docker stamped it.
+    pub ts: String,
+    pub text: String,
+}
+
 /// A container found by its labels, in any state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerInfo {
@@ -207,6 +216,14 @@ pub trait ContainerRuntime: Send + Sync {
 
     /// The last `lines` lines the container wrote to stdout and stderr, interleaved.
     async fn logs_tail(&self, id: &str, lines: usize) -> Result<String, RuntimeError>;
+
+    /// Sends every line the container writes, from its start, to `sink` until its output ends
+    /// (the container stopped) or `sink` is closed.
+    async fn follow_logs(
+        &self,
+        id: &str,
+        sink: tokio::sync::mpsc::Sender<OutputLine>,
+    ) -> Result<(), RuntimeError>;
 
     /// The container's state, or `None` when there is no such container.
     async fn inspect(&self, id: &str) -> Result<Option<ContainerStatus>, RuntimeError>;

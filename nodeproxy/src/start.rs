@@ -269,6 +269,12 @@ async fn bring_up(
     ctx.status.phase(&task.id, StartPhase::Container);
     let container = ctx.runtime.create_and_start(&spec).await?;
     record(partial, |p| p.container = Some(container.id.clone()));
+    ctx.logs.collect(
+        ctx.runtime.clone(),
+        task.id.clone(),
+        container.id.clone(),
+        container.name.clone(),
+    );
     ctx.metrics.phase("create_start", t.elapsed());
 
     let t = Instant::now();

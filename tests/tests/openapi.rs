@@ -33,6 +33,7 @@ const SERVED: &[(&str, &str)] = &[
     ("DELETE", "/tasks/{id}"),
     ("POST", "/tasks/{id}/migrated"),
     ("GET", "/tasks/{id}/status"),
+    ("GET", "/tasks/{id}/logs"),
     ("PUT", "/nodes/{id}/apps/{task_id}"),
     ("GET", "/nodes/"),
     ("POST", "/nodes/"),
@@ -78,6 +79,7 @@ const SCHEMAS: &[&str] = &[
     "AppStatus",
     "TaskStatus",
     "TaskListItem",
+    "LogLine",
     "ErrorBody",
 ];
 

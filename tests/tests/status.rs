@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use shadow_common::status::{AppState, TaskStatus};
+use shadow_common::{
+    logs::LogLine,
+    status::{AppState, TaskStatus},
+};
 use shadow_nodeproxy::start::LABEL_TASK;
 use shadow_tests::{
     fixtures::{counter_task, domain},
@@ -179,4 +182,111 @@ async fn a_running_app_shows_its_limits_image_and_requests_and_a_wrong_port_is_n
     .await;
     let message = &s.nodes[0].last_error.as_ref().expect("error").message;
     assert!(message.contains("port 8000"), "{message}");
+}
+
+/// Reads JSON lines from a streaming answer until `pred` accepts one; 30 s at most.
+async fn next_line_where(
+    resp: &mut reqwest::Response,
+    buf: &mut String,
+    what: &str,
+    pred: impl Fn(&LogLine) -> bool,
+) -> LogLine {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        while let Some(i) = buf.find('\n') {
+            let line: String = buf.drain(..=i).collect();
+            let parsed: LogLine = serde_json::from_str(line.trim()).expect("a JSON log line");
+            if pred(&parsed) {
+                return parsed;
+            }
+        }
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("{what} within 30 s"))
+            .expect("the stream goes on")
+            .unwrap_or_else(|| panic!("the stream ended before {what}"));
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+#[tokio::test]
+async fn logs_outlive_their_container_and_follow_across_a_reap_and_a_new_start() {
+    counter_image().await.expect("image");
+    let m = master::spawn(MasterOptions::default()).await;
+    let n = node::spawn(&m, |_| {}).await;
+    let c = Client::new(n.addr);
+
+    // A crashed start: its output is kept although the container is gone.
+    let bad = domain("logs-crash");
+    let bt = counter_task(&m, &bad, "none", |s| {
+        s["env"] = serde_json::json!({"FAIL_START": "1"});
+    })
+    .await;
+    assert_eq!(c.get(&bad, "/").await.expect("answer").status, 503);
+    let text = m
+        .raw()
+        .http
+        .get(format!("{}/tasks/{}/logs?tail=10", m.url, bt.id))
+        .bearer_auth(shadow_tests::master::TOKEN)
+        .send()
+        .await
+        .expect("logs")
+        .text()
+        .await
+        .expect("text");
+    let lines: Vec<LogLine> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.line.contains("FAIL_START=1 is set") && l.run.starts_with("shadow-")),
+        "{text}"
+    );
+
+    // A healthy app reaped after a second idle and started again: one follow sees both runs.
+    let d = domain("logs-follow");
+    let t = counter_task(&m, &d, "none", |s| {
+        s["idle_timeout_s"] = serde_json::json!(1)
+    })
+    .await;
+    assert_eq!(c.get(&d, "/").await.expect("answer").status, 200);
+    let mut resp = m
+        .raw()
+        .http
+        .get(format!(
+            "{}/tasks/{}/logs?tail=100&follow=true",
+            m.url, t.id
+        ))
+        .bearer_auth(shadow_tests::master::TOKEN)
+        .send()
+        .await
+        .expect("follow");
+    assert_eq!(resp.status(), 200);
+    let mut buf = String::new();
+    let first = next_line_where(&mut resp, &mut buf, "the first run's start line", |l| {
+        l.line.contains("counter listening")
+    })
+    .await;
+    let stopped = next_line_where(
+        &mut resp,
+        &mut buf,
+        "the first run's stop line (the reap)",
+        |l| l.line.contains("counter stopping"),
+    )
+    .await;
+    assert_eq!(stopped.run, first.run);
+    status_until(&m, &t.id, "the app idle after its reap", |s| {
+        s.state == AppState::Idle
+    })
+    .await;
+    assert_eq!(c.get(&d, "/").await.expect("answer").status, 200);
+    let second = next_line_where(&mut resp, &mut buf, "the second run's start line", |l| {
+        l.line.contains("counter listening")
+    })
+    .await;
+    assert_ne!(second.run, first.run);
+    assert!(second.seq > stopped.seq);
+    assert!(!second.ts.is_empty());
 }

@@ -69,6 +69,31 @@ impl Registry {
         })
     }
 
+    /// The address of the node whose output of `task` to show: the one holding its lease,
+    /// else the one that reported the app most recently.
+    pub fn log_source(&self, task: &str) -> Result<String, RegistryError> {
+        let g = self.lock();
+        if !g.tasks.contains_key(task) {
+            return Err(RegistryError::NotFound(format!("no task with id {task:?}")));
+        }
+        let holder = g.leases.get(task).map(|l| l.node.clone());
+        let reported = g.statuses.get(task).and_then(|m| {
+            m.values()
+                .filter(|s| g.nodes.contains_key(&s.node))
+                .max_by_key(|s| s.since_ms)
+                .map(|s| s.node.clone())
+        });
+        holder
+            .or(reported)
+            .and_then(|n| g.nodes.get(&n))
+            .map(|n| n.reg.address.clone())
+            .ok_or_else(|| {
+                RegistryError::NotFound(format!(
+                    "no node has run task {task} yet, so it has no output; send it a request first"
+                ))
+            })
+    }
+
     /// The one-word state of every task, for the task list.
     pub fn task_state(&self, id: &str) -> AppState {
         let g = self.lock();

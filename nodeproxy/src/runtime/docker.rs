@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, Mount, MountTypeEnum, PortBinding,
@@ -21,7 +22,7 @@ use futures_util::StreamExt;
 use tracing::{debug, info, warn};
 
 use super::{
-    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerStatus, RunningContainer,
+    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerStatus, OutputLine, RunningContainer,
     RuntimeError, DATA_DIR,
 };
 
@@ -474,6 +475,45 @@ impl ContainerRuntime for DockerRuntime {
             }
         }
         Ok(text)
+    }
+
+    async fn follow_logs(
+        &self,
+        id: &str,
+        sink: tokio::sync::mpsc::Sender<OutputLine>,
+    ) -> Result<(), RuntimeError> {
+        let options = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .follow(true)
+            .timestamps(true)
+            .build();
+        let mut stream = self.docker.logs(id, Some(options));
+        while let Some(chunk) = stream.next().await {
+            let (stderr, bytes) = match chunk {
+                Ok(LogOutput::StdErr { message }) => (true, message),
+                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                    (false, message)
+                }
+                Ok(_) => continue,
+                Err(e) if is_not_found(&e) => return Ok(()),
+                Err(e) => return Err(self.fail(format!("follow the logs of container {id}"), e)),
+            };
+            // Docker stores output per line and stamps each: "<RFC 3339> <text>\n".
+            let text = String::from_utf8_lossy(&bytes);
+            for line in text.lines() {
+                let (ts, text) = line.split_once(' ').unwrap_or(("", line));
+                let out = OutputLine {
+                    stderr,
+                    ts: ts.to_owned(),
+                    text: text.to_owned(),
+                };
+                if sink.send(out).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn inspect(&self, id: &str) -> Result<Option<ContainerStatus>, RuntimeError> {
