@@ -36,6 +36,10 @@ pub struct TaskSpec {
     pub domains: Vec<String>,
     /// The container image, e.g. `ghcr.io/me/app:1`.
     pub image: String,
+    /// When a node asks the registry for the image: `if_missing` (only when it has none) or
+    /// `always` (at each cold start, so a re-pushed tag is picked up).
+    #[serde(default)]
+    pub pull: PullPolicy,
     /// Overrides the image's command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
@@ -154,6 +158,14 @@ fn default_idle_timeout() -> u64 {
 }
 fn default_start_timeout() -> u64 {
     60
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullPolicy {
+    #[default]
+    IfMissing,
+    Always,
 }
 
 /// Where the task's `/data` lives between runs.

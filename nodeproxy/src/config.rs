@@ -104,6 +104,11 @@ pub struct Cli {
     #[arg(long, env = "SHADOW_APP_NETWORK")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app_network: Option<String>,
+    /// A Docker config.json with registry credentials for pulls ({"auths": {...}}, as `docker
+    /// login` writes it); read at each pull [default: unset].
+    #[arg(long, env = "SHADOW_REGISTRY_AUTH_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry_auth_file: Option<PathBuf>,
     /// Bytes of each app's output kept on the node (twice this at most, in two files) [default: 1048576].
     #[arg(long, env = "SHADOW_APP_LOG_BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -261,6 +266,8 @@ pub struct NodeConfig {
     pub app_firewall: String,
     #[serde(default = "default_app_log_bytes")]
     pub app_log_bytes: u64,
+    #[serde(default)]
+    pub registry_auth_file: Option<PathBuf>,
     #[serde(default = "default_memory_mb")]
     pub default_memory_mb: u64,
     #[serde(default = "default_cpus")]
@@ -392,6 +399,7 @@ impl NodeConfig {
             app_network: default_app_network(),
             app_firewall: default_app_firewall(),
             app_log_bytes: default_app_log_bytes(),
+            registry_auth_file: None,
             default_memory_mb: default_memory_mb(),
             default_cpus: default_cpus(),
             default_pids: default_pids(),

@@ -74,7 +74,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let runtime = runtime::docker::DockerRuntime::connect(config.docker_host.as_deref()).await?;
+    let runtime = runtime::docker::DockerRuntime::connect(config.docker_host.as_deref())
+        .await?
+        .with_registry_auth(config.registry_auth_file.clone());
     run_with(config, listener, Arc::new(runtime), shutdown).await
 }
 

@@ -12,6 +12,7 @@
 //! 127.0.0.1 only, on an ephemeral host port.
 
 pub mod docker;
+pub mod registry_auth;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -189,7 +190,8 @@ pub enum RuntimeError {
 pub trait ContainerRuntime: Send + Sync {
     /// Makes sure `image` is on this node: nothing to do when it is (a locally built image needs
     /// no registry), otherwise pulls it, logging progress as it arrives.
-    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError>;
+    /// With `always`, asks the registry even when the image is here (a moved tag is pulled).
+    async fn ensure_image(&self, image: &str, always: bool) -> Result<(), RuntimeError>;
 
     /// Creates and starts a container, and returns where its app port is published. On failure
     /// nothing is left behind: a container that was created but did not start is removed.

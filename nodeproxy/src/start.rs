@@ -257,7 +257,8 @@ async fn bring_up(
 
     let t = Instant::now();
     ctx.status.phase(&task.id, StartPhase::Image);
-    ctx.runtime.ensure_image(&task.spec.image).await?;
+    let always = task.spec.pull == shadow_common::task::PullPolicy::Always;
+    ctx.runtime.ensure_image(&task.spec.image, always).await?;
     ctx.metrics.phase("image", t.elapsed());
 
     let t = Instant::now();

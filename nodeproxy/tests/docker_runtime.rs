@@ -105,7 +105,7 @@ async fn a_started_container_answers_is_labelled_limited_and_goes_away() {
     let node = format!("node-{name}");
 
     // A locally built image needs no pull (there is no registry here to pull from).
-    rt.ensure_image(&image).await.unwrap();
+    rt.ensure_image(&image, false).await.unwrap();
 
     let data = tempfile::tempdir().unwrap();
     // Root in the container has no CAP_DAC_OVERRIDE: the volume must be writable as it is.
@@ -337,7 +337,7 @@ async fn a_missing_image_is_a_clear_error_and_leaves_nothing() {
     let name = cleanup.name("missing");
     let image = format!("shadow-test/{name}:v1");
 
-    let err = rt.ensure_image(&image).await.unwrap_err();
+    let err = rt.ensure_image(&image, false).await.unwrap_err();
     assert!(matches!(err, RuntimeError::Pull { .. }), "{err}");
     let message = err.to_string();
     assert!(message.contains(&image), "{message}");

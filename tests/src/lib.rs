@@ -25,5 +25,6 @@ pub mod moto;
 pub mod node;
 pub mod pebble;
 pub mod procs;
+pub mod registry;
 pub mod relay;
 pub mod s3;

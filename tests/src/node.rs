@@ -45,7 +45,8 @@ pub async fn spawn(master: &MasterHandle, tweak: impl FnOnce(&mut NodeConfig)) -
     let runtime = Arc::new(
         DockerRuntime::connect(None)
             .await
-            .expect("Docker is running"),
+            .expect("Docker is running")
+            .with_registry_auth(config.registry_auth_file.clone()),
     );
     let (tx, rx) = oneshot::channel::<()>();
     let join = tokio::spawn(shadow_nodeproxy::run_with(

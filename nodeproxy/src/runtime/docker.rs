@@ -21,6 +21,7 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use tracing::{debug, info, warn};
 
+use super::registry_auth;
 use super::{
     ContainerInfo, ContainerRuntime, ContainerSpec, ContainerStatus, OutputLine, RunningContainer,
     RuntimeError, DATA_DIR,
@@ -40,6 +41,8 @@ const START_LOG_LINES: usize = 20;
 pub struct DockerRuntime {
     docker: Docker,
     endpoint: String,
+    /// `SHADOW_REGISTRY_AUTH_FILE`: credentials for pulls, read at each pull.
+    auth_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for DockerRuntime {
@@ -123,7 +126,17 @@ impl DockerRuntime {
         let version = docker.client_version();
         let api = format!("{}.{}", version.major_version, version.minor_version);
         info!(%endpoint, %api, "connected to Docker");
-        Ok(Self { docker, endpoint })
+        Ok(Self {
+            docker,
+            endpoint,
+            auth_file: None,
+        })
+    }
+
+    /// Pulls with the credentials in `file` (a Docker `config.json`).
+    pub fn with_registry_auth(mut self, file: Option<std::path::PathBuf>) -> Self {
+        self.auth_file = file;
+        self
     }
 
     /// Turns a bollard error into ours: a dead connection says so, anything else names the action.
@@ -155,14 +168,34 @@ impl DockerRuntime {
         if let Some(tag) = tag {
             options = options.tag(tag);
         }
-        info!(image, "pulling image");
-        let mut progress = self.docker.create_image(Some(options.build()), None, None);
+        let registry = registry_auth::registry_of(image);
+        let credentials = match &self.auth_file {
+            Some(file) => {
+                registry_auth::credentials(file, image).map_err(|message| RuntimeError::Pull {
+                    image: image.to_owned(),
+                    message,
+                })?
+            }
+            None => None,
+        };
+        info!(
+            image,
+            registry,
+            with_credentials = credentials.is_some(),
+            "pulling image"
+        );
+        let mut progress = self
+            .docker
+            .create_image(Some(options.build()), None, credentials);
         while let Some(item) = progress.next().await {
             let item = item.map_err(|e| match e {
                 BollardError::DockerResponseServerError { message, .. }
                 | BollardError::DockerStreamError { error: message } => RuntimeError::Pull {
                     image: image.to_owned(),
-                    message,
+                    message: format!(
+                        "{} (registry {registry}: {message})",
+                        registry_auth::classify(&message)
+                    ),
                 },
                 e => self.fail(format!("pull the image {image}"), e),
             })?;
@@ -227,11 +260,23 @@ impl DockerRuntime {
 
 #[async_trait]
 impl ContainerRuntime for DockerRuntime {
-    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
-        match self.docker.inspect_image(image).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_not_found(&e) => self.pull(image).await,
-            Err(e) => Err(self.fail(format!("look up the image {image}"), e)),
+    async fn ensure_image(&self, image: &str, always: bool) -> Result<(), RuntimeError> {
+        let present = match self.docker.inspect_image(image).await {
+            Ok(_) => true,
+            Err(e) if is_not_found(&e) => false,
+            Err(e) => return Err(self.fail(format!("look up the image {image}"), e)),
+        };
+        if present && !always {
+            return Ok(());
+        }
+        // With `always` the registry says whether the tag moved; Docker fetches only what
+        // changed. A registry that cannot be reached then leaves the app on the copy it has.
+        match self.pull(image).await {
+            Err(e) if present => {
+                warn!(image, error = %e, "cannot check the registry for a newer image; starting the one this node has");
+                Ok(())
+            }
+            r => r,
         }
     }
 

@@ -1,0 +1,132 @@
+//! Private images end to end: a real registry (Debian's `docker-registry`, htpasswd auth, on
+//! loopback), real Docker pulls by the node with the credentials of `SHADOW_REGISTRY_AUTH_FILE`,
+//! a clear refusal without them, and `pull: always` picking up a re-pushed tag.
+
+use std::time::Duration;
+
+use shadow_common::status::{AppState, TaskStatus};
+use shadow_tests::{
+    fixtures::{counter_task, domain},
+    http::Client,
+    image::{counter_image, COUNTER_IMAGE},
+    master::{self, MasterHandle, MasterOptions},
+    node, registry,
+};
+
+/// Polls the master (statuses have no feed) until `pred`; 30 s at most.
+async fn status_until(
+    m: &MasterHandle,
+    task: &str,
+    pred: impl Fn(&TaskStatus) -> bool,
+) -> TaskStatus {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = m.client.task_status(task).await.expect("status");
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "status never matched: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn private_images_pull_with_credentials_and_always_follows_a_moved_tag() {
+    counter_image().await.expect("image");
+    let reg = registry::spawn().await;
+    let m = master::spawn(MasterOptions::default()).await;
+    let with = node::spawn(&m, |c| c.registry_auth_file = Some(reg.auth_file())).await;
+    let without = node::spawn(&m, |_| {}).await;
+
+    // With the credentials: pulled and running.
+    let image = reg.push(COUNTER_IMAGE, "shadow/counter:v1");
+    let d = domain("private");
+    counter_task(&m, &d, "none", |s| s["image"] = serde_json::json!(image)).await;
+    assert_eq!(
+        Client::new(with.addr)
+            .get(&d, "/")
+            .await
+            .expect("answer")
+            .status,
+        200
+    );
+
+    // Without: refused, and the status says it was the credentials, naming the registry.
+    let other = reg.push(COUNTER_IMAGE, "shadow/counter:v2");
+    let e = domain("private-denied");
+    let t = counter_task(&m, &e, "none", |s| s["image"] = serde_json::json!(other)).await;
+    assert_eq!(
+        Client::new(without.addr)
+            .get(&e, "/")
+            .await
+            .expect("answer")
+            .status,
+        503
+    );
+    let s = status_until(&m, &t.id, |s| {
+        s.nodes.iter().any(|a| a.last_error.is_some())
+    })
+    .await;
+    let message = &s.nodes[0].last_error.as_ref().expect("error").message;
+    assert!(message.contains("credentials"), "{message}");
+    assert!(message.contains(&reg.host), "{message}");
+
+    // `pull: always`: a tag re-pushed with another image is picked up at the next cold start,
+    // although the node still has the old one under that tag.
+    let moving = reg.push(COUNTER_IMAGE, "shadow/counter:moving");
+    let f = domain("always");
+    let t = counter_task(&m, &f, "none", |s| {
+        s["image"] = serde_json::json!(moving);
+        s["pull"] = serde_json::json!("always");
+        s["idle_timeout_s"] = serde_json::json!(1);
+    })
+    .await;
+    let c = Client::new(with.addr);
+    assert_eq!(c.get(&f, "/").await.expect("answer").status, 200);
+    let first = status_until(&m, &t.id, |s| s.state == AppState::Running).await;
+    let old = first.nodes[0].image_digest.clone().expect("digest");
+
+    let build = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        build.path().join("Dockerfile"),
+        format!("FROM {COUNTER_IMAGE}\nLABEL shadow.test.revision=\"2\"\n"),
+    )
+    .expect("Dockerfile");
+    let rev2 = format!("{}-rev2", COUNTER_IMAGE.replace(":latest", ""));
+    docker(&["build", "-q", "-t", &rev2, &build.path().to_string_lossy()]);
+    reg.push(&rev2, "shadow/counter:moving");
+    // The node's copy of the tag is still the old image.
+    docker(&["tag", &old, &moving]);
+
+    status_until(&m, &t.id, |s| s.state == AppState::Idle).await;
+    assert_eq!(c.get(&f, "/").await.expect("answer").status, 200);
+    let second = status_until(&m, &t.id, |s| {
+        s.state == AppState::Running && s.nodes[0].cold_starts == 2
+    })
+    .await;
+    let new = second.nodes[0].image_digest.clone().expect("digest");
+    assert_ne!(new, old, "the re-pushed image runs");
+    assert_eq!(new, docker(&["image", "inspect", "-f", "{{.Id}}", &rev2]));
+    // The pulled tags name this run's registry port: remove them (the images stay cached).
+    for tag in [&image, &moving, &rev2] {
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", tag])
+            .output();
+    }
+}
