@@ -15,6 +15,9 @@ pub struct NodeRegistration {
     /// How many containers it is willing to run at once.
     #[serde(default = "default_capacity")]
     pub capacity: u32,
+    /// The volume kinds it is configured for; unset (a node that does not say): any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_kinds: Option<Vec<crate::task::VolumeKind>>,
 }
 
 fn default_capacity() -> u32 {
@@ -85,4 +88,7 @@ pub struct NodeStatus {
     pub last_heartbeat_ms: Option<u64>,
     /// False once the node missed 3 heartbeat intervals.
     pub healthy: bool,
+    /// The volume kinds it is configured for, when it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_kinds: Option<Vec<crate::task::VolumeKind>>,
 }

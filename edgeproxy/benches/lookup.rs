@@ -37,6 +37,7 @@ fn state(tasks: usize) -> ClusterState {
                 load: (n as f64) / 20.0,
                 last_heartbeat_ms: Some(0),
                 healthy: true,
+                volume_kinds: None,
             },
         });
     }

@@ -173,6 +173,7 @@ mod tests {
                     load: f64::from(n % 4) / 4.0,
                     last_heartbeat_ms: Some(0),
                     healthy: n != 3,
+                    volume_kinds: None,
                 },
             });
         }

@@ -142,6 +142,7 @@ fn node(id: &str, address: &str) -> NodeStatus {
         load: 0.0,
         last_heartbeat_ms: Some(1),
         healthy: false,
+        volume_kinds: None,
     }
 }
 

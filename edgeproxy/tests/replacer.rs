@@ -100,6 +100,7 @@ impl FakeCluster {
             load: 0.0,
             last_heartbeat_ms: Some(wall_ms() - age.as_millis() as u64),
             healthy,
+            volume_kinds: None,
         };
         let mut nodes = self.nodes.lock().expect("nodes");
         nodes.retain(|n| n.id != id);
@@ -363,6 +364,7 @@ async fn of_two_edges_on_a_real_master_exactly_one_replaces_the_dead_node() {
                 id: id.into(),
                 address: "127.0.0.1:7071".into(),
                 capacity: 10,
+                volume_kinds: None,
             })
             .await
             .expect("register");

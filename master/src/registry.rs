@@ -48,6 +48,9 @@ pub enum RegistryError {
         message: String,
         holder: Option<String>,
     },
+    /// Valid, but nothing in the cluster can run it (422).
+    #[error("{0}")]
+    Unrunnable(FieldError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -105,6 +105,7 @@ pub async fn run_with(
         let _ = stop_rx.wait_for(|s| *s).await;
     });
     let volumes = volumes(&config).await?;
+    let apps_volume_kinds = volumes.kinds();
     let metrics = metrics::Metrics::new();
     let config = Arc::new(config);
     let leases = lease::LeaseSession::new(Arc::new(master.clone()), config.node_id.clone(), timing);
@@ -134,6 +135,7 @@ pub async fn run_with(
         id: config.node_id.clone(),
         address: advertise,
         capacity: config.capacity,
+        volume_kinds: Some(apps_volume_kinds),
     };
     let heartbeat = tokio::spawn(register::heartbeat_loop(
         master,

@@ -157,6 +157,20 @@ pub struct Volumes {
 }
 
 impl Volumes {
+    /// The stateful kinds this node can run.
+    pub fn kinds(&self) -> Vec<VolumeKind> {
+        [
+            (VolumeKind::Local, &self.local),
+            (VolumeKind::S3, &self.s3),
+            (VolumeKind::Ebs, &self.ebs),
+            (VolumeKind::Do, &self.digitalocean),
+        ]
+        .into_iter()
+        .filter(|(_, b)| b.is_some())
+        .map(|(k, _)| k)
+        .collect()
+    }
+
     /// The backend for `task`, `None` for a task without a volume.
     pub fn backend(&self, task: &Task) -> Result<Option<Arc<dyn VolumeBackend>>, VolumeError> {
         self.for_kind(task, task.spec.volume.kind)

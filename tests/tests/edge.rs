@@ -137,6 +137,7 @@ async fn a_refused_connection_is_retried_on_the_next_node() {
             id: ghost.clone(),
             address: dead_addr.to_string(),
             capacity: 10,
+            volume_kinds: None,
         })
         .await
         .expect("register ghost");

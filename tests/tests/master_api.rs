@@ -7,7 +7,7 @@ use shadow_common::{
     client::ClientError,
     follower::Follower,
     node::{Heartbeat, NodeRegistration},
-    task::TaskSpec,
+    task::{TaskSpec, VolumeKind},
 };
 use shadow_tests::master::{spawn, spawn_in, MasterOptions, TOKEN};
 
@@ -321,6 +321,7 @@ async fn register(m: &shadow_tests::master::MasterHandle, id: &str) {
             id: id.into(),
             address: "127.0.0.1:7071".into(),
             capacity: 10,
+            volume_kinds: None,
         })
         .await
         .expect("register");
@@ -765,4 +766,37 @@ async fn acme_records_are_kept_checked_and_the_first_account_wins() {
     assert_eq!(list[0]["domain"], "a.example");
     assert_eq!(list[0]["last_error"], "refused");
     assert!(list[0].get("kind").is_none(), "{list}");
+}
+
+#[tokio::test]
+async fn a_volume_kind_no_registered_node_can_run_is_422() {
+    let m = spawn(MasterOptions::default()).await;
+    let raw = m.raw();
+    let with_kind = |kind: &str, domain: &str| {
+        let mut s = spec("app", domain);
+        s["volume"] = json!({"kind": kind});
+        s.to_string()
+    };
+    // No node yet: nothing to judge by, accepted.
+    assert_eq!(raw.send("POST", "/tasks/", Some(&with_kind("s3", "a.example"))).await.0, 201);
+    m.client
+        .register_node(&NodeRegistration {
+            id: "local-only".into(),
+            address: "127.0.0.1:7071".into(),
+            capacity: 10,
+            volume_kinds: Some(vec![VolumeKind::Local]),
+        })
+        .await
+        .expect("register");
+    let (st, err) = raw.send("POST", "/tasks/", Some(&with_kind("ebs", "b.example"))).await;
+    assert_eq!((st, err["field"].as_str()), (422, Some("volume.kind")), "{err}");
+    assert!(err["error"].as_str().expect("error").contains("ebs"), "{err}");
+    assert_eq!(raw.send("POST", "/tasks/", Some(&with_kind("local", "c.example"))).await.0, 201);
+    assert_eq!(raw.send("POST", "/tasks/", Some(&with_kind("none", "d.example"))).await.0, 201);
+    // The node list shows what each node can run.
+    let (_, nodes) = raw.send("GET", "/nodes/", None).await;
+    assert_eq!(nodes[0]["volume_kinds"], json!(["local"]));
+    // A node that says nothing about its kinds (an older one) counts as able.
+    register(&m, "older").await;
+    assert_eq!(raw.send("POST", "/tasks/", Some(&with_kind("ebs", "e.example"))).await.0, 201);
 }

@@ -33,6 +33,7 @@ pub fn from_result<T: Serialize>(
 pub fn registry_error(e: RegistryError) -> warp::reply::Response {
     match e {
         RegistryError::Invalid(f) => invalid(f),
+        RegistryError::Unrunnable(f) => error_reply(StatusCode::UNPROCESSABLE_ENTITY, f.into()),
         RegistryError::NotFound(m) => error_reply(StatusCode::NOT_FOUND, ErrorBody::new(m)),
         RegistryError::Conflict { message, field } => error_reply(
             StatusCode::CONFLICT,

@@ -294,6 +294,7 @@ mod tests {
                 id: id.into(),
                 address: "127.0.0.1:7071".into(),
                 capacity: 1,
+                volume_kinds: None,
             })
             .expect("node");
         }

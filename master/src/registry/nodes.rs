@@ -22,6 +22,7 @@ impl NodeEntry {
             load: self.load,
             last_heartbeat_ms: self.last_heartbeat_ms,
             healthy: self.healthy,
+            volume_kinds: self.reg.volume_kinds.clone(),
         }
     }
 }

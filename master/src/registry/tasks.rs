@@ -18,6 +18,7 @@ impl Registry {
         spec.keep_secrets(None).map_err(RegistryError::Invalid)?;
         let mut g = self.lock();
         check_domains_free(&g, &spec, None)?;
+        check_kind_runnable(&g, &spec)?;
         let task = Task {
             id: uuid::Uuid::new_v4().simple().to_string(),
             spec,
@@ -52,6 +53,7 @@ impl Registry {
         spec.keep_secrets(Some(&old.spec))
             .map_err(RegistryError::Invalid)?;
         check_domains_free(&g, &spec, Some(id))?;
+        check_kind_runnable(&g, &spec)?;
         let sent = spec.volume.migrating_from.take();
         let pending = old.spec.volume.migrating_from;
         let (from, to) = (old.spec.volume.kind, spec.volume.kind);
@@ -204,6 +206,29 @@ fn check_domains_free(g: &Inner, spec: &TaskSpec, own: Option<&str>) -> Result<(
         }
     }
     Ok(())
+}
+
+/// A stateful kind must be one some registered node is configured for (nodes that do not say
+/// count as able); with no node registered yet there is nothing to judge by.
+fn check_kind_runnable(g: &Inner, spec: &TaskSpec) -> Result<(), RegistryError> {
+    let kind = spec.volume.kind;
+    if !kind.is_stateful() || g.nodes.is_empty() {
+        return Ok(());
+    }
+    let able = g.nodes.values().any(|n| {
+        n.reg
+            .volume_kinds
+            .as_ref()
+            .is_none_or(|kinds| kinds.contains(&kind))
+    });
+    if able {
+        return Ok(());
+    }
+    let name = format!("{kind:?}").to_ascii_lowercase();
+    Err(RegistryError::Unrunnable(FieldError::new(
+        "volume.kind",
+        format!("no registered node is configured for {name} volumes, so no node could start this app; configure a node for them (see docs/operations.md) or use another volume.kind"),
+    )))
 }
 
 fn master_only() -> RegistryError {
