@@ -79,6 +79,14 @@ pub struct TaskSpec {
     /// Run with a read-only root filesystem; `/data` and a small `/tmp` stay writable.
     #[serde(default)]
     pub read_only: bool,
+    /// Set by the master (`POST /tasks/{id}/restart` adds one): a new value restarts the app
+    /// and ends its back-off, as any change of the spec does.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A write-only value: `None` once redacted for an API answer, or in a request that keeps what is

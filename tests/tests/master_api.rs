@@ -778,7 +778,12 @@ async fn a_volume_kind_no_registered_node_can_run_is_422() {
         s.to_string()
     };
     // No node yet: nothing to judge by, accepted.
-    assert_eq!(raw.send("POST", "/tasks/", Some(&with_kind("s3", "a.example"))).await.0, 201);
+    assert_eq!(
+        raw.send("POST", "/tasks/", Some(&with_kind("s3", "a.example")))
+            .await
+            .0,
+        201
+    );
     m.client
         .register_node(&NodeRegistration {
             id: "local-only".into(),
@@ -788,15 +793,120 @@ async fn a_volume_kind_no_registered_node_can_run_is_422() {
         })
         .await
         .expect("register");
-    let (st, err) = raw.send("POST", "/tasks/", Some(&with_kind("ebs", "b.example"))).await;
-    assert_eq!((st, err["field"].as_str()), (422, Some("volume.kind")), "{err}");
-    assert!(err["error"].as_str().expect("error").contains("ebs"), "{err}");
-    assert_eq!(raw.send("POST", "/tasks/", Some(&with_kind("local", "c.example"))).await.0, 201);
-    assert_eq!(raw.send("POST", "/tasks/", Some(&with_kind("none", "d.example"))).await.0, 201);
+    let (st, err) = raw
+        .send("POST", "/tasks/", Some(&with_kind("ebs", "b.example")))
+        .await;
+    assert_eq!(
+        (st, err["field"].as_str()),
+        (422, Some("volume.kind")),
+        "{err}"
+    );
+    assert!(
+        err["error"].as_str().expect("error").contains("ebs"),
+        "{err}"
+    );
+    assert_eq!(
+        raw.send("POST", "/tasks/", Some(&with_kind("local", "c.example")))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        raw.send("POST", "/tasks/", Some(&with_kind("none", "d.example")))
+            .await
+            .0,
+        201
+    );
     // The node list shows what each node can run.
     let (_, nodes) = raw.send("GET", "/nodes/", None).await;
     assert_eq!(nodes[0]["volume_kinds"], json!(["local"]));
     // A node that says nothing about its kinds (an older one) counts as able.
     register(&m, "older").await;
-    assert_eq!(raw.send("POST", "/tasks/", Some(&with_kind("ebs", "e.example"))).await.0, 201);
+    assert_eq!(
+        raw.send("POST", "/tasks/", Some(&with_kind("ebs", "e.example")))
+            .await
+            .0,
+        201
+    );
+}
+
+#[tokio::test]
+async fn put_takes_what_get_gave_patch_merges_and_restart_counts() {
+    let m = spawn(MasterOptions::default()).await;
+    let raw = m.raw();
+    let mut s = spec("app", "patch.example");
+    s["env"] = json!({"A": "1", "B": "2"});
+    s["command"] = json!(["serve", "--fast"]);
+    s["secret_env"] = json!({"TOKEN": "t0p"});
+    let (st, created) = raw.send("POST", "/tasks/", Some(&s.to_string())).await;
+    assert_eq!(st, 201, "{created}");
+    let id = created["id"].as_str().expect("id").to_string();
+    let path = format!("/tasks/{id}");
+
+    // PUT accepts the very body GET answered; another task's id is refused, naming `id`.
+    let (_, got) = raw.send("GET", &path, None).await;
+    assert_eq!(
+        raw.send("PUT", &path, Some(&got.to_string())).await,
+        (200, got.clone())
+    );
+    let mut other = got.clone();
+    other["id"] = json!("0123456789abcdef0123456789abcdef");
+    let (st, err) = raw.send("PUT", &path, Some(&other.to_string())).await;
+    assert_eq!((st, err["field"].as_str()), (400, Some("id")), "{err}");
+
+    // PATCH: members replace, null removes (back to the default), the rest stays, secrets too.
+    let patch = json!({"env": {"B": null, "C": "3"}, "command": null, "idle_timeout_s": 42});
+    let (st, patched) = raw.send("PATCH", &path, Some(&patch.to_string())).await;
+    assert_eq!(st, 200, "{patched}");
+    assert_eq!(patched["env"], json!({"A": "1", "C": "3"}));
+    assert!(patched.get("command").is_none(), "{patched}");
+    assert_eq!(patched["idle_timeout_s"], 42);
+    assert_eq!(patched["name"], "app");
+    assert_eq!(patched["secret_env"], json!({"TOKEN": null}));
+    let stored = m.client.get_task(&id).await.expect("task");
+    let watched = {
+        let f = Follower::spawn(m.client.clone(), std::future::pending());
+        f.synced().await;
+        let t = f.read().task(&id).expect("task");
+        t
+    };
+    assert_eq!(
+        watched.spec.secret_env["TOKEN"].value(),
+        Some("t0p"),
+        "the secret was kept"
+    );
+    assert_eq!(stored.spec.idle_timeout_s, 42);
+    // A patch that makes the spec invalid changes nothing and names the field.
+    let (st, err) = raw
+        .send("PATCH", &path, Some(&json!({"port": 0}).to_string()))
+        .await;
+    assert_eq!((st, err["field"].as_str()), (400, Some("port")), "{err}");
+    let (st, _) = raw
+        .send(
+            "PATCH",
+            "/tasks/0123456789abcdef0123456789abcdef",
+            Some("{}"),
+        )
+        .await;
+    assert_eq!(st, 404);
+
+    // Restart counts up; the count is the master's.
+    let (st, restarted) = raw.send("POST", &format!("{path}/restart"), None).await;
+    assert_eq!(
+        (st, restarted["restarts"].as_u64()),
+        (200, Some(1)),
+        "{restarted}"
+    );
+    let mut forged = restarted.clone();
+    forged["restarts"] = json!(7);
+    let (st, err) = raw.send("PUT", &path, Some(&forged.to_string())).await;
+    assert_eq!(
+        (st, err["field"].as_str()),
+        (400, Some("restarts")),
+        "{err}"
+    );
+    assert_eq!(
+        raw.send("PUT", &path, Some(&restarted.to_string())).await.0,
+        200
+    );
 }

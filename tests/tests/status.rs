@@ -118,7 +118,7 @@ async fn a_crashing_app_shows_why_backs_off_and_gets_an_error_page() {
     assert!(page.headers.contains_key("retry-after"));
 
     // Fixing the task (a new spec) ends the back-off at once: the next request starts it.
-    let mut fixed = t.spec.clone();
+    let mut fixed = m.client.get_task(&t.id).await.expect("task").spec;
     fixed.env.clear();
     m.client.update_task(&t.id, &fixed).await.expect("update");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

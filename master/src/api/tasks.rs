@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc};
 use bytes::Bytes;
 use http::StatusCode;
 use shadow_common::{
-    error::parse_json,
+    error::{parse_json, FieldError},
     task::{Task, TaskSpec},
 };
 use warp::{filters::BoxedFilter, Filter};
@@ -19,6 +19,38 @@ struct Listed {
     #[serde(flatten)]
     task: Task,
     state: shadow_common::status::AppState,
+}
+
+/// A PUT body: a TaskSpec, or the Task a GET answered (its `id` must be this one's).
+fn put_spec(id: &str, body: &[u8]) -> Result<TaskSpec, FieldError> {
+    let mut value: serde_json::Value = parse_json(body)?;
+    without_id(id, &mut value)?;
+    TaskSpec::from_json(&serde_json::to_vec(&value).unwrap_or_default())
+}
+
+fn without_id(id: &str, value: &mut serde_json::Value) -> Result<(), FieldError> {
+    if let Some(sent) = value.as_object_mut().and_then(|o| o.remove("id")) {
+        if sent.as_str() != Some(id) {
+            return Err(FieldError::new(
+                "id",
+                format!(
+                    "the body is task {sent}, not {id}; send it to its own URL or leave id out"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `PATCH`: the task's spec with the body merged in (RFC 7396: a member replaces, `null`
+/// removes, so a field goes back to its default), validated as a whole.
+fn patched_spec(current: &Task, body: &[u8]) -> Result<TaskSpec, FieldError> {
+    let mut patch: serde_json::Value = parse_json(body)?;
+    without_id(&current.id, &mut patch)?;
+    let mut spec =
+        serde_json::to_value(&current.spec).map_err(|e| FieldError::new("body", e.to_string()))?;
+    json_patch::merge(&mut spec, &patch);
+    TaskSpec::from_json(&serde_json::to_vec(&spec).unwrap_or_default())
 }
 
 /// `POST /tasks/{id}/migrated`: the node holding lease `token` moved the data.
@@ -79,7 +111,7 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
         .and(json_body())
         .map(move |id: String, q: HashMap<String, String>, body: Bytes| {
             let migrate = q.get("migrate").is_some_and(|v| v == "true");
-            match TaskSpec::from_json(&body) {
+            match put_spec(&id, &body) {
                 Ok(spec) => reply::from_result(
                     StatusCode::OK,
                     s.registry
@@ -88,6 +120,36 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
                 ),
                 Err(e) => reply::invalid(e),
             }
+        });
+    let s = state.clone();
+    let patch = warp::path!("tasks" / String)
+        .and(warp::patch())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(json_body())
+        .map(move |id: String, q: HashMap<String, String>, body: Bytes| {
+            let migrate = q.get("migrate").is_some_and(|v| v == "true");
+            let current = match s.registry.get_task(&id) {
+                Ok(t) => t.redacted(),
+                Err(e) => return reply::registry_error(e),
+            };
+            match patched_spec(&current, &body) {
+                Ok(spec) => reply::from_result(
+                    StatusCode::OK,
+                    s.registry
+                        .update_task(&id, spec, migrate)
+                        .map(Task::redacted),
+                ),
+                Err(e) => reply::invalid(e),
+            }
+        });
+    let s = state.clone();
+    let restart = warp::path!("tasks" / String / "restart")
+        .and(warp::post())
+        .map(move |id: String| {
+            reply::from_result(
+                StatusCode::OK,
+                s.registry.restart_task(&id).map(Task::redacted),
+            )
         });
     let s = state.clone();
     let migrated = warp::path!("tasks" / String / "migrated")
@@ -118,6 +180,10 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
         .or(update)
         .unify()
         .or(migrated)
+        .unify()
+        .or(patch)
+        .unify()
+        .or(restart)
         .unify()
         .or(status)
         .unify()

@@ -14,6 +14,9 @@ impl Registry {
         if spec.volume.migrating_from.is_some() {
             return Err(master_only());
         }
+        if spec.restarts != 0 {
+            return Err(restarts_master_only());
+        }
         spec.normalize();
         spec.keep_secrets(None).map_err(RegistryError::Invalid)?;
         let mut g = self.lock();
@@ -93,6 +96,10 @@ impl Registry {
         if sent.is_some() && sent != pending {
             return Err(master_only());
         }
+        if spec.restarts != 0 && spec.restarts != old.spec.restarts {
+            return Err(restarts_master_only());
+        }
+        spec.restarts = old.spec.restarts;
         let task = Task {
             id: id.to_string(),
             spec,
@@ -131,6 +138,23 @@ impl Registry {
         if task.spec.volume.migrating_from.take().is_none() {
             return Ok(task);
         }
+        g.store.put_task(&task)?;
+        g.tasks.insert(task.id.clone(), task.clone());
+        g.emit(
+            &self.revision_tx,
+            WatchEvent::TaskPut {
+                task: Box::new(task.clone()),
+            },
+        );
+        Ok(task)
+    }
+
+    /// Restarts the app wherever it runs and ends its back-off: the spec's `restarts` goes up
+    /// by one, which nodes treat as any change of the spec.
+    pub fn restart_task(&self, id: &str) -> Result<Task, RegistryError> {
+        let mut g = self.lock();
+        let mut task = g.tasks.get(id).cloned().ok_or_else(|| not_found(id))?;
+        task.spec.restarts += 1;
         g.store.put_task(&task)?;
         g.tasks.insert(task.id.clone(), task.clone());
         g.emit(
@@ -229,6 +253,13 @@ fn check_kind_runnable(g: &Inner, spec: &TaskSpec) -> Result<(), RegistryError> 
         "volume.kind",
         format!("no registered node is configured for {name} volumes, so no node could start this app; configure a node for them (see docs/operations.md) or use another volume.kind"),
     )))
+}
+
+fn restarts_master_only() -> RegistryError {
+    RegistryError::Invalid(FieldError::new(
+        "restarts",
+        "restarts is counted by the master; leave it out (POST /tasks/{id}/restart restarts the app)",
+    ))
 }
 
 fn master_only() -> RegistryError {
