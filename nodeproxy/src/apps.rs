@@ -313,6 +313,11 @@ impl Apps {
         }
     }
 
+    /// The app's status on this node, as reported to the master.
+    pub fn status(&self, task: &str) -> Option<shadow_common::status::AppStatus> {
+        self.ctx.status.get(task)
+    }
+
     /// Ids of the tasks running here, for heartbeats.
     pub fn running(&self) -> Vec<String> {
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());

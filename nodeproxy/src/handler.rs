@@ -132,11 +132,23 @@ async fn serve_app(
     peer: SocketAddr,
     request_id: String,
 ) -> Response<ProxyBody> {
-    if task.spec.cold_start == ColdStart::Page && wants_html(&req) {
-        match node.apps.kick(&task) {
-            Kick::Running => {}
-            Kick::Starting => return pages::loading(&task.spec.name),
-            Kick::BackingOff(wait, _) => return pages::failed(&task.spec.name, retry_after(wait)),
+    if task.spec.cold_start == ColdStart::Page && req.method() == http::Method::GET {
+        if req.headers().contains_key(pages::LOADING_HEADER) {
+            return loading_poll(node, &task).await;
+        }
+        // Only a browser's page load gets the page; any other request (a form POST, an API
+        // call) waits for the start, so nothing it sends is lost.
+        if wants_html(&req) {
+            match node.apps.kick(&task) {
+                Kick::Running => {}
+                Kick::Starting => {
+                    let (phase, elapsed) = starting(node, &task);
+                    return pages::loading(&task.spec.name, phase, elapsed);
+                }
+                Kick::BackingOff(wait, _) => {
+                    return pages::failed(&task.spec.name, retry_after(wait))
+                }
+            }
         }
     }
     let holder_down = req
@@ -158,6 +170,45 @@ async fn serve_app(
             e.to_response()
         }
     }
+}
+
+/// The start's phase and how long it has run, from the app's status.
+fn starting(node: &Node, task: &Task) -> (&'static str, u64) {
+    let status = node.apps.status(&task.id);
+    let phase = status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .map_or("starting", pages::phase_words);
+    let elapsed = status.map_or(0, |s| {
+        shadow_common::status::now_ms().saturating_sub(s.since_ms) / 1000
+    });
+    (phase, elapsed)
+}
+
+/// The loading page's question: is the app up yet? Answers within a second: `running` (the
+/// page reloads into the app), `failed` (it reloads into the error page) or `starting` with
+/// the phase.
+async fn loading_poll(node: &Node, task: &Arc<Task>) -> Response<ProxyBody> {
+    let state = match node.apps.kick(task) {
+        Kick::Running => "running",
+        Kick::BackingOff(..) => "failed",
+        Kick::Starting => {
+            let wait = std::time::Duration::from_secs(1);
+            match tokio::time::timeout(wait, node.apps.route(task, None)).await {
+                Ok(Ok(_)) => "running",
+                Ok(Err(_)) => "failed",
+                Err(_) => "starting",
+            }
+        }
+    };
+    let (phase, elapsed) = starting(node, task);
+    let body = serde_json::json!({"state": state, "phase": phase, "elapsed_s": elapsed});
+    let mut r = pages::text(StatusCode::OK, body.to_string());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 /// Whole seconds to wait, at least one.

@@ -290,3 +290,72 @@ async fn logs_outlive_their_container_and_follow_across_a_reap_and_a_new_start()
     assert!(second.seq > stopped.seq);
     assert!(!second.ts.is_empty());
 }
+
+/// Loads `url` in headless Chromium (Debian's package), every name resolving to 127.0.0.1,
+/// and answers the DOM once the page has settled (15 s of page time at most).
+fn chromium_dom(url: &str) -> String {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--host-resolver-rules=MAP * 127.0.0.1",
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .output()
+        .expect("chromium (apt-get install chromium)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn the_loading_page_shows_the_phase_and_reaches_the_app_by_itself() {
+    counter_image().await.expect("image");
+    let m = master::spawn(MasterOptions::default()).await;
+    let n = node::spawn(&m, |_| {}).await;
+    let c = Client::new(n.addr);
+    let slow = |s: &mut serde_json::Value| {
+        s["env"] = serde_json::json!({"START_DELAY_MS": "2500"});
+        s["cold_start"] = serde_json::json!("page");
+    };
+
+    // A browser's page load gets the page, with the phase in words; a form POST to the same
+    // sleeping app is held until the app answers it, not answered with a page.
+    let d = domain("loading");
+    counter_task(&m, &d, "none", slow).await;
+    let html = [("accept", "text/html")];
+    let page = c
+        .request("GET", &d, "/", &html, shadow_tests::http::empty())
+        .await
+        .expect("answer");
+    assert_eq!(page.status, 503);
+    assert!(page.body.contains("Starting"), "{}", page.body);
+    assert!(
+        !page.body.contains("http-equiv=\"refresh\""),
+        "no reload per second"
+    );
+    assert!(!page.body.contains("src=\"http"), "no external resources");
+    let posted = c
+        .request("POST", &d, "/count", &html, shadow_tests::http::full("n=1"))
+        .await
+        .expect("answer");
+    assert_eq!((posted.status, posted.body.trim()), (200, "1"));
+
+    // A real browser on a sleeping app: the page asks the node until the app is up, then
+    // shows the app, by itself.
+    let e = domain("loading-browser");
+    counter_task(&m, &e, "none", slow).await;
+    let url = format!("http://{e}:{}/", n.addr.port());
+    let dom = tokio::task::spawn_blocking(move || chromium_dom(&url))
+        .await
+        .expect("chromium ran");
+    assert!(!dom.contains("Starting"), "still the loading page: {dom}");
+    assert!(
+        dom.contains("<pre"),
+        "the app's answer (text, in a <pre>): {dom}"
+    );
+}
