@@ -82,8 +82,8 @@ pub async fn handle(
     let hsts = (scheme == Scheme::HTTPS && task.spec.hsts_max_age_s > 0)
         .then(|| HeaderValue::from_str(&format!("max-age={}", task.spec.hsts_max_age_s)).ok())
         .flatten();
-    let span = tracing::info_span!("request", task = %task.id, request_id = %request_id);
-    let task_id = task.id.clone();
+    let span = tracing::info_span!("request", task = %task.id, app = %task.spec.name, request_id = %request_id);
+    let counted = task.clone();
     let mut resp = route(&edge, task, req, peer, request_id, scheme)
         .instrument(span)
         .await;
@@ -93,7 +93,8 @@ pub async fn handle(
     }
     // Between nodes and this edge only: which node holds a lease is nobody else's business.
     resp.headers_mut().remove(HOLDER_HEADER);
-    edge.metrics.request(&task_id, resp.status());
+    edge.metrics
+        .request(&counted.id, &counted.spec.name, resp.status());
     resp
 }
 

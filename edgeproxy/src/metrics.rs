@@ -21,8 +21,11 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("shadow_edge_requests_total", "Requests by task and status"),
-            &["task", "status"],
+            Opts::new(
+                "shadow_edge_requests_total",
+                "Requests by task (id and name) and status",
+            ),
+            &["task", "app", "status"],
         )
         .expect("static metric definition");
         let retries = IntCounterVec::new(
@@ -81,9 +84,9 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, task: &str, status: http::StatusCode) {
+    pub fn request(&self, task: &str, app: &str, status: http::StatusCode) {
         self.requests
-            .with_label_values(&[task, status.as_str()])
+            .with_label_values(&[task, app, status.as_str()])
             .inc();
     }
     pub fn retry(&self, reason: &str) {

@@ -48,12 +48,13 @@ pub async fn handle(
     let Some(task) = task else {
         return own_route(&node, &req, &host);
     };
-    let span = tracing::info_span!("request", task = %task.id, request_id = %request_id);
-    let task_id = task.id.clone();
+    let span = tracing::info_span!("request", task = %task.id, app = %task.spec.name, request_id = %request_id);
+    let counted = task.clone();
     let resp = serve_app(&node, task, req, peer, request_id)
         .instrument(span)
         .await;
-    node.metrics.request(&task_id, resp.status());
+    node.metrics
+        .request(&counted.id, &counted.spec.name, resp.status());
     resp
 }
 

@@ -28,8 +28,11 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("shadow_node_requests_total", "Requests by task and status"),
-            &["task", "status"],
+            Opts::new(
+                "shadow_node_requests_total",
+                "Requests by task (id and name) and status",
+            ),
+            &["task", "app", "status"],
         )
         .expect("static metric definition");
         let cold_starts = HistogramVec::new(
@@ -72,9 +75,9 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, task: &str, status: http::StatusCode) {
+    pub fn request(&self, task: &str, app: &str, status: http::StatusCode) {
         self.requests
-            .with_label_values(&[task, status.as_str()])
+            .with_label_values(&[task, app, status.as_str()])
             .inc();
     }
     pub fn phase(&self, phase: &str, took: Duration) {

@@ -40,3 +40,44 @@ async fn probe_once(addr: SocketAddr, path: Option<&str>) -> bool {
         Err(_) => false,
     }
 }
+
+/// The TCP ports the process `pid`'s network namespace listens on, from `/proc/<pid>/net/tcp`
+/// and `tcp6`; `None` when they cannot be read (the node may not see the app's processes).
+pub fn listening_ports(pid: u32) -> Option<std::collections::BTreeSet<u16>> {
+    let mut ports = std::collections::BTreeSet::new();
+    let mut read_any = false;
+    for file in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
+            continue;
+        };
+        read_any = true;
+        ports.extend(parse_listening(&text));
+    }
+    read_any.then_some(ports)
+}
+
+/// Ports in LISTEN state (`0A`) in a `/proc/net/tcp`-style table.
+fn parse_listening(table: &str) -> impl Iterator<Item = u16> + '_ {
+    table.lines().skip(1).filter_map(|line| {
+        let mut cols = line.split_whitespace();
+        let local = cols.nth(1)?;
+        let state = cols.nth(1)?;
+        if state != "0A" {
+            return None;
+        }
+        u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_ports_come_from_the_listen_rows() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:A2C4 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1";
+        assert_eq!(parse_listening(table).collect::<Vec<_>>(), vec![8081]);
+    }
+}

@@ -124,6 +124,8 @@ pub struct ContainerStatus {
     pub exit_code: Option<i64>,
     /// Whether the kernel killed it for using more memory than its limit.
     pub oom_killed: bool,
+    /// Its first process's pid on the host, while it runs.
+    pub pid: Option<u32>,
 }
 
 /// What went wrong, said so that whoever reads the log knows what to do.

@@ -58,6 +58,8 @@ pub enum StartError {
     Timeout { limit: Duration, port: u16 },
     #[error("moving the app's data to its new volume failed: {0}")]
     Migration(String),
+    #[error("the app listens on port {listening} but not on port {port}, the task's port (also in $PORT); set the task's port to the one the app uses, or make the app listen on $PORT")]
+    WrongPort { port: u16, listening: String },
 }
 
 impl StartError {
@@ -109,7 +111,27 @@ fn container_name(task: &Task) -> String {
             .map_or(1, |d| d.as_millis() as u64);
         let _ = SEQ.compare_exchange(0, seed, Ordering::Relaxed, Ordering::Relaxed);
     }
-    format!("shadow-{}-{}", task.id, SEQ.fetch_add(1, Ordering::Relaxed))
+    // The app's name first, for people reading `docker ps`; Docker allows [a-zA-Z0-9_.-].
+    let name: String = task
+        .spec
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(32)
+        .collect();
+    let name = name.trim_matches('-');
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    if name.is_empty() {
+        format!("shadow-{}-{seq}", task.id)
+    } else {
+        format!("shadow-{name}-{}-{seq}", task.id)
+    }
 }
 
 fn record<T>(partial: &Mutex<Partial>, f: impl FnOnce(&mut Partial) -> T) -> T {
@@ -355,11 +377,16 @@ pub fn limits(cfg: &crate::config::NodeConfig, task: &Task) -> Limits {
     }
 }
 
+/// How long an app may listen only on other ports than its task's before the start fails: some
+/// open an admin port before their main one.
+const WRONG_PORT_GRACE: Duration = Duration::from_secs(5);
+
 /// Probes until the app answers, failing fast if the container exits meanwhile.
 async fn wait_ready(ctx: &AppContext, task: &Task, c: &RunningContainer) -> Result<(), StartError> {
     let interval = Duration::from_millis(task.spec.health.interval_ms);
     let path = task.spec.health.path.as_deref();
     let mut probes = 0u32;
+    let began = Instant::now();
     loop {
         if ready::probe(c.host_addr, path, interval.max(Duration::from_millis(500))).await {
             return Ok(());
@@ -368,6 +395,23 @@ async fn wait_ready(ctx: &AppContext, task: &Task, c: &RunningContainer) -> Resu
         // Asking Docker costs more than a probe; every few probes is enough to fail fast.
         if probes % 5 == 1 {
             if let Some(status) = ctx.runtime.inspect(&c.id).await? {
+                // An app that has been listening a while, only on other ports, has the wrong
+                // one: say so now rather than after start_timeout_s.
+                if status.running && began.elapsed() >= WRONG_PORT_GRACE {
+                    if let Some(ports) = status.pid.and_then(crate::ready::listening_ports) {
+                        if !ports.is_empty() && !ports.contains(&task.spec.port) {
+                            let listening = ports
+                                .iter()
+                                .map(u16::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ");
+                            return Err(StartError::WrongPort {
+                                port: task.spec.port,
+                                listening,
+                            });
+                        }
+                    }
+                }
                 if !status.running {
                     let logs = ctx.runtime.logs_tail(&c.id, 20).await.unwrap_or_default();
                     let status = match status.exit_code {

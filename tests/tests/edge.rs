@@ -74,7 +74,7 @@ async fn a_thousand_requests_for_one_task_land_on_one_node() {
         .body;
     assert!(
         metrics.contains(&format!(
-            "shadow_node_requests_total{{status=\"200\",task=\"{}\"}} 1000",
+            "shadow_node_requests_total{{app=\"counter\",status=\"200\",task=\"{}\"}} 1000",
             t.id
         )),
         "{metrics}"

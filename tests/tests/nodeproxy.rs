@@ -44,7 +44,8 @@ async fn the_first_request_starts_the_app_and_later_ones_reuse_it() {
     let cont = &containers[0];
     assert!(cont.running);
     assert!(
-        cont.name.starts_with(&format!("shadow-{}-", task.id)),
+        cont.name
+            .starts_with(&format!("shadow-counter-{}-", task.id)),
         "{}",
         cont.name
     );
@@ -394,7 +395,7 @@ async fn a_browser_gets_a_loading_page_when_the_task_asks_for_it() {
         .await
         .expect("req");
     assert_eq!(r.status, 503);
-    assert!(r.body.contains("http-equiv=\"refresh\""), "{}", r.body);
+    assert!(r.body.contains("<h1>Starting counter"), "{}", r.body);
     // A non-browser client is held until ready, and the start kicked off by the page is shared.
     let r = c.get(&d, "/").await.expect("req");
     assert_eq!(r.status, 200);

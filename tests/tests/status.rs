@@ -168,11 +168,12 @@ async fn a_running_app_shows_its_limits_image_and_requests_and_a_wrong_port_is_n
     let (_, list) = m.raw().send("GET", "/tasks/", None).await;
     assert_eq!(list[0]["state"], "running");
 
-    // An app listening on another port than the task's: the start fails naming the port.
+    // An app listening on another port than the task's: the start fails before its timeout,
+    // naming both ports.
     let w = domain("wrong-port");
     let wt = counter_task(&m, &w, "none", |s| {
         s["env"] = serde_json::json!({"PORT": "8081"});
-        s["start_timeout_s"] = serde_json::json!(3);
+        s["start_timeout_s"] = serde_json::json!(60);
     })
     .await;
     assert_eq!(c.get(&w, "/").await.expect("answer").status, 503);
@@ -181,7 +182,8 @@ async fn a_running_app_shows_its_limits_image_and_requests_and_a_wrong_port_is_n
     })
     .await;
     let message = &s.nodes[0].last_error.as_ref().expect("error").message;
-    assert!(message.contains("port 8000"), "{message}");
+    assert!(message.contains("listens on port 8081"), "{message}");
+    assert!(message.contains("not on port 8000"), "{message}");
 }
 
 /// Reads JSON lines from a streaming answer until `pred` accepts one; 30 s at most.

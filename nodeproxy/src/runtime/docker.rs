@@ -581,6 +581,10 @@ impl ContainerRuntime for DockerRuntime {
             // Docker reports 0 for a container that has not exited yet.
             exit_code: state.exit_code.filter(|_| state.running != Some(true)),
             oom_killed: state.oom_killed.unwrap_or(false),
+            pid: state
+                .pid
+                .and_then(|p| u32::try_from(p).ok())
+                .filter(|p| *p > 0),
         }))
     }
 }
