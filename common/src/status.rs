@@ -102,6 +102,27 @@ pub struct AppStatus {
     pub last_error: Option<LastError>,
 }
 
+impl AppStatus {
+    /// A task a node has just heard of: idle, never started.
+    pub fn new(task_id: &str, node: &str) -> Self {
+        Self {
+            task_id: task_id.to_owned(),
+            node: node.to_owned(),
+            state: AppState::Idle,
+            phase: None,
+            since_ms: now_ms(),
+            image: None,
+            image_digest: None,
+            limits: None,
+            last_request_ms: None,
+            cold_starts: 0,
+            failures: 0,
+            backoff_until_ms: None,
+            last_error: None,
+        }
+    }
+}
+
 /// `GET /tasks/{id}/status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskStatus {
@@ -136,19 +157,8 @@ mod tests {
 
     fn at(state: AppState) -> AppStatus {
         AppStatus {
-            task_id: "t".into(),
-            node: "n".into(),
             state,
-            phase: None,
-            since_ms: 0,
-            image: None,
-            image_digest: None,
-            limits: None,
-            last_request_ms: None,
-            cold_starts: 0,
-            failures: 0,
-            backoff_until_ms: None,
-            last_error: None,
+            ..AppStatus::new("t", "n")
         }
     }
 

@@ -82,31 +82,11 @@ ask();
 </script></body></html>"#,
         header = LOADING_HEADER
     );
-    let mut r = Response::new(full(body));
-    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
-    h.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-    r
+    html_unavailable(body, 1)
 }
 
-/// The page a browser gets while a failing app waits before its next start: it says so, instead
-/// of a loading page that would start a container per reload.
-pub fn failed(name: &str, retry_after_s: u64) -> Response<ProxyBody> {
-    let name = name.replace(['<', '>', '&', '"'], "");
-    let body = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{name} failed to start</title>\
-         <style>body{{font-family:sans-serif;display:grid;place-items:center;height:90vh;color:#444}}</style>\
-         </head><body><div><h1>{name} failed to start</h1><p>It will be tried again in {retry_after_s} s. \
-         If this keeps happening, the app's owner can see why in its status and logs.</p></div></body></html>"
-    );
+/// A 503 HTML page, not to be cached, with `Retry-After`.
+fn html_unavailable(body: String, retry_after_s: u64) -> Response<ProxyBody> {
     let mut r = Response::new(full(body));
     *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     let h = r.headers_mut();
@@ -122,4 +102,17 @@ pub fn failed(name: &str, retry_after_s: u64) -> Response<ProxyBody> {
         h.insert(header::RETRY_AFTER, v);
     }
     r
+}
+
+/// The page a browser gets while a failing app waits before its next start: it says so, instead
+/// of a loading page that would start a container per reload.
+pub fn failed(name: &str, retry_after_s: u64) -> Response<ProxyBody> {
+    let name = name.replace(['<', '>', '&', '"'], "");
+    let body = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{name} failed to start</title>\
+         <style>body{{font-family:sans-serif;display:grid;place-items:center;height:90vh;color:#444}}</style>\
+         </head><body><div><h1>{name} failed to start</h1><p>It will be tried again in {retry_after_s} s. \
+         If this keeps happening, the app's owner can see why in its status and logs.</p></div></body></html>"
+    );
+    html_unavailable(body, retry_after_s)
 }

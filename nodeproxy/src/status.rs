@@ -47,21 +47,9 @@ impl StatusBoard {
     fn update(&self, task: &str, f: impl FnOnce(&mut AppStatus)) {
         {
             let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
-            let status = apps.entry(task.to_owned()).or_insert_with(|| AppStatus {
-                task_id: task.to_owned(),
-                node: self.node.clone(),
-                state: AppState::Idle,
-                phase: None,
-                since_ms: now_ms(),
-                image: None,
-                image_digest: None,
-                limits: None,
-                last_request_ms: None,
-                cold_starts: 0,
-                failures: 0,
-                backoff_until_ms: None,
-                last_error: None,
-            });
+            let status = apps
+                .entry(task.to_owned())
+                .or_insert_with(|| AppStatus::new(task, &self.node));
             f(status);
         }
         self.dirty

@@ -57,3 +57,25 @@ pub fn docker_rm_node(node_id: &str) {
         ))
         .status();
 }
+
+/// The task's status once `pred` holds. Nodes report statuses as they change and the master
+/// has no feed of them, so this polls it, for 30 s at most.
+pub async fn status_until(
+    m: &MasterHandle,
+    task: &str,
+    what: &str,
+    pred: impl Fn(&shadow_common::status::TaskStatus) -> bool,
+) -> shadow_common::status::TaskStatus {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = m.client.task_status(task).await.expect("status");
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} within 30 s; last status {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -2,36 +2,14 @@
 //! loopback), real Docker pulls by the node with the credentials of `SHADOW_REGISTRY_AUTH_FILE`,
 //! a clear refusal without them, and `pull: always` picking up a re-pushed tag.
 
-use std::time::Duration;
-
-use shadow_common::status::{AppState, TaskStatus};
+use shadow_common::status::AppState;
 use shadow_tests::{
-    fixtures::{counter_task, domain},
+    fixtures::{counter_task, domain, status_until},
     http::Client,
     image::{counter_image, COUNTER_IMAGE},
-    master::{self, MasterHandle, MasterOptions},
+    master::{self, MasterOptions},
     node, registry,
 };
-
-/// Polls the master (statuses have no feed) until `pred`; 30 s at most.
-async fn status_until(
-    m: &MasterHandle,
-    task: &str,
-    pred: impl Fn(&TaskStatus) -> bool,
-) -> TaskStatus {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = m.client.task_status(task).await.expect("status");
-        if pred(&s) {
-            return s;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "status never matched: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn docker(args: &[&str]) -> String {
     let out = std::process::Command::new("docker")
@@ -79,7 +57,7 @@ async fn private_images_pull_with_credentials_and_always_follows_a_moved_tag() {
             .status,
         503
     );
-    let s = status_until(&m, &t.id, |s| {
+    let s = status_until(&m, &t.id, "the pull failure reported", |s| {
         s.nodes.iter().any(|a| a.last_error.is_some())
     })
     .await;
@@ -99,7 +77,10 @@ async fn private_images_pull_with_credentials_and_always_follows_a_moved_tag() {
     .await;
     let c = Client::new(with.addr);
     assert_eq!(c.get(&f, "/").await.expect("answer").status, 200);
-    let first = status_until(&m, &t.id, |s| s.state == AppState::Running).await;
+    let first = status_until(&m, &t.id, "the expected status", |s| {
+        s.state == AppState::Running
+    })
+    .await;
     let old = first.nodes[0].image_digest.clone().expect("digest");
 
     let build = tempfile::tempdir().expect("dir");
@@ -114,9 +95,12 @@ async fn private_images_pull_with_credentials_and_always_follows_a_moved_tag() {
     // The node's copy of the tag is still the old image.
     docker(&["tag", &old, &moving]);
 
-    status_until(&m, &t.id, |s| s.state == AppState::Idle).await;
+    status_until(&m, &t.id, "the expected status", |s| {
+        s.state == AppState::Idle
+    })
+    .await;
     assert_eq!(c.get(&f, "/").await.expect("answer").status, 200);
-    let second = status_until(&m, &t.id, |s| {
+    let second = status_until(&m, &t.id, "the second start running", |s| {
         s.state == AppState::Running && s.nodes[0].cold_starts == 2
     })
     .await;

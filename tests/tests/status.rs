@@ -5,40 +5,15 @@
 
 use std::time::Duration;
 
-use shadow_common::{
-    logs::LogLine,
-    status::{AppState, TaskStatus},
-};
+use shadow_common::{logs::LogLine, status::AppState};
 use shadow_nodeproxy::start::LABEL_TASK;
 use shadow_tests::{
-    fixtures::{counter_task, domain},
+    fixtures::{counter_task, domain, status_until},
     http::Client,
     image::counter_image,
-    master::{self, MasterHandle, MasterOptions},
+    master::{self, MasterOptions},
     node,
 };
-
-/// The task's status once `pred` holds; the nodes report it as it changes, so this polls the
-/// master (there is no feed of statuses) for 30 s at most.
-async fn status_until(
-    m: &MasterHandle,
-    task: &str,
-    what: &str,
-    pred: impl Fn(&TaskStatus) -> bool,
-) -> TaskStatus {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = m.client.task_status(task).await.expect("status");
-        if pred(&s) {
-            return s;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} within 30 s; last status {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test]
 async fn a_crashing_app_shows_why_backs_off_and_gets_an_error_page() {

@@ -21,6 +21,25 @@ struct Listed {
     state: shadow_common::status::AppState,
 }
 
+/// Stores a new spec from a PUT or PATCH (`?migrate=true` lets the volume kind change).
+fn updated(
+    s: &AppState,
+    id: &str,
+    q: &HashMap<String, String>,
+    spec: Result<TaskSpec, FieldError>,
+) -> warp::reply::Response {
+    let migrate = q.get("migrate").is_some_and(|v| v == "true");
+    match spec {
+        Ok(spec) => reply::from_result(
+            StatusCode::OK,
+            s.registry
+                .update_task(id, spec, migrate)
+                .map(Task::redacted),
+        ),
+        Err(e) => reply::invalid(e),
+    }
+}
+
 /// A PUT body: a TaskSpec, or the Task a GET answered (its `id` must be this one's).
 fn put_spec(id: &str, body: &[u8]) -> Result<TaskSpec, FieldError> {
     let mut value: serde_json::Value = parse_json(body)?;
@@ -110,16 +129,7 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
         .and(warp::query::<HashMap<String, String>>())
         .and(json_body())
         .map(move |id: String, q: HashMap<String, String>, body: Bytes| {
-            let migrate = q.get("migrate").is_some_and(|v| v == "true");
-            match put_spec(&id, &body) {
-                Ok(spec) => reply::from_result(
-                    StatusCode::OK,
-                    s.registry
-                        .update_task(&id, spec, migrate)
-                        .map(Task::redacted),
-                ),
-                Err(e) => reply::invalid(e),
-            }
+            updated(&s, &id, &q, put_spec(&id, &body))
         });
     let s = state.clone();
     let patch = warp::path!("tasks" / String)
@@ -127,19 +137,9 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
         .and(warp::query::<HashMap<String, String>>())
         .and(json_body())
         .map(move |id: String, q: HashMap<String, String>, body: Bytes| {
-            let migrate = q.get("migrate").is_some_and(|v| v == "true");
-            let current = match s.registry.get_task(&id) {
-                Ok(t) => t.redacted(),
-                Err(e) => return reply::registry_error(e),
-            };
-            match patched_spec(&current, &body) {
-                Ok(spec) => reply::from_result(
-                    StatusCode::OK,
-                    s.registry
-                        .update_task(&id, spec, migrate)
-                        .map(Task::redacted),
-                ),
-                Err(e) => reply::invalid(e),
+            match s.registry.get_task(&id) {
+                Ok(t) => updated(&s, &id, &q, patched_spec(&t.redacted(), &body)),
+                Err(e) => reply::registry_error(e),
             }
         });
     let s = state.clone();

@@ -26,18 +26,7 @@ impl Registry {
             id: uuid::Uuid::new_v4().simple().to_string(),
             spec,
         };
-        g.store.put_task(&task)?;
-        for d in &task.spec.domains {
-            g.domains.insert(d.clone(), task.id.clone());
-        }
-        g.tasks.insert(task.id.clone(), task.clone());
-        g.emit(
-            &self.revision_tx,
-            WatchEvent::TaskPut {
-                task: Box::new(task.clone()),
-            },
-        );
-        Ok(task)
+        self.put_task(&mut g, task, &[])
     }
 
     /// Replaces the task's spec. A change of a stateful `volume.kind` is refused unless
@@ -104,21 +93,7 @@ impl Registry {
             id: id.to_string(),
             spec,
         };
-        g.store.put_task(&task)?;
-        for d in &old.spec.domains {
-            g.domains.remove(d);
-        }
-        for d in &task.spec.domains {
-            g.domains.insert(d.clone(), task.id.clone());
-        }
-        g.tasks.insert(task.id.clone(), task.clone());
-        g.emit(
-            &self.revision_tx,
-            WatchEvent::TaskPut {
-                task: Box::new(task.clone()),
-            },
-        );
-        Ok(task)
+        self.put_task(&mut g, task, &old.spec.domains)
     }
 
     /// The node holding lease `token` moved the data into the new backend: the migration is
@@ -138,15 +113,8 @@ impl Registry {
         if task.spec.volume.migrating_from.take().is_none() {
             return Ok(task);
         }
-        g.store.put_task(&task)?;
-        g.tasks.insert(task.id.clone(), task.clone());
-        g.emit(
-            &self.revision_tx,
-            WatchEvent::TaskPut {
-                task: Box::new(task.clone()),
-            },
-        );
-        Ok(task)
+        let domains = task.spec.domains.clone();
+        self.put_task(&mut g, task, &domains)
     }
 
     /// Restarts the app wherever it runs and ends its back-off: the spec's `restarts` goes up
@@ -155,7 +123,25 @@ impl Registry {
         let mut g = self.lock();
         let mut task = g.tasks.get(id).cloned().ok_or_else(|| not_found(id))?;
         task.spec.restarts += 1;
+        let domains = task.spec.domains.clone();
+        self.put_task(&mut g, task, &domains)
+    }
+
+    /// Stores `task` (which had `old_domains`), routes its domains, and announces it. Nothing
+    /// changes when the store refuses.
+    fn put_task(
+        &self,
+        g: &mut Inner,
+        task: Task,
+        old_domains: &[String],
+    ) -> Result<Task, RegistryError> {
         g.store.put_task(&task)?;
+        for d in old_domains {
+            g.domains.remove(d);
+        }
+        for d in &task.spec.domains {
+            g.domains.insert(d.clone(), task.id.clone());
+        }
         g.tasks.insert(task.id.clone(), task.clone());
         g.emit(
             &self.revision_tx,
