@@ -150,10 +150,11 @@ impl StatusBoard {
         if let Some(s) = apps.get_mut(task) {
             s.last_request_ms = Some(now);
             drop(apps);
-            self.touched
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(task.to_owned());
+            let mut touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
+            // On the request path: no allocation once the app is marked.
+            if !touched.contains(task) {
+                touched.insert(task.to_owned());
+            }
         }
     }
 

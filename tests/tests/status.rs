@@ -269,11 +269,14 @@ async fn logs_outlive_their_container_and_follow_across_a_reap_and_a_new_start()
 }
 
 /// Loads `url` in headless Chromium (Debian's package), every name resolving to 127.0.0.1,
-/// and answers the DOM once the page has settled (15 s of page time at most).
+/// and answers the DOM once the page has settled (15 s of page time, 60 s in all at most).
 fn chromium_dom(url: &str) -> String {
     let profile = tempfile::tempdir().expect("profile dir");
-    let out = std::process::Command::new("chromium")
+    // `timeout`: a browser that hangs fails the test instead of holding it forever.
+    let out = std::process::Command::new("timeout")
         .args([
+            "60",
+            "chromium",
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
