@@ -212,3 +212,64 @@ async fn a_certificate_near_expiry_is_renewed_and_served_without_a_restart() {
     until_served(&e, &d, &root, &leaf_of(&second)).await;
     drop(ca);
 }
+
+#[tokio::test]
+async fn a_challenge_answers_only_its_own_token_on_its_own_domain() {
+    use shadow_common::acme::{AcmeRecord, Challenge};
+    let m = master::spawn(MasterOptions::default()).await;
+    let p = pebble::prepare();
+    // No CA runs: the challenge is put in the master by hand, as an ordering edge would.
+    let e = edge::spawn(&m, acme_edge(&p, "http-01")).await;
+    let (a, b) = (domain("acme-a"), domain("acme-b"));
+    register(&m, &[&a, &b]).await;
+    m.client
+        .put_acme(&AcmeRecord::Challenge(Challenge {
+            domain: a.clone(),
+            token: "tok-123".into(),
+            key_authorization: "tok-123.thumbprint".into(),
+        }))
+        .await
+        .expect("challenge stored");
+    let c = e.client();
+    let path = "/.well-known/acme-challenge/tok-123";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // The edge learns of the challenge through its watch.
+        let r = c.get(&a, path).await.expect("answer");
+        if r.status == 200 {
+            assert_eq!(r.body, "tok-123.thumbprint");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never answered: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another registered domain, an unknown token, a path around the token: not answered by
+    // the edge (they go to the app, which has no node here).
+    for (host, p) in [
+        (b.as_str(), path),
+        (a.as_str(), "/.well-known/acme-challenge/other"),
+        (a.as_str(), "/.well-known/acme-challenge/tok-123/x"),
+    ] {
+        let r = c.get(host, p).await.expect("answer");
+        assert!(!r.body.contains("thumbprint"), "{host}{p}: {r:?}");
+    }
+    // Removed after its order: no longer answered.
+    m.client
+        .delete_acme("challenges/tok-123")
+        .await
+        .expect("removed");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while c
+        .get(&a, path)
+        .await
+        .expect("answer")
+        .body
+        .contains("thumbprint")
+    {
+        assert!(tokio::time::Instant::now() < deadline, "still answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
