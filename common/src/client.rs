@@ -150,6 +150,74 @@ impl MasterClient {
         )
         .await
     }
+    /// Replaces the spec, letting `volume.kind` change: the next start moves the data.
+    pub async fn update_task_migrating(
+        &self,
+        id: &str,
+        spec: &TaskSpec,
+    ) -> Result<Task, ClientError> {
+        self.call(
+            Method::PUT,
+            &format!("/tasks/{id}?migrate=true"),
+            Some(spec),
+            Self::TIMEOUT,
+        )
+        .await
+    }
+    /// Merges `patch` (RFC 7396) into the task's spec.
+    pub async fn patch_task(
+        &self,
+        id: &str,
+        patch: &serde_json::Value,
+    ) -> Result<Task, ClientError> {
+        self.call(
+            Method::PATCH,
+            &format!("/tasks/{id}"),
+            Some(patch),
+            Self::TIMEOUT,
+        )
+        .await
+    }
+    /// Restarts the app and ends its back-off.
+    pub async fn restart_task(&self, id: &str) -> Result<Task, ClientError> {
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/tasks/{id}/restart"),
+            None,
+            Self::TIMEOUT,
+        )
+        .await
+    }
+    /// The app's output as it arrives: JSON lines (`shadow_common::logs::LogLine`), kept open
+    /// with `follow`. No timeout: a follow lasts as long as the caller reads.
+    pub async fn task_logs(
+        &self,
+        id: &str,
+        tail: usize,
+        follow: bool,
+    ) -> Result<reqwest::Response, ClientError> {
+        let url = format!("{}/tasks/{id}/logs?tail={tail}&follow={follow}", self.base);
+        let mut req = self.http.get(&url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport { url, source })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body: ErrorBody = resp
+            .json()
+            .await
+            .unwrap_or_else(|_| ErrorBody::new(format!("the master answered {status}")));
+        Err(match status {
+            StatusCode::UNAUTHORIZED => ClientError::Unauthorized,
+            _ => ClientError::Api { status, body },
+        })
+    }
     /// Tells the master the data of task `id` was moved into its new backend, under lease
     /// `token`: the migration is done.
     pub async fn task_migrated(&self, id: &str, token: u64) -> Result<Task, ClientError> {

@@ -10,7 +10,7 @@ use tokio::sync::OnceCell;
 
 use crate::master::TOKEN;
 
-/// Builds the three binaries once per test process and returns the directory holding them.
+/// Builds the binaries (the three programs and the `shadow` CLI) once per test process and returns the directory holding them.
 pub async fn binaries() -> PathBuf {
     static BUILT: OnceCell<PathBuf> = OnceCell::const_new();
     BUILT
@@ -29,6 +29,8 @@ pub async fn binaries() -> PathBuf {
                     "shadow-nodeproxy",
                     "-p",
                     "shadow-edgeproxy",
+                    "-p",
+                    "shadow-cli",
                     "--bins",
                 ])
                 .status()
