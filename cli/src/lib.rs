@@ -89,6 +89,8 @@ pub enum Command {
     Nodes(NodesCommand),
     /// Every app's state and every node's health at a glance.
     Status,
+    /// Prints a completion script: `shadow completions bash > /etc/bash_completion.d/shadow`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,6 +143,18 @@ pub enum NodesCommand {
 
 /// Runs `cli`, writing what it shows to `out`.
 pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<(), CliError> {
+    if let Command::Completions { shell } = cli.command {
+        let mut script = Vec::new();
+        clap_complete::generate(
+            shell,
+            &mut <Cli as clap::CommandFactory>::command(),
+            "shadow",
+            &mut script,
+        );
+        return out
+            .write_all(&script)
+            .map_err(|e| CliError::Usage(format!("cannot write the script: {e}")));
+    }
     let (master, token) = connection::resolve(cli.master, cli.token, cli.context.as_deref())?;
     let client = MasterClient::new(master, token);
     let json = cli.json;
@@ -148,6 +162,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<(), CliError>
         Command::Apps(c) => apps(&client, c, json, out).await,
         Command::Nodes(NodesCommand::List) => nodes(&client, json, out).await,
         Command::Status => status(&client, json, out).await,
+        Command::Completions { .. } => Ok(()),
     }
 }
 
@@ -437,4 +452,20 @@ async fn status(
             nodes.len()
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn completions_are_generated_for_every_subcommand() {
+        let cli = Cli::parse_from(["shadow", "completions", "bash"]);
+        let mut out = Vec::new();
+        run(cli, &mut out).await.expect("script");
+        let script = String::from_utf8(out).expect("text");
+        for word in ["apps", "nodes", "status", "logs", "restart"] {
+            assert!(script.contains(word), "{word} missing");
+        }
+    }
 }
