@@ -24,15 +24,17 @@ use crate::runtime::{ContainerRuntime, OutputLine};
 const FOLLOW_BUFFER: usize = 1024;
 
 struct TaskLog {
-    /// The next line's sequence number; `None` until read from the file's last line.
-    next_seq: Option<u64>,
+    /// The next line's sequence number; `None` until read from the file's last line. Held
+    /// while a line is written, so one task's lines stay in order; other tasks' writes go on.
+    next_seq: Mutex<Option<u64>>,
     tx: broadcast::Sender<Arc<LogLine>>,
 }
 
 pub struct LogStore {
     dir: PathBuf,
     max_bytes: u64,
-    tasks: Mutex<HashMap<String, TaskLog>>,
+    /// Held only to find a task's log, never over a file.
+    tasks: Mutex<HashMap<String, Arc<TaskLog>>>,
 }
 
 impl LogStore {
@@ -55,18 +57,15 @@ impl LogStore {
     /// Appends one line of `run`'s output; a line that cannot be written is logged and lost
     /// (the app goes on).
     pub fn append(&self, task: &str, run: &str, out: &OutputLine) {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = tasks.entry(task.to_owned()).or_insert_with(|| TaskLog {
-            next_seq: None,
-            tx: broadcast::channel(FOLLOW_BUFFER).0,
-        });
-        let seq = *entry.next_seq.get_or_insert_with(|| {
+        let entry = self.task_log(task);
+        let mut next_seq = entry.next_seq.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = *next_seq.get_or_insert_with(|| {
             read_lines(&self.path(task))
                 .pop()
                 .or_else(|| read_lines(&self.older(task)).pop())
                 .map_or(1, |l| l.seq + 1)
         });
-        entry.next_seq = Some(seq + 1);
+        *next_seq = Some(seq + 1);
         let line = LogLine {
             seq,
             ts: out.ts.clone(),
@@ -74,7 +73,7 @@ impl LogStore {
             stream: if out.stderr { "stderr" } else { "stdout" }.to_owned(),
             line: out.text.clone(),
         };
-        // Written under the lock: lines of one task stay in order in the file.
+        // Written under the task's own lock: its lines stay in order in the file.
         if let Err(e) = self.write(task, &line) {
             tracing::warn!(task, error = %e, "cannot keep the app's output");
         }
@@ -106,15 +105,21 @@ impl LogStore {
 
     /// New lines of `task` from now on.
     pub fn subscribe(&self, task: &str) -> broadcast::Receiver<Arc<LogLine>> {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        tasks
+        self.task_log(task).tx.subscribe()
+    }
+
+    fn task_log(&self, task: &str) -> Arc<TaskLog> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .entry(task.to_owned())
-            .or_insert_with(|| TaskLog {
-                next_seq: None,
-                tx: broadcast::channel(FOLLOW_BUFFER).0,
+            .or_insert_with(|| {
+                Arc::new(TaskLog {
+                    next_seq: Mutex::new(None),
+                    tx: broadcast::channel(FOLLOW_BUFFER).0,
+                })
             })
-            .tx
-            .subscribe()
+            .clone()
     }
 
     /// Removes what is kept of a deleted task.
