@@ -1,15 +1,19 @@
 //! `shadow`, the command line for the people who host apps on Shadow: apps (list, show, create,
-//! update, set, delete, logs, restart), nodes and an overview, as tables for people or `--json`
+//! update, set, delete, logs, restart, wake, sleep), nodes and an overview, as tables for people or `--json`
 //! for scripts. It only talks to the master's API.
 //!
 //! # Layout
 //! - [`connection`]: which master, which token (flags, environment, config file contexts).
 //! - [`spec`]: app specs from TOML or JSON files, `KEY=VALUE` changes.
+//! - [`progress`]: `wake` and `sleep`, following the app's status until it is done.
+//! - [`usage`]: `shadow usage`, what apps used.
 //! - this file: the commands and their output.
 #![forbid(unsafe_code)]
 
 pub mod connection;
+pub mod progress;
 pub mod spec;
+pub mod usage;
 
 use std::{io::Write, path::PathBuf};
 
@@ -89,6 +93,14 @@ pub enum Command {
     Nodes(NodesCommand),
     /// Every app's state and every node's health at a glance.
     Status,
+    /// What apps used: per app, or per hour for one app.
+    Usage {
+        /// One app (by name or id); all apps when left out.
+        app: Option<String>,
+        /// From when: a span back from now (30m, 24h, 7d) or a time (2026-11-27, 2026-11-27T08:00:00Z).
+        #[arg(long, default_value = "24h")]
+        since: String,
+    },
     /// Prints a completion script: `shadow completions bash > /etc/bash_completion.d/shadow`.
     Completions { shell: clap_complete::Shell },
 }
@@ -133,6 +145,10 @@ pub enum AppsCommand {
     },
     /// Restarts the app, ending a back-off after failed starts.
     Restart { app: String },
+    /// Starts the app now, showing the start's progress until it answers.
+    Wake { app: String },
+    /// Stops the app now (its data is saved), until its next request.
+    Sleep { app: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,23 +178,26 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<(), CliError>
         Command::Apps(c) => apps(&client, c, json, out).await,
         Command::Nodes(NodesCommand::List) => nodes(&client, json, out).await,
         Command::Status => status(&client, json, out).await,
+        Command::Usage { app, since } => {
+            usage::show(&client, app.as_deref(), &since, json, out).await
+        }
         Command::Completions { .. } => Ok(()),
     }
 }
 
-fn write(out: &mut (dyn Write + Send), text: &str) -> Result<(), CliError> {
+pub(crate) fn write(out: &mut (dyn Write + Send), text: &str) -> Result<(), CliError> {
     out.write_all(text.as_bytes())
         .map_err(|e| CliError::Usage(format!("cannot write the output: {e}")))
 }
 
-fn json_text(v: &impl serde::Serialize) -> String {
+pub(crate) fn json_text(v: &impl serde::Serialize) -> String {
     let mut t = serde_json::to_string_pretty(v).unwrap_or_default();
     t.push('\n');
     t
 }
 
 /// Columns padded to their widest cell.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -204,7 +223,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// The app named `app`, by name or id.
-async fn find(client: &MasterClient, app: &str) -> Result<Task, CliError> {
+pub(crate) async fn find(client: &MasterClient, app: &str) -> Result<Task, CliError> {
     let tasks = client.list_tasks().await?;
     if let Some(t) = tasks.iter().find(|t| t.id == app) {
         return Ok(t.clone());
@@ -334,6 +353,14 @@ async fn apps(
             let task = find(client, &app).await?;
             let restarted = client.restart_task(&task.id).await?;
             done(out, json, &restarted, "restarting")
+        }
+        AppsCommand::Wake { app } => {
+            let task = find(client, &app).await?;
+            progress::wake(client, &task, json, out).await
+        }
+        AppsCommand::Sleep { app } => {
+            let task = find(client, &app).await?;
+            progress::sleep(client, &task, json, out).await
         }
         AppsCommand::Logs { app, follow, tail } => {
             let task = find(client, &app).await?;

@@ -188,6 +188,27 @@ impl MasterClient {
         )
         .await
     }
+    /// Starts the app ahead of its first request; answers at once (`{"node", "state"}`), and
+    /// [`Self::task_status`] shows the start's progress.
+    pub async fn wake_task(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/tasks/{id}/wake"),
+            None,
+            Self::TIMEOUT,
+        )
+        .await
+    }
+    /// Stops the app now wherever it runs (`{"nodes": [...]}`: the nodes told to).
+    pub async fn sleep_task(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/tasks/{id}/sleep"),
+            None,
+            Self::TIMEOUT,
+        )
+        .await
+    }
     /// The app's output as it arrives: JSON lines (`shadow_common::logs::LogLine`), kept open
     /// with `follow`. No timeout: a follow lasts as long as the caller reads.
     pub async fn task_logs(
@@ -258,6 +279,40 @@ impl MasterClient {
         )
         .await
         .map(drop)
+    }
+    /// Sends what the node's apps used since its last report (`POST /usage`).
+    pub async fn report_usage(
+        &self,
+        report: &crate::usage::UsageReport,
+    ) -> Result<(), ClientError> {
+        self.call::<_, serde_json::Value>(Method::POST, "/usage", Some(report), Self::TIMEOUT)
+            .await
+            .map(drop)
+    }
+    /// What apps used, hour by hour (`GET /usage`); `task` alone, `from`/`to` in unix seconds.
+    pub async fn usage(
+        &self,
+        task: Option<&str>,
+        from: Option<u64>,
+        to: Option<u64>,
+    ) -> Result<Vec<crate::usage::UsageRow>, ClientError> {
+        let mut q = Vec::new();
+        if let Some(t) = task {
+            q.push(format!("task={t}"));
+        }
+        if let Some(f) = from {
+            q.push(format!("from={f}"));
+        }
+        if let Some(t) = to {
+            q.push(format!("to={t}"));
+        }
+        let path = if q.is_empty() {
+            "/usage".to_owned()
+        } else {
+            format!("/usage?{}", q.join("&"))
+        };
+        self.call::<(), _>(Method::GET, &path, None, Self::TIMEOUT)
+            .await
     }
     /// The task's state on every node that has it.
     pub async fn task_status(&self, id: &str) -> Result<TaskStatus, ClientError> {

@@ -1,11 +1,12 @@
 //! Shadow's shared library: what the master, the node proxy and the edge proxy have in common.
 //!
 //! # Layout
-//! - [`task`], [`node`], [`lease`], [`acme`], [`status`], [`watch`], [`error`]: the wire types of
-//!   the master's API.
+//! - [`task`], [`node`], [`lease`], [`acme`], [`status`], [`usage`], [`watch`], [`error`]: the
+//!   wire types of the master's API.
 //! - [`client`]: a typed client for that API.
 //! - [`state`] and [`follower`]: a local copy of the master's state kept current by its watch.
 //! - [`config`]: TOML file + `SHADOW_*` environment + flags, parsed once at start-up.
+//! - [`placement`]: which node a task goes to (rendezvous hashing), for edges and master.
 //! - [`telemetry`]: tracing set-up.
 #![forbid(unsafe_code)]
 
@@ -17,11 +18,13 @@ pub mod follower;
 pub mod lease;
 pub mod logs;
 pub mod node;
+pub mod placement;
 pub mod proxy;
 pub mod state;
 pub mod status;
 pub mod task;
 pub mod telemetry;
+pub mod usage;
 pub mod watch;
 
 /// Resolves on Ctrl-C or SIGTERM, for graceful shutdown of the binaries.

@@ -49,7 +49,7 @@ mod upgrade;
 mod workers;
 
 pub use body::{empty, full, ProxyBody};
-pub use context::{ActivityGuard, BodyStall, ForwardContext};
+pub use context::{ActivityGuard, BodyStall, ByteCounts, ForwardContext};
 pub use error::{error_response, ProxyError};
 pub use forward::{ForwardFailure, Forwarder, ForwarderConfig, Unsent};
 pub use headers::{is_upgrade_request, strip_hop_by_hop};

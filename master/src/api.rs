@@ -5,11 +5,13 @@
 
 mod acme;
 mod auth;
+mod control;
 mod leases;
 mod logs;
 mod nodes;
 mod reply;
 mod tasks;
+mod usage;
 mod watch;
 
 use std::{convert::Infallible, sync::Arc};
@@ -29,6 +31,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// For relaying an app's logs from its node.
     pub http: reqwest::Client,
+    /// What each app used, per hour.
+    pub usage: Arc<crate::usage::UsageLedger>,
 }
 
 /// Largest JSON body accepted; task specs are small.
@@ -43,7 +47,7 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
         let state = state.clone();
         warp::path!("metrics")
             .and(warp::get())
-            .map(move || state.metrics.render(&state.registry))
+            .map(move || state.metrics.render(&state.registry, &state.usage))
     };
     let api = auth::require(state.api_token.clone()).and(
         tasks::routes(state.clone())
@@ -56,6 +60,10 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
             .or(acme::routes(state.clone()))
             .unify()
             .or(logs::routes(state.clone()))
+            .unify()
+            .or(control::routes(state.clone()))
+            .unify()
+            .or(usage::routes(state.clone()))
             .unify(),
     );
     let m = state.metrics.clone();

@@ -6,6 +6,7 @@
 //! - [`store`]: the durable-state seam and its SQLite implementation.
 //! - [`registry`]: the working state and its rules (tasks, nodes, leases, watch).
 //! - [`api`]: the warp routes over the registry; [`metrics`]: `/metrics`.
+//! - [`usage`]: what each app used, per hour, as the nodes report it.
 //! - [`clock`]: wall-clock time driven by tokio's clock, for leases.
 #![forbid(unsafe_code)]
 
@@ -15,6 +16,7 @@ pub mod config;
 pub mod metrics;
 pub mod registry;
 pub mod store;
+pub mod usage;
 
 use std::{future::Future, sync::Arc};
 
@@ -42,6 +44,9 @@ pub fn open_state(config: &MasterConfig) -> Result<Arc<api::AppState>, RunError>
         api_token: config.api_token.clone(),
         metrics: metrics::Metrics::new(),
         http: reqwest::Client::new(),
+        usage: usage::UsageLedger::open(Box::new(usage::sqlite::SqliteUsage::open(
+            &config.data_dir,
+        )?))?,
     }))
 }
 

@@ -45,6 +45,8 @@ pub struct AppContext {
     pub status: Arc<crate::status::StatusBoard>,
     /// Each app's output, kept after its container is gone.
     pub logs: Arc<crate::logs::LogStore>,
+    /// What each app uses, reported to the master hour by hour.
+    pub usage: Arc<crate::usage::UsageMeter>,
 }
 
 impl AppContext {
@@ -72,6 +74,8 @@ struct Slot {
     idle: watch::Sender<bool>,
     /// The failed starts in a row, and how long the next one waits.
     failure: Mutex<Option<Failure>>,
+    /// The app's usage counters, bumped by every request it serves.
+    meter: Arc<crate::usage::AppMeter>,
 }
 
 /// Starts that failed in a row with one spec: requests are refused until `until`.
@@ -158,6 +162,8 @@ pub struct Apps {
 pub struct Route {
     pub addr: SocketAddr,
     pub token: ActivityToken,
+    /// Where the request and its body bytes are counted.
+    pub meter: Arc<crate::usage::AppMeter>,
 }
 
 enum Step {
@@ -190,6 +196,7 @@ impl Apps {
                     state: Mutex::new(State::Idle),
                     idle: watch::channel(true).0,
                     failure: Mutex::new(None),
+                    meter: self.ctx.usage.app(task_id),
                 })
             })
             .clone()
@@ -214,9 +221,13 @@ impl Apps {
                         if Arc::ptr_eq(&r.task, task) || r.task.spec.runs_like(&task.spec) =>
                     {
                         self.ctx.status.request(&task.id);
+                        slot.meter
+                            .requests
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         return Ok(Route {
                             addr: r.container.host_addr,
                             token: r.activity.enter(),
+                            meter: slot.meter.clone(),
                         });
                     }
                     // The task was changed (new image, env...): restart it with the new spec.
@@ -282,6 +293,44 @@ impl Apps {
                 Kick::Starting
             }
             _ => Kick::Starting,
+        }
+    }
+
+    /// Stops the app now if it runs here, as its idle timeout would; true if it was running
+    /// or starting (a start is let finish, then stopped).
+    pub fn sleep(self: &Arc<Self>, task: &str) -> bool {
+        let slot = match self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(task)
+        {
+            Some(s) => s.clone(),
+            None => return false,
+        };
+        let st = slot.lock();
+        match &*st {
+            State::Running(r) => {
+                r.put_to_sleep.notify_one();
+                true
+            }
+            State::Starting(rx) => {
+                let mut rx = rx.clone();
+                drop(st);
+                let slot = slot.clone();
+                self.spawner.spawn(async move {
+                    if let Ok(outcome) = rx.wait_for(Option::is_some).await {
+                        if matches!(&*outcome, Some(Ok(()))) {
+                            if let State::Running(r) = &*slot.lock() {
+                                r.put_to_sleep.notify_one();
+                            }
+                        }
+                    }
+                });
+                true
+            }
+            State::Stopping(_) => true,
+            State::Idle => false,
         }
     }
 
@@ -366,6 +415,7 @@ impl Apps {
                             pids: l.pids,
                         },
                     );
+                    apps.ctx.usage.started(&task.id, &running.container.id);
                     slot.set(&mut slot.lock(), State::Running(running.clone()));
                     let _ = tx.send(Some(Ok(())));
                     tokio::spawn(apps.clone().supervise(slot, running));
@@ -446,6 +496,10 @@ impl Apps {
                     slot.set(&mut slot.lock(), State::Stopping(done_rx.clone()));
                     break stop::Reason::Updated;
                 }
+                _ = running.put_to_sleep.notified() => {
+                    slot.set(&mut slot.lock(), State::Stopping(done_rx.clone()));
+                    break stop::Reason::Requested;
+                }
                 () = &mut lease_lost => {
                     slot.set(&mut slot.lock(), State::Stopping(done_rx.clone()));
                     break stop::Reason::LeaseLost;
@@ -469,7 +523,11 @@ impl Apps {
             }
         };
         self.ctx.status.stopping(&running.task.id);
+        if reason != stop::Reason::LeaseLost {
+            self.ctx.usage.stopping(&running.task.id).await;
+        }
         stop::stop(&self.ctx, &running, reason).await;
+        self.ctx.usage.stopped(&running.task.id);
         slot.set(&mut slot.lock(), State::Idle);
         if self.ctx.follower.read().task(&running.task.id).is_some() {
             self.ctx.status.idle(&running.task.id);

@@ -113,6 +113,11 @@ pub struct Cli {
     #[arg(long, env = "SHADOW_APP_LOG_BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app_log_bytes: Option<u64>,
+    /// Seconds between the node's usage reports to the master (what a node's sudden death can
+    /// lose at most) [default: 60].
+    #[arg(long, env = "SHADOW_USAGE_REPORT_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage_report_s: Option<u64>,
     /// Host firewall rules (iptables) so apps cannot open connections to this machine or to
     /// the cloud metadata service: auto (warn when they cannot be made), on, off [default: auto].
     #[arg(long, env = "SHADOW_APP_FIREWALL")]
@@ -266,6 +271,8 @@ pub struct NodeConfig {
     pub app_firewall: String,
     #[serde(default = "default_app_log_bytes")]
     pub app_log_bytes: u64,
+    #[serde(default = "default_usage_report_s")]
+    pub usage_report_s: u64,
     #[serde(default)]
     pub registry_auth_file: Option<PathBuf>,
     #[serde(default = "default_memory_mb")]
@@ -342,6 +349,9 @@ fn default_disk_reserve_mb() -> u64 {
 fn default_app_log_bytes() -> u64 {
     1 << 20
 }
+fn default_usage_report_s() -> u64 {
+    60
+}
 fn default_app_firewall() -> String {
     "auto".into()
 }
@@ -399,6 +409,7 @@ impl NodeConfig {
             app_network: default_app_network(),
             app_firewall: default_app_firewall(),
             app_log_bytes: default_app_log_bytes(),
+            usage_report_s: default_usage_report_s(),
             registry_auth_file: None,
             default_memory_mb: default_memory_mb(),
             default_cpus: default_cpus(),
@@ -418,6 +429,9 @@ impl NodeConfig {
             do_region: None,
             do_token: None,
         }
+    }
+    pub fn usage_report_interval(&self) -> Duration {
+        Duration::from_secs(self.usage_report_s.max(1))
     }
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_interval_ms.max(10))

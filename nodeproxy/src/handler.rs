@@ -1,7 +1,8 @@
 //! The node's HTTP entry: picks the task by Host, gets it a running app, forwards.
 //!
-//! Requests whose Host is no task's domain are the node's own: `/healthz` (for edges) and
-//! `/metrics`; anything else is a 404 that says why.
+//! Requests whose Host is no task's domain are the node's own: `/healthz` (for edges),
+//! `/metrics` and the master's `/_shadow/` routes ([`crate::control`]); anything else is a 404
+//! that says why.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -28,7 +29,7 @@ pub struct Node {
     pub forwarder: Forwarder,
     pub metrics: Metrics,
     pub logs: Arc<crate::logs::LogStore>,
-    /// The master's token, which it sends when it relays an app's logs; `None`: no check.
+    /// The master's token, which it sends on the `/_shadow/` routes; `None`: no check.
     pub api_token: Option<String>,
 }
 
@@ -59,8 +60,8 @@ pub async fn handle(
 }
 
 fn own_route(node: &Node, req: &Request<Incoming>, host: &str) -> Response<ProxyBody> {
-    if let Some(task) = req.uri().path().strip_prefix("/_shadow/logs/") {
-        return logs_route(node, req, task);
+    if let Some(rest) = req.uri().path().strip_prefix("/_shadow/") {
+        return crate::control::route(node, req, rest);
     }
     match req.uri().path() {
         "/healthz" => {
@@ -82,41 +83,6 @@ fn own_route(node: &Node, req: &Request<Incoming>, host: &str) -> Response<Proxy
             ),
         ),
     }
-}
-
-/// `/_shadow/logs/<task>?tail=N&follow=true`, for the master relaying `GET /tasks/{id}/logs`.
-fn logs_route(node: &Node, req: &Request<Incoming>, task: &str) -> Response<ProxyBody> {
-    if let Some(token) = &node.api_token {
-        let sent = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if sent != Some(token.as_str()) {
-            return pages::text(
-                StatusCode::UNAUTHORIZED,
-                "send the cluster's API token (Authorization: Bearer $SHADOW_API_TOKEN)\n".into(),
-            );
-        }
-    }
-    if task.is_empty() || !task.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-        return pages::text(StatusCode::BAD_REQUEST, "name a task id\n".into());
-    }
-    let query = req.uri().query().unwrap_or("");
-    let param = |name: &str| {
-        query.split('&').find_map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (k == name).then_some(v)
-        })
-    };
-    let tail = param("tail").and_then(|v| v.parse().ok()).unwrap_or(100);
-    let follow = param("follow") == Some("true");
-    let mut r = Response::new(crate::logs::answer(&node.logs, task, tail, follow));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
-    );
-    r
 }
 
 fn wants_html(req: &Request<Incoming>) -> bool {
@@ -163,6 +129,7 @@ async fn serve_app(
     };
     let ctx = ForwardContext::new(peer, Scheme::HTTP, request_id)
         .trusting_forwarded()
+        .counting_bytes(route.meter.bytes.clone())
         .with_activity(route.token);
     match node.forwarder.forward(req, route.addr, ctx).await {
         Ok(resp) => resp,

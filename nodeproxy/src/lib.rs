@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`config`]: flags, environment and file.
-//! - [`handler`]: the HTTP entry; Host → task → running app → forward.
+//! - [`handler`]: the HTTP entry; Host → task → running app → forward; [`control`]: the
+//!   master's routes (logs, wake, sleep).
 //! - [`apps`]: each task's life cycle on this node (idle, starting, running, stopping).
 //! - [`start`] / [`stop`]: the phases of a cold start and of a stop; [`ready`]: readiness probes;
 //!   [`migrate`]: moving a task's data when its volume kind changed.
@@ -13,13 +14,15 @@
 //!   deadline.
 //! - [`runtime`]: the container seam (Docker via bollard); [`volume`]: the volume seam.
 //! - [`register`]: registration and heartbeats; [`status`]: each app's state, reported to the
-//!   master; [`logs`]: each app's output, kept after its container; [`metrics`], [`pages`].
+//!   master; [`logs`]: each app's output, kept after its container; [`usage`]: what each app
+//!   used, hour by hour; [`metrics`], [`pages`].
 #![forbid(unsafe_code)]
 
 pub mod activity;
 pub mod apps;
 pub mod budget;
 pub mod config;
+pub mod control;
 pub mod firewall;
 pub mod handler;
 pub mod lease;
@@ -33,6 +36,7 @@ pub mod runtime;
 pub mod start;
 pub mod status;
 pub mod stop;
+pub mod usage;
 pub mod volume;
 
 use std::{future::Future, sync::Arc};
@@ -113,6 +117,12 @@ pub async fn run_with(
     let status = status::StatusBoard::new(config.node_id.clone());
     let logs = logs::LogStore::new(&config.data_dir, config.app_log_bytes);
     let reporter = tokio::spawn(status.clone().report_forever(master.clone()));
+    let usage = usage::UsageMeter::new(config.node_id.clone(), runtime.clone());
+    let usage_reporter = tokio::spawn(
+        usage
+            .clone()
+            .report_forever(master.clone(), config.usage_report_interval()),
+    );
     let budget = budget::MemoryBudget::new(config.memory_budget_mb());
     tracing::info!(memory_budget_mb = config.memory_budget_mb(), network = %config.app_network, "app limits");
     let apps = Apps::new(Arc::new(AppContext {
@@ -130,6 +140,7 @@ pub async fn run_with(
         master: master.clone(),
         status: status.clone(),
         logs: logs.clone(),
+        usage: usage.clone(),
     }));
     let reg = NodeRegistration {
         id: config.node_id.clone(),
@@ -137,6 +148,7 @@ pub async fn run_with(
         capacity: config.capacity,
         volume_kinds: Some(apps_volume_kinds),
     };
+    let master_for_usage = master.clone();
     let heartbeat = tokio::spawn(register::heartbeat_loop(
         master,
         reg,
@@ -168,6 +180,15 @@ pub async fn run_with(
     .await;
     tracing::info!("shutting down: stopping every app");
     apps.stop_all().await;
+    usage_reporter.abort();
+    // The last figures (the stops just now), sent once more before the process ends.
+    let report = usage.report(&master_for_usage);
+    if tokio::time::timeout(std::time::Duration::from_secs(5), report)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the master did not take the last usage report");
+    }
     renewer.abort();
     reporter.abort();
     heartbeat.abort();

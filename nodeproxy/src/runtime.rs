@@ -94,6 +94,17 @@ pub struct RunningContainer {
     pub image_digest: Option<String>,
 }
 
+/// What a container has used, as its cgroup counts it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContainerStats {
+    /// CPU time since the container started, in nanoseconds.
+    pub cpu_ns: u64,
+    /// Memory in use now, in bytes.
+    pub memory_bytes: u64,
+    /// The most it has used (cgroup v1 keeps it; on v2 it is the current use).
+    pub memory_peak_bytes: u64,
+}
+
 /// One line of a container's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputLine {
@@ -228,6 +239,9 @@ pub trait ContainerRuntime: Send + Sync {
         id: &str,
         sink: tokio::sync::mpsc::Sender<OutputLine>,
     ) -> Result<(), RuntimeError>;
+
+    /// The CPU time and memory the container has used so far.
+    async fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError>;
 
     /// The container's state, or `None` when there is no such container.
     async fn inspect(&self, id: &str) -> Result<Option<ContainerStatus>, RuntimeError>;

@@ -97,6 +97,8 @@ pub struct Running {
     pub volume: Option<(Arc<dyn VolumeBackend>, Attached)>,
     /// Signalled when a request brings a changed spec: stop, so the next start uses it.
     pub replaced: Notify,
+    /// Signalled when someone asks the app to sleep now (`shadow apps sleep`).
+    pub put_to_sleep: Notify,
     /// The app's share of the node's memory budget, given back when the app is dropped.
     pub memory: crate::budget::Reservation,
 }
@@ -193,6 +195,7 @@ pub async fn start(
         lease,
         volume,
         replaced: Notify::new(),
+        put_to_sleep: Notify::new(),
         memory,
     })
 }

@@ -17,7 +17,7 @@ use crate::{
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     Idle,
     LeaseLost,
@@ -25,6 +25,8 @@ pub enum Reason {
     /// The task's spec changed (it restarts with the new one on its next request), or the task
     /// was deleted.
     Updated,
+    /// Someone asked it to sleep (`POST /tasks/{id}/sleep`).
+    Requested,
 }
 
 pub async fn stop(ctx: &AppContext, running: &Running, reason: Reason) {

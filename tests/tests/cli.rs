@@ -203,3 +203,83 @@ async fn bad_input_a_wrong_token_and_no_master_say_what_to_do_with_their_own_exi
         text(&current)
     );
 }
+
+#[tokio::test]
+async fn wake_shows_the_start_until_the_app_answers_sleep_stops_it_and_usage_counts_it() {
+    counter_image().await.expect("image");
+    let m = master::spawn(MasterOptions::default()).await;
+    let n = node::spawn(&m, |c| c.usage_report_s = 1).await;
+    let home = tempfile::tempdir().expect("home");
+    let h = home.path();
+    let domain = shadow_tests::fixtures::domain("wake");
+    let spec = h.join("app.json");
+    std::fs::write(
+        &spec,
+        serde_json::json!({"name": "sleepy", "domains": [domain], "image": COUNTER_IMAGE, "idle_timeout_s": 600})
+            .to_string(),
+    )
+    .expect("spec");
+    ok(
+        h,
+        &m,
+        &["apps", "create", "-f", spec.to_str().expect("path")],
+    )
+    .await;
+
+    let woke = ok(h, &m, &["apps", "wake", "sleepy"]).await;
+    assert!(
+        woke.starts_with(&format!("waking sleepy on {}\n", n.id)),
+        "{woke}"
+    );
+    assert!(
+        woke.contains(&format!("sleepy is running on {}", n.id)),
+        "{woke}"
+    );
+    // Up before any request: the container is there, and a request is served without a start.
+    let containers = n.containers().await;
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    let reply = Client::new(n.addr).get(&domain, "/").await.expect("answer");
+    assert_eq!(reply.status, 200);
+    let status = m
+        .client
+        .task_status(&m.client.list_tasks().await.expect("tasks")[0].id)
+        .await
+        .expect("status");
+    assert_eq!(status.nodes[0].cold_starts, 1, "{status:?}");
+    // Waking a running app says so at once.
+    let again: serde_json::Value =
+        serde_json::from_str(&ok(h, &m, &["apps", "wake", "sleepy", "--json"]).await)
+            .expect("JSON");
+    assert_eq!(again["state"], "running");
+
+    let slept = ok(h, &m, &["apps", "sleep", "sleepy"]).await;
+    assert!(slept.contains("sleepy is asleep"), "{slept}");
+    assert!(n.containers().await.is_empty(), "the container is gone");
+    let idle = ok(h, &m, &["apps", "sleep", "sleepy"]).await;
+    assert_eq!(idle, "sleepy was not running\n");
+
+    // Its usage: one cold start, the one request.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let table = ok(h, &m, &["usage"]).await;
+        let row = table.lines().find(|l| l.starts_with("sleepy"));
+        if let Some(row) = row.filter(|r| r.split_whitespace().nth(3) == Some("1")) {
+            assert_eq!(row.split_whitespace().nth(2), Some("1"), "{table}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no usage within 30 s:\n{table}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let hourly: serde_json::Value =
+        serde_json::from_str(&ok(h, &m, &["usage", "sleepy", "--json", "--since", "2h"]).await)
+            .expect("JSON");
+    assert_eq!(hourly[0]["name"], "sleepy");
+
+    let missing = shadow(h, &m.url, TOKEN, &["apps", "wake", "nothing"]).await;
+    assert_eq!(missing.status.code(), Some(1), "{}", text(&missing));
+    let bad = shadow(h, &m.url, TOKEN, &["usage", "--since", "last week"]).await;
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+}

@@ -36,6 +36,10 @@ const SERVED: &[(&str, &str)] = &[
     ("GET", "/tasks/{id}/logs"),
     ("PATCH", "/tasks/{id}"),
     ("POST", "/tasks/{id}/restart"),
+    ("POST", "/tasks/{id}/wake"),
+    ("POST", "/tasks/{id}/sleep"),
+    ("GET", "/usage"),
+    ("POST", "/usage"),
     ("PUT", "/nodes/{id}/apps/{task_id}"),
     ("GET", "/nodes/"),
     ("POST", "/nodes/"),
@@ -82,6 +86,11 @@ const SCHEMAS: &[&str] = &[
     "TaskStatus",
     "TaskListItem",
     "LogLine",
+    "UsageReport",
+    "UsageDelta",
+    "UsageRow",
+    "WakeAnswer",
+    "SleepAnswer",
     "ErrorBody",
 ];
 

@@ -19,7 +19,10 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 use tokio::sync::oneshot;
 
-use super::{context::BodyStall, ActivityGuard};
+use super::{
+    context::{BodyStall, ByteCounts},
+    ActivityGuard,
+};
 
 /// A streaming response body, usable as a hyper server response body.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -45,17 +48,27 @@ pub fn empty() -> ProxyBody {
 pub(crate) struct Guarded<B> {
     inner: B,
     guard: Option<ActivityGuard>,
+    counts: Option<Arc<ByteCounts>>,
 }
 
 impl<B> Guarded<B> {
-    pub(crate) fn new(inner: B, guard: Option<ActivityGuard>) -> Self {
-        Self { inner, guard }
+    pub(crate) fn new(
+        inner: B,
+        guard: Option<ActivityGuard>,
+        counts: Option<Arc<ByteCounts>>,
+    ) -> Self {
+        Self {
+            inner,
+            guard,
+            counts,
+        }
     }
 }
 
 impl<B> Body for Guarded<B>
 where
     B: Body + Unpin,
+    B::Data: bytes::Buf,
 {
     type Data = B::Data;
     type Error = B::Error;
@@ -65,6 +78,11 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                ByteCounts::add_sent(self.counts.as_deref(), bytes::Buf::remaining(data));
+            }
+        }
         match &polled {
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.guard = None,
             // hyper may stop polling once `is_end_stream` says so; release the guard with the
@@ -96,6 +114,7 @@ pub(crate) struct Outbound {
     reclaim: Option<oneshot::Sender<Incoming>>,
     failed: Arc<ClientBodyFailure>,
     stall: Option<Stall>,
+    counts: Option<Arc<ByteCounts>>,
 }
 
 /// How the client's side of a forwarded body failed, for the forwarder's choice of status.
@@ -125,8 +144,10 @@ impl Outbound {
         reclaim: oneshot::Sender<Incoming>,
         failed: Arc<ClientBodyFailure>,
         stall: Option<BodyStall>,
+        counts: Option<Arc<ByteCounts>>,
     ) -> Self {
         Self {
+            counts,
             inner: Some(inner),
             polled: false,
             reclaim: Some(reclaim),
@@ -177,8 +198,14 @@ impl Body for Outbound {
             }
             _ => {}
         }
-        if let Poll::Ready(Some(Err(_))) = &polled {
-            this.failed.failed.store(true, Ordering::Relaxed);
+        match &polled {
+            Poll::Ready(Some(Err(_))) => this.failed.failed.store(true, Ordering::Relaxed),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    ByteCounts::add_received(this.counts.as_deref(), data.len());
+                }
+            }
+            _ => {}
         }
         polled.map(|f| f.map(|r| r.map_err(BoxError::from)))
     }
@@ -224,7 +251,10 @@ mod tests {
     fn guarded(data: &'static str) -> (Guarded<Full<Bytes>>, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
         let guard = ActivityGuard::new(Flag(Some(tx)));
-        (Guarded::new(Full::new(Bytes::from(data)), Some(guard)), rx)
+        (
+            Guarded::new(Full::new(Bytes::from(data)), Some(guard), None),
+            rx,
+        )
     }
 
     #[tokio::test]

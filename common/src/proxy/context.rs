@@ -62,6 +62,30 @@ pub struct ForwardContext {
     /// part of it for this long; `None` waits as long as the client likes (the node, behind a
     /// trusted edge).
     pub body_stall: Option<BodyStall>,
+    /// Where the body bytes of the exchange are added up, both ways (upgraded tunnels too).
+    pub byte_counts: Option<std::sync::Arc<ByteCounts>>,
+}
+
+/// Body bytes a proxy passed, for accounting: `received` from the client, `sent` to it.
+#[derive(Debug, Default)]
+pub struct ByteCounts {
+    pub received: std::sync::atomic::AtomicU64,
+    pub sent: std::sync::atomic::AtomicU64,
+}
+
+impl ByteCounts {
+    pub(crate) fn add_received(this: Option<&Self>, n: usize) {
+        if let Some(c) = this {
+            c.received
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    pub(crate) fn add_sent(this: Option<&Self>, n: usize) {
+        if let Some(c) = this {
+            c.sent
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// A limit on how long a client's request body may pause, and where cut bodies are counted.
@@ -82,6 +106,7 @@ impl ForwardContext {
             activity: None,
             hand_back_if: None,
             body_stall: None,
+            byte_counts: None,
         }
     }
 
@@ -100,6 +125,12 @@ impl ForwardContext {
     /// Cuts a request body that stalls (see [`ForwardContext::body_stall`]).
     pub fn with_body_stall(mut self, stall: BodyStall) -> Self {
         self.body_stall = Some(stall);
+        self
+    }
+
+    /// Adds the exchange's body bytes to `counts` (see [`ForwardContext::byte_counts`]).
+    pub fn counting_bytes(mut self, counts: std::sync::Arc<ByteCounts>) -> Self {
+        self.byte_counts = Some(counts);
         self
     }
 

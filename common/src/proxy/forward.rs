@@ -170,6 +170,7 @@ impl Forwarder {
             reclaim_tx,
             client_failed.clone(),
             ctx.body_stall.clone(),
+            ctx.byte_counts.clone(),
         ));
         *outbound.method_mut() = parts.method.clone();
         *outbound.uri_mut() = uri;
@@ -230,6 +231,7 @@ impl Forwarder {
                 upstream,
                 ctx.request_id,
                 ctx.activity,
+                ctx.byte_counts,
             );
             return Ok(Response::from_parts(head, body::empty()));
         }
@@ -254,7 +256,7 @@ impl Forwarder {
         headers::prepare_response(&mut head.headers, false);
         // hyper answers an HTTP/1.0 client in kind; 1.1 here only says "the server's default".
         head.version = Version::HTTP_11;
-        let body = ProxyBody::new(Guarded::new(body, ctx.activity));
+        let body = ProxyBody::new(Guarded::new(body, ctx.activity, ctx.byte_counts));
         Ok(Response::from_parts(head, body))
     }
 }

@@ -10,7 +10,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
-use super::ActivityGuard;
+use super::{ActivityGuard, ByteCounts};
 
 /// Spawns the task that waits for both sides to upgrade and copies bytes between them until both
 /// directions are closed. No timeout: an idle WebSocket is legitimately open.
@@ -20,6 +20,7 @@ pub(crate) fn spawn_tunnel(
     upstream_addr: SocketAddr,
     request_id: String,
     guard: Option<ActivityGuard>,
+    counts: Option<std::sync::Arc<ByteCounts>>,
 ) {
     tokio::spawn(async move {
         // Owned here so it drops exactly when the tunnel is over, however it ends.
@@ -37,6 +38,9 @@ pub(crate) fn spawn_tunnel(
         let mut upstream = TokioIo::new(upstream);
         match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
             Ok((sent, received)) => {
+                // Client to upstream is what the proxy received; upstream to client, sent.
+                ByteCounts::add_received(counts.as_deref(), sent as usize);
+                ByteCounts::add_sent(counts.as_deref(), received as usize);
                 debug!(%upstream_addr, %request_id, sent, received, "upgraded tunnel closed");
             }
             Err(error) => {

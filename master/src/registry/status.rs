@@ -105,4 +105,67 @@ impl Registry {
             )
         })
     }
+
+    /// Where to wake `task`, as `(node id, address)`: the healthy holder of its lease, else the
+    /// healthy node that reported it last, else the node the edges' rendezvous ranks first.
+    pub fn wake_target(&self, task: &str) -> Result<(String, String), RegistryError> {
+        let g = self.lock();
+        if !g.tasks.contains_key(task) {
+            return Err(RegistryError::NotFound(format!(
+                "no task with id {task:?}; list tasks with GET /tasks/"
+            )));
+        }
+        let healthy = |id: &str| g.nodes.get(id).filter(|n| n.healthy);
+        let holder = g.leases.get(task).and_then(|l| healthy(&l.node));
+        let reported = || {
+            g.statuses.get(task).and_then(|m| {
+                m.values()
+                    .filter(|s| healthy(&s.node).is_some())
+                    .max_by_key(|s| s.since_ms)
+                    .and_then(|s| healthy(&s.node))
+            })
+        };
+        let ranked = || {
+            let nodes: Vec<_> = g.nodes.values().filter(|n| n.healthy).collect();
+            shadow_common::placement::rendezvous(
+                task,
+                nodes.iter().map(|n| {
+                    (
+                        n.reg.id.as_str(),
+                        shadow_common::placement::weight(&n.status()),
+                    )
+                }),
+            )
+            .first()
+            .and_then(|id| g.nodes.get(id))
+        };
+        holder
+            .or_else(reported)
+            .or_else(ranked)
+            .map(|n| (n.reg.id.clone(), n.reg.address.clone()))
+            .ok_or_else(|| {
+                RegistryError::Unrunnable(FieldError::new(
+                    "nodes",
+                    "no healthy node can run the app now; check GET /nodes/ and the nodes' logs",
+                ))
+            })
+    }
+
+    /// The nodes where `task` runs or starts, as `(node id, address)`, to put it to sleep.
+    pub fn awake_on(&self, task: &str) -> Result<Vec<(String, String)>, RegistryError> {
+        let g = self.lock();
+        if !g.tasks.contains_key(task) {
+            return Err(RegistryError::NotFound(format!(
+                "no task with id {task:?}; list tasks with GET /tasks/"
+            )));
+        }
+        Ok(g.statuses
+            .get(task)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter(|s| matches!(s.state, AppState::Running | AppState::Starting))
+            .filter_map(|s| g.nodes.get(&s.node))
+            .map(|n| (n.reg.id.clone(), n.reg.address.clone()))
+            .collect())
+    }
 }

@@ -502,6 +502,40 @@ impl ContainerRuntime for DockerRuntime {
             .collect())
     }
 
+    async fn stats(&self, id: &str) -> Result<super::ContainerStats, RuntimeError> {
+        // One sample, without the second one Docker waits a second for to compute a rate.
+        let options = bollard::query_parameters::StatsOptionsBuilder::new()
+            .stream(false)
+            .one_shot(true)
+            .build();
+        let mut stream = self.docker.stats(id, Some(options));
+        let sample = match stream.next().await {
+            Some(Ok(s)) => s,
+            Some(Err(e)) if is_not_found(&e) => {
+                return Err(RuntimeError::NotFound { id: id.to_owned() })
+            }
+            Some(Err(e)) => return Err(self.fail(format!("read the stats of container {id}"), e)),
+            None => return Ok(super::ContainerStats::default()),
+        };
+        let cpu_ns = sample
+            .cpu_stats
+            .and_then(|c| c.cpu_usage)
+            .and_then(|u| u.total_usage)
+            .unwrap_or(0);
+        let memory = sample.memory_stats.unwrap_or_default();
+        let memory_bytes = memory.usage.unwrap_or(0);
+        // cgroup v1 reports the peak; on v2 Docker does not, but the cgroup's file has it.
+        let peak = match memory.max_usage {
+            Some(p) => p,
+            None => cgroup_v2_peak(id).await.unwrap_or(0),
+        };
+        Ok(super::ContainerStats {
+            cpu_ns,
+            memory_bytes,
+            memory_peak_bytes: peak.max(memory_bytes),
+        })
+    }
+
     async fn logs_tail(&self, id: &str, lines: usize) -> Result<String, RuntimeError> {
         let options = LogsOptionsBuilder::new()
             .stdout(true)
@@ -696,6 +730,19 @@ fn is_not_found(e: &BollardError) -> bool {
             ..
         }
     )
+}
+
+/// `memory.peak` of a container's cgroup v2, under systemd's or cgroupfs' layout.
+async fn cgroup_v2_peak(id: &str) -> Option<u64> {
+    for path in [
+        format!("/sys/fs/cgroup/system.slice/docker-{id}.scope/memory.peak"),
+        format!("/sys/fs/cgroup/docker/{id}/memory.peak"),
+    ] {
+        if let Ok(text) = tokio::fs::read_to_string(&path).await {
+            return text.trim().parse().ok();
+        }
+    }
+    None
 }
 
 #[cfg(test)]
