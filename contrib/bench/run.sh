@@ -88,9 +88,10 @@ if want warm || want coldstart || want volume || want herd || want reap || want 
   # SKIP_BUILD=1 uses the binaries and image as they are (e.g. built just before).
   if [ -z "${SKIP_BUILD:-}" ]; then
     cargo build -q "${flag[@]}" -p shadow-master -p shadow-nodeproxy -p shadow-edgeproxy --bins
-    RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release -p shadow-counter --target x86_64-unknown-linux-gnu
+    HOST_TRIPLE=$(rustc -vV | sed -n 's/^host: //p')  # x86_64 or aarch64, whatever this machine is
+    RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release -p shadow-counter --target "$HOST_TRIPLE"
     ctx=$(mktemp -d -p "$WORK")
-    cp "$TARGET_DIR/x86_64-unknown-linux-gnu/release/counter" contrib/apps/counter/Dockerfile "$ctx"
+    cp "$TARGET_DIR/$HOST_TRIPLE/release/counter" contrib/apps/counter/Dockerfile "$ctx"
     DOCKER_BUILDKIT=0 docker build --quiet -t "$IMAGE" "$ctx" >/dev/null
   fi
   for b in master nodeproxy edgeproxy; do [ -x "$BIN_DIR/shadow-$b" ] || fail "no $BIN_DIR/shadow-$b"; done

@@ -25,14 +25,15 @@ flag=(); [ "$PROFILE" = release ] && flag=(--release)
 docker info >/dev/null 2>&1 || { echo "Docker Engine is not reachable: start it (systemctl start docker) and retry." >&2; exit 1; }
 
 echo "== building shadow-master, shadow-nodeproxy, shadow-edgeproxy ($PROFILE)"
-cargo build "${flag[@]}" -p shadow-master -p shadow-nodeproxy -p shadow-edgeproxy --bins
+cargo build "${flag[@]}" -p shadow-master -p shadow-nodeproxy -p shadow-edgeproxy -p shadow-cli --bins
 TARGET=${CARGO_TARGET_DIR:-target}
 BIN=$TARGET/$PROFILE
 
 echo "== building the example app's image $IMAGE (static binary FROM scratch)"
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p shadow-counter --target x86_64-unknown-linux-gnu
+HOST_TRIPLE=$(rustc -vV | sed -n 's/^host: //p')  # x86_64 or aarch64, whatever this machine is
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p shadow-counter --target "$HOST_TRIPLE"
 ctx=$(mktemp -d)
-cp "$TARGET/x86_64-unknown-linux-gnu/release/counter" contrib/apps/counter/Dockerfile "$ctx"
+cp "$TARGET/$HOST_TRIPLE/release/counter" contrib/apps/counter/Dockerfile "$ctx"
 DOCKER_BUILDKIT=0 docker build --quiet -t "$IMAGE" "$ctx" >/dev/null
 rm -rf "$ctx"
 
@@ -74,9 +75,13 @@ Shadow is running.
   master  http://$MASTER_ADDR   (token: $TOKEN)
   node    http://$NODE_ADDR
   edge    http://$EDGE_ADDR
+  dashboard http://$MASTER_ADDR/ui   (sign in with the token)
 
 Try the example app (it starts on the first request, stops after 60 s idle, keeps its count):
   curl -H 'Host: $DOMAIN' -X POST http://$EDGE_ADDR/count
+
+Or steer it with the command line (target/$PROFILE/shadow):
+  SHADOW_MASTER_URL=http://$MASTER_ADDR SHADOW_API_TOKEN=$TOKEN $BIN/shadow apps list
 
 Ctrl-C stops everything.
 MSG

@@ -11,6 +11,7 @@ mod logs;
 mod nodes;
 mod reply;
 mod tasks;
+mod ui;
 mod usage;
 mod watch;
 
@@ -69,6 +70,8 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
     let m = state.metrics.clone();
     healthz
         .or(metrics)
+        .unify()
+        .or(ui::routes(state.clone()))
         .unify()
         .or(api)
         .unify()

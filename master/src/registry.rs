@@ -7,7 +7,7 @@
 mod acme;
 mod leases;
 mod nodes;
-mod status;
+pub mod status;
 mod tasks;
 mod watch;
 
@@ -90,6 +90,8 @@ struct Inner {
     acme_account: Option<serde_json::Value>,
     /// Apps' states by task, then node, as the nodes report them (not stored).
     statuses: HashMap<String, BTreeMap<String, shadow_common::status::AppStatus>>,
+    /// Each app's last changes of state, newest last (not stored; for the dashboard).
+    events: HashMap<String, VecDeque<status::AppEvent>>,
     next_token: u64,
     revision: u64,
     log: VecDeque<(u64, WatchEvent)>,
@@ -154,6 +156,7 @@ impl Registry {
                 acme: snap.acme.into_iter().map(|r| (r.key(), r)).collect(),
                 acme_account: snap.acme_account,
                 statuses: HashMap::new(),
+                events: HashMap::new(),
                 next_token: snap.next_token.max(1),
                 revision: 0,
                 log: VecDeque::new(),

@@ -20,9 +20,12 @@ use tokio::sync::OnceCell;
 /// The tag of the image [`counter_image`] builds.
 pub const COUNTER_IMAGE: &str = "shadow-test/counter:latest";
 
-/// The target the static binary is built for; naming it keeps the static RUSTFLAGS away from the
-/// host build's cache, which they would otherwise invalidate.
-const TARGET: &str = "x86_64-unknown-linux-gnu";
+/// The target the static binary is built for: this machine's (x86_64 or aarch64). Naming it
+/// keeps the static RUSTFLAGS away from the host build's cache, which they would otherwise
+/// invalidate.
+fn target() -> String {
+    format!("{}-unknown-linux-gnu", std::env::consts::ARCH)
+}
 
 /// Why the image could not be built, with the output of the command that failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +84,7 @@ fn build_binary() -> Result<PathBuf, ImageError> {
             "-p",
             "shadow-counter",
             "--target",
-            TARGET,
+            &target(),
         ])
         .arg("--message-format=json-render-diagnostics")
         .env("RUSTFLAGS", "-C target-feature=+crt-static")

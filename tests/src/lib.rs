@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`master`]: a master on `127.0.0.1:0` with its own data dir, restartable.
+//! - [`browser`]: headless Chromium driven through DevTools, for the dashboard.
 //! - [`block`]: loop devices standing in for cloud block volumes (`ebs`, `do`).
 //! - [`do_fake`]: a fake of DigitalOcean's volume API.
 //! - [`moto`]: a moto server (fake AWS APIs) on a free loopback port, for the EC2 provider.
@@ -14,6 +15,7 @@
 //! - [`docker_events`]: Docker's record of a task's containers, to prove one ran at a time.
 
 pub mod block;
+pub mod browser;
 pub mod do_fake;
 pub mod docker_events;
 pub mod edge;

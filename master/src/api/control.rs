@@ -12,7 +12,7 @@ use super::{reply, AppState};
 
 /// What `wake` answers.
 #[derive(serde::Serialize)]
-struct Woken {
+pub(super) struct Woken {
     task_id: String,
     node: String,
     /// `starting` or `running`.
@@ -21,7 +21,7 @@ struct Woken {
 
 /// What `sleep` answers.
 #[derive(serde::Serialize)]
-struct Slept {
+pub(super) struct Slept {
     task_id: String,
     /// The nodes told to stop the app (none: it was not running).
     nodes: Vec<String>,
@@ -71,63 +71,89 @@ async fn post_node(
     ))
 }
 
-fn unreachable(node: &str, e: &str) -> warp::reply::Response {
-    reply::error_reply(
-        StatusCode::BAD_GATEWAY,
-        ErrorBody::new(format!(
-            "node {node} did not take the request ({e}); check GET /nodes/ and retry"
-        )),
-    )
+/// Why a wake or sleep did not happen: the status to answer and what to tell the user.
+pub(super) struct Refused {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl Refused {
+    fn unreachable(node: &str, e: &str) -> Self {
+        Self {
+            status: StatusCode::BAD_GATEWAY,
+            message: format!(
+                "node {node} did not take the request ({e}); check GET /nodes/ and retry"
+            ),
+        }
+    }
+
+    fn reply(self) -> warp::reply::Response {
+        reply::error_reply(self.status, ErrorBody::new(self.message))
+    }
+}
+
+fn registry_refused(e: crate::registry::RegistryError) -> Refused {
+    let status = reply::registry_error_status(&e);
+    Refused {
+        status,
+        message: e.to_string(),
+    }
 }
 
 async fn wake(state: &AppState, id: &str) -> warp::reply::Response {
-    let (node, address) = match state.registry.wake_target(id) {
-        Ok(t) => t,
-        Err(e) => return reply::registry_error(e),
-    };
-    let (status, body) = match post_node(state, &address, &format!("apps/{id}/wake")).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(task = id, %node, error = %e, "cannot wake the app");
-            return unreachable(&node, &e);
-        }
-    };
-    let word = body["state"].as_str().unwrap_or_default().to_owned();
-    match (status, word.as_str()) {
-        (_, "starting" | "running") => reply::json(
-            StatusCode::ACCEPTED,
-            &Woken {
-                task_id: id.to_owned(),
-                node,
-                state: word,
-            },
-        ),
-        (StatusCode::CONFLICT, _) => reply::error_reply(
-            StatusCode::CONFLICT,
-            ErrorBody::new(body["error"].as_str().unwrap_or("the app is backing off")),
-        ),
-        _ => unreachable(&node, &format!("{status}: {body}")),
+    match wake_app(state, id).await {
+        Ok(w) => reply::json(StatusCode::ACCEPTED, &w),
+        Err(r) => r.reply(),
     }
 }
 
 async fn sleep(state: &AppState, id: &str) -> warp::reply::Response {
-    let targets = match state.registry.awake_on(id) {
-        Ok(t) => t,
-        Err(e) => return reply::registry_error(e),
-    };
+    match sleep_app(state, id).await {
+        Ok(s) => reply::json(StatusCode::ACCEPTED, &s),
+        Err(r) => r.reply(),
+    }
+}
+
+/// Has the app started on the node its requests go to.
+pub(super) async fn wake_app(state: &AppState, id: &str) -> Result<Woken, Refused> {
+    let (node, address) = state.registry.wake_target(id).map_err(registry_refused)?;
+    let (status, body) = post_node(state, &address, &format!("apps/{id}/wake"))
+        .await
+        .map_err(|e| {
+            tracing::warn!(task = id, %node, error = %e, "cannot wake the app");
+            Refused::unreachable(&node, &e)
+        })?;
+    let word = body["state"].as_str().unwrap_or_default().to_owned();
+    match (status, word.as_str()) {
+        (_, "starting" | "running") => Ok(Woken {
+            task_id: id.to_owned(),
+            node,
+            state: word,
+        }),
+        (StatusCode::CONFLICT, _) => Err(Refused {
+            status: StatusCode::CONFLICT,
+            message: body["error"]
+                .as_str()
+                .unwrap_or("the app is backing off")
+                .to_owned(),
+        }),
+        _ => Err(Refused::unreachable(&node, &format!("{status}: {body}"))),
+    }
+}
+
+/// Has every node where the app runs or starts stop it.
+pub(super) async fn sleep_app(state: &AppState, id: &str) -> Result<Slept, Refused> {
+    let targets = state.registry.awake_on(id).map_err(registry_refused)?;
     let mut told = Vec::new();
     for (node, address) in targets {
         if let Err(e) = post_node(state, &address, &format!("apps/{id}/sleep")).await {
             tracing::warn!(task = id, %node, error = %e, "cannot put the app to sleep");
-            return unreachable(&node, &e);
+            return Err(Refused::unreachable(&node, &e));
         }
         told.push(node);
     }
-    reply::json(
-        StatusCode::ACCEPTED,
-        &Slept {
-            task_id: id.to_owned(),
-            nodes: told,
-        },
-    )
+    Ok(Slept {
+        task_id: id.to_owned(),
+        nodes: told,
+    })
 }

@@ -37,7 +37,11 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
         .boxed()
 }
 
-async fn relay(state: &AppState, id: &str, q: &HashMap<String, String>) -> warp::reply::Response {
+pub(super) async fn relay(
+    state: &AppState,
+    id: &str,
+    q: &HashMap<String, String>,
+) -> warp::reply::Response {
     let tail: usize = match q.get("tail").map(|t| t.parse()) {
         None => 100,
         Some(Ok(n)) => n,

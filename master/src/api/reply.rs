@@ -63,6 +63,19 @@ pub fn registry_error(e: RegistryError) -> warp::reply::Response {
     }
 }
 
+/// The status [`registry_error`] answers `e` with.
+pub fn registry_error_status(e: &RegistryError) -> StatusCode {
+    match e {
+        RegistryError::Invalid(_) => StatusCode::BAD_REQUEST,
+        RegistryError::Unrunnable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
+        RegistryError::Conflict { .. } | RegistryError::LeaseConflict { .. } => {
+            StatusCode::CONFLICT
+        }
+        RegistryError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 pub fn no_content() -> warp::reply::Response {
     StatusCode::NO_CONTENT.into_response()
 }

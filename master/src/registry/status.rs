@@ -8,6 +8,20 @@ use shadow_common::{
 
 use super::{Registry, RegistryError};
 
+/// A change of an app's state on a node, as the dashboard lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AppEvent {
+    pub at_ms: u64,
+    pub node: String,
+    pub state: AppState,
+    /// The error, when the change is a failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// How many changes of state are kept per app.
+const EVENTS_KEPT: usize = 20;
+
 impl Registry {
     /// Stores what `node` reports about `task`.
     pub fn report_app(
@@ -34,11 +48,40 @@ impl Registry {
         if !g.tasks.contains_key(task) {
             return Err(RegistryError::NotFound(format!("no task with id {task:?}")));
         }
+        let before = g
+            .statuses
+            .get(task)
+            .and_then(|m| m.get(node))
+            .map(|s| (s.state, s.since_ms));
+        if before != Some((status.state, status.since_ms)) {
+            let failed = matches!(status.state, AppState::Failed | AppState::Backoff);
+            let events = g.events.entry(task.to_owned()).or_default();
+            events.push_back(AppEvent {
+                at_ms: status.since_ms,
+                node: node.to_owned(),
+                state: status.state,
+                error: failed
+                    .then(|| status.last_error.as_ref().map(|e| e.message.clone()))
+                    .flatten(),
+            });
+            if events.len() > EVENTS_KEPT {
+                events.pop_front();
+            }
+        }
         g.statuses
             .entry(task.to_owned())
             .or_default()
             .insert(node.to_owned(), status);
         Ok(())
+    }
+
+    /// The app's last changes of state, newest first.
+    pub fn task_events(&self, task: &str) -> Vec<AppEvent> {
+        let g = self.lock();
+        g.events
+            .get(task)
+            .map(|e| e.iter().rev().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The task's state on each node that reported it, most recent change first.

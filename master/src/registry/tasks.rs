@@ -157,6 +157,7 @@ impl Registry {
         let old = g.tasks.get(id).cloned().ok_or_else(|| not_found(id))?;
         g.store.delete_task(id)?;
         g.statuses.remove(id);
+        g.events.remove(id);
         for d in &old.spec.domains {
             g.domains.remove(d);
         }
