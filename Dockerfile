@@ -24,14 +24,14 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --home-dir /var/lib/shadow --create-home \
-      --shell /usr/sbin/nologin shadow \
- && install -d -o shadow -g shadow -m 0700 /var/lib/shadow/data
+      --shell /usr/sbin/nologin shadowd \
+ && install -d -o shadowd -g shadowd -m 0700 /var/lib/shadow/data
 COPY --from=build /out/ /usr/local/bin/
 # The node proxy talks to the Docker socket, which needs root (or the socket's group) in the
 # container; compose runs that one service as root. The master and the edge need nothing of it.
-USER shadow
+USER shadowd
 WORKDIR /var/lib/shadow
-# Owned by `shadow` in the image, so a named volume mounted here starts out writable by it.
+# Owned by `shadowd` in the image, so a named volume mounted here starts out writable by it.
 ENV SHADOW_DATA_DIR=/var/lib/shadow/data
 # master, node proxy, edge proxy
 EXPOSE 7070 7071 8080

@@ -699,7 +699,7 @@ locals {
     # Installed by Terraform: every start reads the current API token from SSM Parameter Store.
     [Service]
     ExecStartPre=+/usr/local/sbin/shadow-fetch-token
-    EnvironmentFile=-/etc/shadow/token.env
+    EnvironmentFile=-/etc/shadowd/token.env
   EOT
 
   block_metadata_unit = file("${path.module}/templates/shadow-block-metadata.service")
@@ -726,17 +726,21 @@ locals {
               program       = program
               binary_url    = { master = var.master_binary_url, nodeproxy = var.nodeproxy_binary_url, edgeproxy = var.edgeproxy_binary_url }[program]
               binary_sha256 = lookup(var.binary_sha256, program, "")
+              deb_url       = lookup(var.deb_urls, program, "")
             })
           },
           { path = "/usr/local/sbin/shadow-fetch-token", mode = "0755", content = local.fetch_token },
           {
-            path    = "/etc/shadow/${program}.env"
+            path    = "/etc/shadowd/${program}.env"
             mode    = "0600"
             content = join("", ["# Written by Terraform at first boot; see docs/operations.md.\n"], [for k, v in local.env_lines[program] : "${k}=${v}\n"])
           },
-          { path = "/etc/systemd/system/shadow-${program}.service", mode = "0644", content = file("${local.units_dir}/shadow-${program}.service") },
           { path = "/etc/systemd/system/shadow-${program}.service.d/10-token.conf", mode = "0644", content = local.token_dropin },
         ],
+        # With a .deb the package brings the unit; else the one from contrib/systemd.
+        lookup(var.deb_urls, program, "") == "" ? [
+          { path = "/etc/systemd/system/shadow-${program}.service", mode = "0644", content = file("${local.units_dir}/shadow-${program}.service") },
+        ] : [],
         program == "nodeproxy" ? [
           { path = "/etc/systemd/system/shadow-block-metadata.service", mode = "0644", content = local.block_metadata_unit },
         ] : [],

@@ -92,35 +92,49 @@ variable "route53_zone_id" {
 variable "master_binary_url" {
   description = "HTTPS URL of the shadow-master binary (Linux, var.architecture) the master downloads at first boot."
   type        = string
+  default     = ""
 
   validation {
-    condition     = startswith(var.master_binary_url, "https://")
-    error_message = "master_binary_url must be an https:// URL."
+    condition     = var.master_binary_url == "" || startswith(var.master_binary_url, "https://")
+    error_message = "master_binary_url must be an https:// URL (or empty, with deb_urls.master set)."
   }
 }
 
 variable "nodeproxy_binary_url" {
   description = "HTTPS URL of the shadow-nodeproxy binary (Linux, var.architecture) every node downloads at first boot."
   type        = string
+  default     = ""
 
   validation {
-    condition     = startswith(var.nodeproxy_binary_url, "https://")
-    error_message = "nodeproxy_binary_url must be an https:// URL."
+    condition     = var.nodeproxy_binary_url == "" || startswith(var.nodeproxy_binary_url, "https://")
+    error_message = "nodeproxy_binary_url must be an https:// URL (or empty, with deb_urls.nodeproxy set)."
   }
 }
 
 variable "edgeproxy_binary_url" {
   description = "HTTPS URL of the shadow-edgeproxy binary (Linux, var.architecture) the edge downloads at first boot."
   type        = string
+  default     = ""
 
   validation {
-    condition     = startswith(var.edgeproxy_binary_url, "https://")
-    error_message = "edgeproxy_binary_url must be an https:// URL."
+    condition     = var.edgeproxy_binary_url == "" || startswith(var.edgeproxy_binary_url, "https://")
+    error_message = "edgeproxy_binary_url must be an https:// URL (or empty, with deb_urls.edgeproxy set)."
+  }
+}
+
+variable "deb_urls" {
+  description = "HTTPS URLs of .deb packages (contrib/package.sh), keyed master, nodeproxy, edgeproxy: a program listed here is installed from its package (binary, unit, /usr/bin) instead of from its *_binary_url."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for k, v in var.deb_urls : contains(["master", "nodeproxy", "edgeproxy"], k) && startswith(v, "https://")])
+    error_message = "deb_urls keys must be master, nodeproxy or edgeproxy, and values https:// URLs."
   }
 }
 
 variable "binary_sha256" {
-  description = "Expected SHA-256 (hex) of the binaries, keyed master, nodeproxy, edgeproxy; a missing key skips that check. Set it: the bootstrap then refuses a tampered download."
+  description = "Expected SHA-256 (hex) of the binaries (or of the .deb packages, for programs in deb_urls), keyed master, nodeproxy, edgeproxy; a missing key skips that check. Set it: the bootstrap then refuses a tampered download."
   type        = map(string)
   default     = {}
 
@@ -179,19 +193,19 @@ variable "detailed_monitoring" {
 }
 
 variable "master_env" {
-  description = "Extra SHADOW_* settings for the master (docs/operations.md), written to /etc/shadow/master.env."
+  description = "Extra SHADOW_* settings for the master (docs/operations.md), written to /etc/shadowd/master.env."
   type        = map(string)
   default     = {}
 }
 
 variable "nodeproxy_env" {
-  description = "Extra SHADOW_* settings for the nodes (docs/operations.md), written to /etc/shadow/nodeproxy.env; e.g. SHADOW_NODE_CAPACITY."
+  description = "Extra SHADOW_* settings for the nodes (docs/operations.md), written to /etc/shadowd/nodeproxy.env; e.g. SHADOW_NODE_CAPACITY."
   type        = map(string)
   default     = {}
 }
 
 variable "edgeproxy_env" {
-  description = "Extra SHADOW_* settings for the edge, written to /etc/shadow/edgeproxy.env."
+  description = "Extra SHADOW_* settings for the edge, written to /etc/shadowd/edgeproxy.env."
   type        = map(string)
   default     = {}
 }

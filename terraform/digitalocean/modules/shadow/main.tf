@@ -143,15 +143,19 @@ locals {
               program       = program
               binary_url    = { master = var.master_binary_url, nodeproxy = var.nodeproxy_binary_url, edgeproxy = var.edgeproxy_binary_url }[program]
               binary_sha256 = lookup(var.binary_sha256, program, "")
+              deb_url       = lookup(var.deb_urls, program, "")
             })
           },
           {
-            path    = "/etc/shadow/${program}.env"
+            path    = "/etc/shadowd/${program}.env"
             mode    = "0600"
             content = join("", ["# Written by Terraform at first boot; see docs/operations.md.\n"], [for k, v in local.env_lines[program] : "${k}=${v}\n"])
           },
-          { path = "/etc/systemd/system/shadow-${program}.service", mode = "0644", content = file("${local.units_dir}/shadow-${program}.service") },
         ],
+        # With a .deb the package brings the unit; else the one from contrib/systemd.
+        lookup(var.deb_urls, program, "") == "" ? [
+          { path = "/etc/systemd/system/shadow-${program}.service", mode = "0644", content = file("${local.units_dir}/shadow-${program}.service") },
+        ] : [],
         program == "nodeproxy" ? [
           { path = "/etc/systemd/system/shadow-block-metadata.service", mode = "0644", content = file("${path.module}/templates/shadow-block-metadata.service") },
         ] : [],

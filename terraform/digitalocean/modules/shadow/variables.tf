@@ -91,37 +91,51 @@ variable "dns_zone" {
 }
 
 variable "master_binary_url" {
-  description = "HTTPS URL of the shadow-master binary (Linux x86_64) the master downloads at first boot."
+  description = "HTTPS URL of the shadow-master binary (Linux, the droplets' architecture) the master downloads at first boot."
   type        = string
+  default     = ""
 
   validation {
-    condition     = startswith(var.master_binary_url, "https://")
-    error_message = "master_binary_url must be an https:// URL."
+    condition     = var.master_binary_url == "" || startswith(var.master_binary_url, "https://")
+    error_message = "master_binary_url must be an https:// URL (or empty, with deb_urls.master set)."
   }
 }
 
 variable "nodeproxy_binary_url" {
-  description = "HTTPS URL of the shadow-nodeproxy binary (Linux x86_64) every node downloads at first boot."
+  description = "HTTPS URL of the shadow-nodeproxy binary (Linux, the droplets' architecture) every node downloads at first boot."
   type        = string
+  default     = ""
 
   validation {
-    condition     = startswith(var.nodeproxy_binary_url, "https://")
-    error_message = "nodeproxy_binary_url must be an https:// URL."
+    condition     = var.nodeproxy_binary_url == "" || startswith(var.nodeproxy_binary_url, "https://")
+    error_message = "nodeproxy_binary_url must be an https:// URL (or empty, with deb_urls.nodeproxy set)."
   }
 }
 
 variable "edgeproxy_binary_url" {
-  description = "HTTPS URL of the shadow-edgeproxy binary (Linux x86_64) the edge downloads at first boot."
+  description = "HTTPS URL of the shadow-edgeproxy binary (Linux, the droplets' architecture) the edge downloads at first boot."
   type        = string
+  default     = ""
 
   validation {
-    condition     = startswith(var.edgeproxy_binary_url, "https://")
-    error_message = "edgeproxy_binary_url must be an https:// URL."
+    condition     = var.edgeproxy_binary_url == "" || startswith(var.edgeproxy_binary_url, "https://")
+    error_message = "edgeproxy_binary_url must be an https:// URL (or empty, with deb_urls.edgeproxy set)."
+  }
+}
+
+variable "deb_urls" {
+  description = "HTTPS URLs of .deb packages (contrib/package.sh), keyed master, nodeproxy, edgeproxy: a program listed here is installed from its package (binary, unit, /usr/bin) instead of from its *_binary_url."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for k, v in var.deb_urls : contains(["master", "nodeproxy", "edgeproxy"], k) && startswith(v, "https://")])
+    error_message = "deb_urls keys must be master, nodeproxy or edgeproxy, and values https:// URLs."
   }
 }
 
 variable "binary_sha256" {
-  description = "Expected SHA-256 (hex) of the binaries, keyed master, nodeproxy, edgeproxy; a missing key skips that check."
+  description = "Expected SHA-256 (hex) of the binaries (or of the .deb packages, for programs in deb_urls), keyed master, nodeproxy, edgeproxy; a missing key skips that check."
   type        = map(string)
   default     = {}
 
@@ -163,19 +177,19 @@ variable "master_backups" {
 }
 
 variable "master_env" {
-  description = "Extra SHADOW_* settings for the master (docs/operations.md), written to /etc/shadow/master.env."
+  description = "Extra SHADOW_* settings for the master (docs/operations.md), written to /etc/shadowd/master.env."
   type        = map(string)
   default     = {}
 }
 
 variable "nodeproxy_env" {
-  description = "Extra SHADOW_* settings for the nodes (docs/operations.md), written to /etc/shadow/nodeproxy.env."
+  description = "Extra SHADOW_* settings for the nodes (docs/operations.md), written to /etc/shadowd/nodeproxy.env."
   type        = map(string)
   default     = {}
 }
 
 variable "edgeproxy_env" {
-  description = "Extra SHADOW_* settings for the edge, written to /etc/shadow/edgeproxy.env."
+  description = "Extra SHADOW_* settings for the edge, written to /etc/shadowd/edgeproxy.env."
   type        = map(string)
   default     = {}
 }
