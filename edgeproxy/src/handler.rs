@@ -83,6 +83,7 @@ pub async fn handle(
         .then(|| HeaderValue::from_str(&format!("max-age={}", task.spec.hsts_max_age_s)).ok())
         .flatten();
     let span = tracing::info_span!("request", task = %task.id, app = %task.spec.name, request_id = %request_id);
+    shadow_common::telemetry::continue_trace(&span, req.headers());
     let counted = task.clone();
     let mut resp = route(&edge, task, req, peer, request_id, scheme)
         .instrument(span)

@@ -50,6 +50,7 @@ pub async fn handle(
         return own_route(&node, &req, &host);
     };
     let span = tracing::info_span!("request", task = %task.id, app = %task.spec.name, request_id = %request_id);
+    shadow_common::telemetry::continue_trace(&span, req.headers());
     let counted = task.clone();
     let resp = serve_app(&node, task, req, peer, request_id)
         .instrument(span)

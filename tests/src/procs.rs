@@ -97,3 +97,40 @@ pub async fn spawn_node(
     let child = cmd.spawn().expect("start shadow-nodeproxy");
     Proc { child, addr }
 }
+
+/// Starts `shadow-edgeproxy` as a process; answers once its admin listener says it is healthy.
+pub async fn spawn_edge(master_url: &str, extra_env: &[(&str, &str)]) -> Proc {
+    let addr = free_addr();
+    let admin = free_addr();
+    let mut cmd = Command::new(binaries().await.join("shadow-edgeproxy"));
+    cmd.env("SHADOW_API_TOKEN", TOKEN)
+        .env("SHADOW_MASTER_URL", master_url)
+        .env("SHADOW_EDGE_LISTEN", addr.to_string())
+        .env("SHADOW_EDGE_ADMIN_LISTEN", admin.to_string())
+        .env(
+            "SHADOW_LOG",
+            std::env::var("SHADOW_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("start shadow-edgeproxy");
+    let proc = Proc { child, addr };
+    let client = crate::http::Client::new(admin);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if client
+            .get("edge.invalid", "/healthz")
+            .await
+            .is_ok_and(|r| r.status == 200)
+        {
+            return proc;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the edge did not become healthy within 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -79,6 +79,7 @@ fn strip_keeping_upgrade(headers: &mut HeaderMap, upgrade: bool) {
 /// an app can believe them. Behind a trusted hop they are kept and the peer is appended.
 pub(crate) fn prepare_request(headers: &mut HeaderMap, ctx: &ForwardContext, upgrade: bool) {
     strip_keeping_upgrade(headers, upgrade);
+    crate::telemetry::inject(headers);
     if !ctx.trust_forwarded {
         for name in [&X_FORWARDED_FOR, &header::FORWARDED, &X_REAL_IP] {
             headers.remove(name);

@@ -6,7 +6,7 @@ use shadow_edgeproxy::config::{Cli, EdgeConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shadow_common::telemetry::init("info");
+    let _telemetry = shadow_common::telemetry::init("info", "shadow-edgeproxy");
     let mut cli = Cli::parse();
     cli.api_token = std::env::var("SHADOW_API_TOKEN").ok();
     cli.do_token = std::env::var("SHADOW_DO_TOKEN").ok();

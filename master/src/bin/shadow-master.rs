@@ -7,7 +7,7 @@ use shadow_master::config::{Cli, MasterConfig};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // warp logs every client that hangs up mid-request (a long poll cut short) as an error.
-    shadow_common::telemetry::init("info,warp::server=off");
+    let _telemetry = shadow_common::telemetry::init("info,warp::server=off", "shadow-master");
     let mut cli = Cli::parse();
     cli.api_token = std::env::var("SHADOW_API_TOKEN").ok();
     let config: MasterConfig = shadow_common::config::load(cli.config.as_deref(), &cli)?;

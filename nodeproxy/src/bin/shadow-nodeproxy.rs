@@ -8,7 +8,7 @@ use shadow_nodeproxy::config::{Cli, Command, NodeConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shadow_common::telemetry::init("info");
+    let _telemetry = shadow_common::telemetry::init("info", "shadow-nodeproxy");
     let mut cli = Cli::parse();
     cli.api_token = std::env::var("SHADOW_API_TOKEN").ok();
     cli.s3_access_key = std::env::var("SHADOW_S3_ACCESS_KEY").ok();
