@@ -4,6 +4,19 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+/// What `shadow-master` does besides serving the API.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Write the whole state (tasks with their secrets, nodes, leases, ACME, usage) as JSON, to
+    /// stdout or --out (created mode 0600); the master may be running.
+    Export {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Load an export into this data dir, which must be empty; start the master afterwards.
+    Import { file: PathBuf },
+}
+
 /// Command line; every option can also come from the environment or the config file.
 #[derive(Debug, clap::Parser, Serialize)]
 #[command(
@@ -12,6 +25,10 @@ use serde::{Deserialize, Serialize};
     about = "Shadow's master: tasks, nodes and volume leases over a REST API"
 )]
 pub struct Cli {
+    /// What to do; without one, serve the API.
+    #[command(subcommand)]
+    #[serde(skip)]
+    pub command: Option<Command>,
     /// TOML config file (keys as the long flags, with '_').
     #[arg(long, env = "SHADOW_CONFIG")]
     #[serde(skip)]

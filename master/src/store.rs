@@ -5,6 +5,7 @@
 //! embedded default; the trait is small so PostgreSQL can follow.
 
 pub mod sqlite;
+pub mod transfer;
 
 use shadow_common::{acme::AcmeRecord, lease::Lease, node::NodeRegistration, task::Task};
 
@@ -16,8 +17,9 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// Everything loaded at start-up.
-#[derive(Debug, Default)]
+/// Everything loaded at start-up (and what `shadow-master export` writes).
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Snapshot {
     pub tasks: Vec<Task>,
     pub nodes: Vec<NodeRegistration>,
@@ -46,4 +48,8 @@ pub trait Store: Send {
     fn put_acme(&mut self, record: &AcmeRecord) -> Result<(), StoreError>;
     fn delete_acme(&mut self, key: &str) -> Result<(), StoreError>;
     fn put_acme_account(&mut self, credentials: &serde_json::Value) -> Result<(), StoreError>;
+    /// Everything, read consistently while a master may be writing (for an export).
+    fn snapshot(&mut self) -> Result<Snapshot, StoreError>;
+    /// Writes a whole snapshot into this (empty) store in one transaction (an import).
+    fn import(&mut self, snap: &Snapshot) -> Result<(), StoreError>;
 }

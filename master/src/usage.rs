@@ -31,6 +31,19 @@ pub trait UsageStore: Send {
         from: u64,
         to: u64,
     ) -> Result<Vec<UsageDelta>, StoreError>;
+    /// The last report counted per `(node, boot)`.
+    fn reports(&mut self) -> Result<Vec<ReportMark>, StoreError>;
+    /// Writes rows and report marks into this (empty) store in one transaction.
+    fn import(&mut self, rows: &[UsageDelta], marks: &[ReportMark]) -> Result<(), StoreError>;
+}
+
+/// The last report of a node's boot that was counted: what makes a resent report count once.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportMark {
+    pub node: String,
+    pub boot: String,
+    pub seq: u64,
 }
 
 /// The usage store, and per-app totals kept in memory for `/metrics`.

@@ -30,6 +30,7 @@ impl SqliteStore {
             StoreError::Db(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
         let path = dir.join("state.db");
+        create_private(&path)?;
         let conn = Connection::open(&path)
             .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
         // Tasks carry their env (secrets included): owner only. SQLite gives its -wal and -shm
@@ -45,14 +46,36 @@ impl SqliteStore {
                 },
             )?;
         }
-        // WAL + NORMAL: durable across a process crash, one fsync per checkpoint rather than per write.
+        // WAL + FULL: a write is on disk before the call returns, so a lease token once handed
+        // out is never handed out again, even after a power loss (NORMAL could lose the last
+        // commits, and with them the advance of `next_token`). Writes are few: renewals are
+        // not written.
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
+        conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
         add_lease_columns(&conn)?;
         Ok(Self { conn })
+    }
+}
+
+/// Creates `path` with mode 0600 if it does not exist, so the database is never readable by
+/// others, not even between its creation and a chmod.
+pub(crate) fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Db(format!(
+            "cannot create {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -223,8 +246,74 @@ impl Store for SqliteStore {
     fn put_acme_account(&mut self, credentials: &serde_json::Value) -> Result<(), StoreError> {
         self.put_acme_body(ACCOUNT, &credentials.to_string())
     }
+
+    fn snapshot(&mut self) -> Result<Snapshot, StoreError> {
+        // One read transaction: a consistent view while a master writes.
+        self.conn.execute_batch("BEGIN DEFERRED").map_err(db)?;
+        let snap = self.load();
+        let _ = self.conn.execute_batch("COMMIT");
+        snap
+    }
+
+    fn import(&mut self, snap: &Snapshot) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(db)?;
+        for t in &snap.tasks {
+            tx.execute(
+                "INSERT INTO tasks (id, body) VALUES (?1, ?2)",
+                params![t.id, body(t)?],
+            )
+            .map_err(db)?;
+        }
+        for n in &snap.nodes {
+            tx.execute(
+                "INSERT INTO nodes (id, body) VALUES (?1, ?2)",
+                params![n.id, body(n)?],
+            )
+            .map_err(db)?;
+        }
+        for l in &snap.leases {
+            tx.execute(
+                "INSERT INTO leases (task_id, node, token, expires_at, granted_at, ttl_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    l.task_id,
+                    l.node,
+                    l.token as i64,
+                    l.expires_at as i64,
+                    l.granted_at as i64,
+                    l.ttl_ms as i64
+                ],
+            )
+            .map_err(db)?;
+        }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('next_token', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = ?1",
+            params![snap.next_token as i64],
+        )
+        .map_err(db)?;
+        for r in &snap.acme {
+            tx.execute(
+                "INSERT INTO acme (key, body) VALUES (?1, ?2)",
+                params![r.key(), body(r)?],
+            )
+            .map_err(db)?;
+        }
+        if let Some(a) = &snap.acme_account {
+            tx.execute(
+                "INSERT INTO acme (key, body) VALUES (?1, ?2)",
+                params![ACCOUNT, a.to_string()],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)
+    }
 }
 
+/// A record as its `body` column holds it.
+fn body<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Db(e.to_string()))
+}
 /// The `acme` row holding the account; every other row is a record under its own key.
 const ACCOUNT: &str = "account";
 
@@ -237,5 +326,25 @@ impl SqliteStore {
             )
             .map_err(db)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_is_private_from_its_creation_and_every_commit_is_synced() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(dir.path()).expect("open");
+        let mode = std::fs::metadata(dir.path().join("state.db"))
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+            .expect("mode");
+        assert_eq!(mode, 0o600);
+        let sync: i64 = store
+            .conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .expect("pragma");
+        assert_eq!(sync, 2, "synchronous=FULL");
     }
 }

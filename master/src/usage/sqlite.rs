@@ -6,7 +6,7 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 use shadow_common::usage::{UsageDelta, UsageReport};
 
-use super::UsageStore;
+use super::{ReportMark, UsageStore};
 use crate::store::StoreError;
 
 pub struct SqliteUsage {
@@ -34,6 +34,7 @@ impl SqliteUsage {
             StoreError::Db(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
         let path = dir.join("usage.db");
+        crate::store::sqlite::create_private(&path)?;
         let conn = Connection::open(&path)
             .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
         {
@@ -143,6 +144,53 @@ impl UsageStore for SqliteUsage {
             })
             .map_err(db)?;
         rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn reports(&mut self) -> Result<Vec<ReportMark>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT node, boot, seq FROM usage_reports ORDER BY node, boot")
+            .map_err(db)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(ReportMark {
+                    node: r.get(0)?,
+                    boot: r.get(1)?,
+                    seq: r.get::<_, i64>(2)?.max(0) as u64,
+                })
+            })
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn import(&mut self, rows: &[UsageDelta], marks: &[ReportMark]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(db)?;
+        for d in rows {
+            tx.execute(
+                "INSERT INTO usage VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    d.task_id,
+                    int(d.hour),
+                    int(d.running_ms),
+                    int(d.frozen_ms),
+                    int(d.cold_starts),
+                    int(d.requests),
+                    int(d.bytes_in),
+                    int(d.bytes_out),
+                    int(d.cpu_ms),
+                    int(d.peak_memory_bytes)
+                ],
+            )
+            .map_err(db)?;
+        }
+        for m in marks {
+            tx.execute(
+                "INSERT INTO usage_reports (node, boot, seq) VALUES (?1, ?2, ?3)",
+                params![m.node, m.boot, int(m.seq)],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)
     }
 }
 
