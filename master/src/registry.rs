@@ -1,8 +1,11 @@
 //! The master's working state: tasks, nodes and leases in memory, written through a [`Store`],
 //! with a revisioned event log that feeds the watch.
 //!
-//! One mutex guards it all; every mutation writes the store first, so a failed write changes
-//! nothing, then updates memory and appends an event. Sub-modules hold the rules per resource.
+//! One mutex guards the memory, and is never held across I/O. A durable change ([`Registry::change`])
+//! is decided under it, written by the store's thread with no lock held, and then applied to
+//! memory with an event, so a failed write changes nothing and `/watch`, heartbeats and renewals
+//! never wait for a disk. Durable changes go one at a time. Sub-modules hold the rules per
+//! resource.
 
 mod acme;
 mod leases;
@@ -28,7 +31,7 @@ use tokio::time::Instant;
 
 use crate::{
     clock::Clock,
-    store::{Store, StoreError},
+    store::{Store, StoreError, StoreThread},
 };
 
 /// Why a registry call was refused; the API maps each to one status.
@@ -64,6 +67,10 @@ pub const DEFAULT_LEASE_GRACE: Duration = Duration::from_millis(500);
 
 pub struct Registry {
     inner: Mutex<Inner>,
+    /// The durable store, on its own thread.
+    store: StoreThread,
+    /// Held through one durable change: plan, write, apply.
+    writer: tokio::sync::Mutex<()>,
     clock: Clock,
     epoch: String,
     heartbeat_interval: Duration,
@@ -81,7 +88,6 @@ struct NodeEntry {
 }
 
 struct Inner {
-    store: Box<dyn Store>,
     tasks: BTreeMap<String, Task>,
     domains: HashMap<String, String>,
     nodes: BTreeMap<String, NodeEntry>,
@@ -147,8 +153,9 @@ impl Registry {
             .collect();
         let (revision_tx, _) = tokio::sync::watch::channel(0);
         Ok(Self {
+            store: StoreThread::spawn(store)?,
+            writer: tokio::sync::Mutex::new(()),
             inner: Mutex::new(Inner {
-                store,
                 tasks,
                 domains,
                 nodes,
@@ -180,6 +187,24 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// One durable change: `plan` decides under the lock what to write (no I/O there), the
+    /// store's thread writes it with no lock held, and `apply` updates memory under the lock.
+    /// Durable changes are serialized, so what `plan` checked still holds at `apply`.
+    async fn change<P: Send + 'static, T>(
+        &self,
+        plan: impl FnOnce(&mut Inner) -> Result<P, RegistryError>,
+        write: impl FnOnce(&mut dyn Store, &P) -> Result<(), StoreError> + Send + 'static,
+        apply: impl FnOnce(&mut Inner, P) -> T,
+    ) -> Result<T, RegistryError> {
+        let _one = self.writer.lock().await;
+        let planned = plan(&mut self.lock())?;
+        let planned = self
+            .store
+            .run(move |s| write(s, &planned).map(|()| planned))
+            .await?;
+        Ok(apply(&mut self.lock(), planned))
+    }
+
     pub fn clock(&self) -> &Clock {
         &self.clock
     }
@@ -200,5 +225,141 @@ impl Inner {
             self.log.pop_front();
         }
         tx.send_replace(self.revision);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{mpsc, Arc, Mutex},
+        time::Duration,
+    };
+
+    use shadow_common::{
+        acme::AcmeRecord,
+        lease::{Lease, LeaseRequest},
+        node::{Heartbeat, NodeRegistration},
+        task::{Task, TaskSpec},
+    };
+
+    use super::Registry;
+    use crate::store::{sqlite::SqliteStore, Snapshot, Store, StoreError};
+
+    /// SQLite whose task writes wait until the test lets them go: a disk that stalls.
+    struct Stalling {
+        inner: SqliteStore,
+        entered: mpsc::Sender<()>,
+        go: Mutex<mpsc::Receiver<()>>,
+    }
+
+    impl Store for Stalling {
+        fn load(&mut self) -> Result<Snapshot, StoreError> {
+            self.inner.load()
+        }
+        fn put_task(&mut self, task: &Task) -> Result<(), StoreError> {
+            let _ = self.entered.send(());
+            let _ = self.go.lock().expect("gate").recv();
+            self.inner.put_task(task)
+        }
+        fn delete_task(&mut self, id: &str) -> Result<(), StoreError> {
+            self.inner.delete_task(id)
+        }
+        fn put_node(&mut self, node: &NodeRegistration) -> Result<(), StoreError> {
+            self.inner.put_node(node)
+        }
+        fn delete_node(&mut self, id: &str) -> Result<(), StoreError> {
+            self.inner.delete_node(id)
+        }
+        fn put_lease(&mut self, lease: &Lease, next: u64) -> Result<(), StoreError> {
+            self.inner.put_lease(lease, next)
+        }
+        fn delete_lease(&mut self, task_id: &str) -> Result<(), StoreError> {
+            self.inner.delete_lease(task_id)
+        }
+        fn put_acme(&mut self, r: &AcmeRecord) -> Result<(), StoreError> {
+            self.inner.put_acme(r)
+        }
+        fn delete_acme(&mut self, key: &str) -> Result<(), StoreError> {
+            self.inner.delete_acme(key)
+        }
+        fn put_acme_account(&mut self, c: &serde_json::Value) -> Result<(), StoreError> {
+            self.inner.put_acme_account(c)
+        }
+        fn snapshot(&mut self) -> Result<Snapshot, StoreError> {
+            self.inner.snapshot()
+        }
+        fn import(&mut self, snap: &Snapshot) -> Result<(), StoreError> {
+            self.inner.import(snap)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_disk_holds_only_the_change_being_written() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (entered_tx, entered) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel();
+        let store = Stalling {
+            inner: SqliteStore::open(dir.path()).expect("store"),
+            entered: entered_tx,
+            go: Mutex::new(go_rx),
+        };
+        let reg = Arc::new(Registry::open(Box::new(store), Duration::from_secs(1)).expect("open"));
+        reg.register_node(NodeRegistration {
+            id: "a".into(),
+            address: "127.0.0.1:7071".into(),
+            capacity: 1,
+            volume_kinds: None,
+        })
+        .await
+        .expect("node");
+        let spec: TaskSpec = serde_json::from_value(serde_json::json!({
+            "name": "slow", "domains": ["slow.test"], "image": "x"
+        }))
+        .expect("spec");
+        let writer = reg.clone();
+        let create = tokio::spawn(async move { writer.create_task(spec).await });
+        tokio::task::spawn_blocking(move || entered.recv_timeout(Duration::from_secs(10)))
+            .await
+            .expect("join")
+            .expect("the write reached the store");
+
+        // The disk is stuck in that write; reads, heartbeats and the watch go on, on a
+        // blocking thread so a held lock fails the test instead of hanging it.
+        let reader = reg.clone();
+        let answered = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::task::spawn_blocking(move || {
+                let hb = Heartbeat {
+                    running: vec![],
+                    load: 0.5,
+                };
+                reader.heartbeat("a", hb).expect("heartbeat");
+                (reader.list_tasks().len(), reader.list_nodes().len())
+            }),
+        )
+        .await
+        .expect("answered while the disk was stuck")
+        .expect("join");
+        assert_eq!(
+            answered,
+            (0, 1),
+            "the task is not there before it is stored"
+        );
+        assert!(!create.is_finished(), "the create waits for its write");
+        // A second durable change waits its turn; the first completes once the disk moves.
+        go.send(()).expect("release");
+        let task = create.await.expect("join").expect("created");
+        assert_eq!(reg.list_tasks()[0].id, task.id);
+        let lease = reg
+            .acquire_lease(
+                &task.id,
+                LeaseRequest {
+                    node: "a".into(),
+                    ttl_ms: 1_000,
+                },
+            )
+            .await
+            .expect("grant after the stall");
+        assert_eq!(lease.token, 1);
     }
 }

@@ -1,7 +1,8 @@
 //! The durable state seam: what the master must not forget across a restart.
 //!
 //! The master keeps its working state in memory ([`crate::registry`]) and writes every change
-//! through a [`Store`] first, so a failed write changes nothing. SQLite ([`sqlite`]) is the
+//! through a [`Store`] first, so a failed write changes nothing. The store runs on a thread of
+//! its own ([`StoreThread`]): no write blocks an async worker or holds the registry's lock. SQLite ([`sqlite`]) is the
 //! embedded default; the trait is small so PostgreSQL can follow.
 
 pub mod sqlite;
@@ -52,4 +53,42 @@ pub trait Store: Send {
     fn snapshot(&mut self) -> Result<Snapshot, StoreError>;
     /// Writes a whole snapshot into this (empty) store in one transaction (an import).
     fn import(&mut self, snap: &Snapshot) -> Result<(), StoreError>;
+}
+
+type Job = Box<dyn FnOnce(&mut dyn Store) + Send>;
+
+/// A [`Store`] owned by its own thread; callers await their writes without blocking a worker.
+pub struct StoreThread {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl StoreThread {
+    /// Moves `store` to a new thread, which ends when this handle is dropped.
+    pub fn spawn(mut store: Box<dyn Store>) -> Result<Self, StoreError> {
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("shadow-store".into())
+            .spawn(move || {
+                for job in rx {
+                    job(&mut *store);
+                }
+            })
+            .map_err(|e| StoreError::Db(format!("cannot start the store's thread: {e}")))?;
+        Ok(Self { jobs })
+    }
+
+    /// Runs `f` on the store's thread and answers its result.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let gone = || StoreError::Db("the store's thread has ended".into());
+        self.jobs
+            .send(Box::new(move |s| {
+                let _ = tx.send(f(s));
+            }))
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
 }

@@ -24,13 +24,19 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
         .and(warp::put())
         .and(warp::query::<HashMap<String, String>>())
         .and(json_body())
-        .map(move |q: HashMap<String, String>, body: Bytes| {
-            match parse_json::<serde_json::Value>(&body) {
-                Ok(creds) => {
-                    let replace = q.get("replace").is_some_and(|v| v == "true");
-                    reply::from_result(StatusCode::OK, s.registry.put_acme_account(creds, replace))
+        .then(move |q: HashMap<String, String>, body: Bytes| {
+            let s = s.clone();
+            async move {
+                match parse_json::<serde_json::Value>(&body) {
+                    Ok(creds) => {
+                        let replace = q.get("replace").is_some_and(|v| v == "true");
+                        reply::from_result(
+                            StatusCode::OK,
+                            s.registry.put_acme_account(creds, replace).await,
+                        )
+                    }
+                    Err(e) => reply::invalid(e),
                 }
-                Err(e) => reply::invalid(e),
             }
         });
     let s = state.clone();
@@ -43,21 +49,30 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
     let put = warp::path!("acme" / String / String)
         .and(warp::put())
         .and(json_body())
-        .map(move |kind: String, name: String, body: Bytes| {
-            match parse_json::<AcmeRecord>(&body) {
-                Ok(r) => reply::from_result(StatusCode::OK, s.registry.put_acme(&kind, &name, r)),
-                Err(e) => reply::invalid(e),
+        .then(move |kind: String, name: String, body: Bytes| {
+            let s = s.clone();
+            async move {
+                match parse_json::<AcmeRecord>(&body) {
+                    Ok(r) => reply::from_result(
+                        StatusCode::OK,
+                        s.registry.put_acme(&kind, &name, r).await,
+                    ),
+                    Err(e) => reply::invalid(e),
+                }
             }
         });
     let s = state;
     let delete = warp::path!("acme" / String / String)
         .and(warp::delete())
-        .map(
-            move |kind: String, name: String| match s.registry.delete_acme(&kind, &name) {
-                Ok(()) => reply::no_content(),
-                Err(e) => reply::registry_error(e),
-            },
-        );
+        .then(move |kind: String, name: String| {
+            let s = s.clone();
+            async move {
+                match s.registry.delete_acme(&kind, &name).await {
+                    Ok(()) => reply::no_content(),
+                    Err(e) => reply::registry_error(e),
+                }
+            }
+        });
     statuses
         .or(get_account)
         .unify()

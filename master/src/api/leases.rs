@@ -46,12 +46,18 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
     let acquire = warp::path!("leases" / String)
         .and(warp::post())
         .and(json_body())
-        .map(
-            move |task: String, body: Bytes| match parse_json::<LeaseRequest>(&body) {
-                Ok(req) => reply::from_result(StatusCode::OK, s.registry.acquire_lease(&task, req)),
-                Err(e) => reply::invalid(e),
-            },
-        );
+        .then(move |task: String, body: Bytes| {
+            let s = s.clone();
+            async move {
+                match parse_json::<LeaseRequest>(&body) {
+                    Ok(req) => reply::from_result(
+                        StatusCode::OK,
+                        s.registry.acquire_lease(&task, req).await,
+                    ),
+                    Err(e) => reply::invalid(e),
+                }
+            }
+        });
     let s = state.clone();
     let renew = warp::path!("leases" / String)
         .and(warp::put())
@@ -76,14 +82,17 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
     let release = warp::path!("leases" / String)
         .and(warp::delete())
         .and(warp::query::<ReleaseQuery>())
-        .map(move |task: String, q: ReleaseQuery| {
-            let token = match release_token(&q) {
-                Ok(t) => t,
-                Err(e) => return reply::invalid(e),
-            };
-            match s.registry.release_lease(&task, token) {
-                Ok(()) => reply::no_content(),
-                Err(e) => reply::registry_error(e),
+        .then(move |task: String, q: ReleaseQuery| {
+            let s = s.clone();
+            async move {
+                let token = match release_token(&q) {
+                    Ok(t) => t,
+                    Err(e) => return reply::invalid(e),
+                };
+                match s.registry.release_lease(&task, token).await {
+                    Ok(()) => reply::no_content(),
+                    Err(e) => reply::registry_error(e),
+                }
             }
         });
     list.or(get)

@@ -20,22 +20,31 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
         .and(warp::get())
         .map(move || reply::json(StatusCode::OK, &s.registry.list_nodes()));
     let s = state.clone();
-    let register =
-        warp::path!("nodes")
-            .and(warp::post())
-            .and(json_body())
-            .map(
-                move |body: Bytes| match parse_json::<NodeRegistration>(&body) {
-                    Ok(reg) => reply::from_result(StatusCode::OK, s.registry.register_node(reg)),
+    let register = warp::path!("nodes")
+        .and(warp::post())
+        .and(json_body())
+        .then(move |body: Bytes| {
+            let s = s.clone();
+            async move {
+                match parse_json::<NodeRegistration>(&body) {
+                    Ok(reg) => {
+                        reply::from_result(StatusCode::OK, s.registry.register_node(reg).await)
+                    }
                     Err(e) => reply::invalid(e),
-                },
-            );
+                }
+            }
+        });
     let s = state.clone();
     let delete = warp::path!("nodes" / String)
         .and(warp::delete())
-        .map(move |id: String| match s.registry.delete_node(&id) {
-            Ok(()) => reply::no_content(),
-            Err(e) => reply::registry_error(e),
+        .then(move |id: String| {
+            let s = s.clone();
+            async move {
+                match s.registry.delete_node(&id).await {
+                    Ok(()) => reply::no_content(),
+                    Err(e) => reply::registry_error(e),
+                }
+            }
         });
     let s = state.clone();
     let report = warp::path!("nodes" / String / "apps" / String)

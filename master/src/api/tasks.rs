@@ -22,7 +22,7 @@ struct Listed {
 }
 
 /// Stores a new spec from a PUT or PATCH (`?migrate=true` lets the volume kind change).
-fn updated(
+async fn updated(
     s: &AppState,
     id: &str,
     q: &HashMap<String, String>,
@@ -34,6 +34,7 @@ fn updated(
             StatusCode::OK,
             s.registry
                 .update_task(id, spec, migrate)
+                .await
                 .map(Task::redacted),
         ),
         Err(e) => reply::invalid(e),
@@ -101,12 +102,17 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
     let create = warp::path!("tasks")
         .and(warp::post())
         .and(json_body())
-        .map(move |body: Bytes| match TaskSpec::from_json(&body) {
-            Ok(spec) => reply::from_result(
-                StatusCode::CREATED,
-                s.registry.create_task(spec).map(Task::redacted),
-            ),
-            Err(e) => reply::invalid(e),
+        .then(move |body: Bytes| {
+            let s = s.clone();
+            async move {
+                match TaskSpec::from_json(&body) {
+                    Ok(spec) => reply::from_result(
+                        StatusCode::CREATED,
+                        s.registry.create_task(spec).await.map(Task::redacted),
+                    ),
+                    Err(e) => reply::invalid(e),
+                }
+            }
         });
     let s = state.clone();
     let by_domain = warp::path!("tasks" / "by-domain" / String)
@@ -128,48 +134,66 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
         .and(warp::put())
         .and(warp::query::<HashMap<String, String>>())
         .and(json_body())
-        .map(move |id: String, q: HashMap<String, String>, body: Bytes| {
-            updated(&s, &id, &q, put_spec(&id, &body))
+        .then(move |id: String, q: HashMap<String, String>, body: Bytes| {
+            let s = s.clone();
+            async move { updated(&s, &id, &q, put_spec(&id, &body)).await }
         });
     let s = state.clone();
     let patch = warp::path!("tasks" / String)
         .and(warp::patch())
         .and(warp::query::<HashMap<String, String>>())
         .and(json_body())
-        .map(move |id: String, q: HashMap<String, String>, body: Bytes| {
-            match s.registry.get_task(&id) {
-                Ok(t) => updated(&s, &id, &q, patched_spec(&t.redacted(), &body)),
-                Err(e) => reply::registry_error(e),
+        .then(move |id: String, q: HashMap<String, String>, body: Bytes| {
+            let s = s.clone();
+            async move {
+                match s.registry.get_task(&id) {
+                    Ok(t) => updated(&s, &id, &q, patched_spec(&t.redacted(), &body)).await,
+                    Err(e) => reply::registry_error(e),
+                }
             }
         });
     let s = state.clone();
     let restart = warp::path!("tasks" / String / "restart")
         .and(warp::post())
-        .map(move |id: String| {
-            reply::from_result(
-                StatusCode::OK,
-                s.registry.restart_task(&id).map(Task::redacted),
-            )
+        .then(move |id: String| {
+            let s = s.clone();
+            async move {
+                reply::from_result(
+                    StatusCode::OK,
+                    s.registry.restart_task(&id).await.map(Task::redacted),
+                )
+            }
         });
     let s = state.clone();
     let migrated = warp::path!("tasks" / String / "migrated")
         .and(warp::post())
         .and(json_body())
-        .map(
-            move |id: String, body: Bytes| match parse_json::<Migrated>(&body) {
-                Ok(m) => reply::from_result(
-                    StatusCode::OK,
-                    s.registry.task_migrated(&id, m.token).map(Task::redacted),
-                ),
-                Err(e) => reply::invalid(e),
-            },
-        );
+        .then(move |id: String, body: Bytes| {
+            let s = s.clone();
+            async move {
+                match parse_json::<Migrated>(&body) {
+                    Ok(m) => reply::from_result(
+                        StatusCode::OK,
+                        s.registry
+                            .task_migrated(&id, m.token)
+                            .await
+                            .map(Task::redacted),
+                    ),
+                    Err(e) => reply::invalid(e),
+                }
+            }
+        });
     let s = state;
     let delete = warp::path!("tasks" / String)
         .and(warp::delete())
-        .map(move |id: String| match s.registry.delete_task(&id) {
-            Ok(()) => reply::no_content(),
-            Err(e) => reply::registry_error(e),
+        .then(move |id: String| {
+            let s = s.clone();
+            async move {
+                match s.registry.delete_task(&id).await {
+                    Ok(()) => reply::no_content(),
+                    Err(e) => reply::registry_error(e),
+                }
+            }
         });
     list.or(create)
         .unify()

@@ -427,6 +427,7 @@ async fn act(
             .state
             .registry
             .restart_task(id)
+            .await
             .map(drop)
             .map_err(|e| control::Refused {
                 status: super::reply::registry_error_status(&e),

@@ -11,7 +11,7 @@ use super::{Registry, RegistryError};
 
 impl Registry {
     /// Stores `record` under `/acme/{kind}/{name}`; the URL must name the record it carries.
-    pub fn put_acme(
+    pub async fn put_acme(
         &self,
         kind: &str,
         name: &str,
@@ -28,29 +28,41 @@ impl Registry {
                 ),
             )));
         }
-        let mut g = self.lock();
-        g.store.put_acme(&record)?;
-        g.acme.insert(key, record.clone());
-        g.emit(
-            &self.revision_tx,
-            WatchEvent::AcmePut {
-                record: Box::new(record.clone()),
+        self.change(
+            |_| Ok(record),
+            |s, r| s.put_acme(r),
+            |g, record| {
+                g.acme.insert(key, record.clone());
+                g.emit(
+                    &self.revision_tx,
+                    WatchEvent::AcmePut {
+                        record: Box::new(record.clone()),
+                    },
+                );
+                record
             },
-        );
-        Ok(record)
+        )
+        .await
     }
 
-    pub fn delete_acme(&self, kind: &str, name: &str) -> Result<(), RegistryError> {
+    pub async fn delete_acme(&self, kind: &str, name: &str) -> Result<(), RegistryError> {
         check_key(kind, name).map_err(RegistryError::Invalid)?;
         let key = format!("{kind}/{name}");
-        let mut g = self.lock();
-        if !g.acme.contains_key(&key) {
-            return Err(RegistryError::NotFound(format!("no ACME record {key}")));
-        }
-        g.store.delete_acme(&key)?;
-        g.acme.remove(&key);
-        g.emit(&self.revision_tx, WatchEvent::AcmeDeleted { key });
-        Ok(())
+        self.change(
+            |g| {
+                if g.acme.contains_key(&key) {
+                    Ok(key)
+                } else {
+                    Err(RegistryError::NotFound(format!("no ACME record {key}")))
+                }
+            },
+            |s, key| s.delete_acme(key),
+            |g, key| {
+                g.acme.remove(&key);
+                g.emit(&self.revision_tx, WatchEvent::AcmeDeleted { key });
+            },
+        )
+        .await
     }
 
     pub fn get_acme(&self, kind: &str, name: &str) -> Result<AcmeRecord, RegistryError> {
@@ -85,22 +97,29 @@ impl Registry {
 
     /// Stores the account's credentials. The first writer wins: an edge that made a second
     /// account meanwhile gets 409 and must use the stored one, so every edge orders as one.
-    pub fn put_acme_account(
+    pub async fn put_acme_account(
         &self,
         credentials: serde_json::Value,
         replace: bool,
     ) -> Result<serde_json::Value, RegistryError> {
-        let mut g = self.lock();
-        if let (Some(existing), false) = (&g.acme_account, replace) {
-            if *existing != credentials {
-                return Err(RegistryError::Conflict {
-                    message: "an ACME account is stored already; GET /acme/account and use it (or PUT with ?replace=true to change accounts)".into(),
-                    field: None,
-                });
-            }
-        }
-        g.store.put_acme_account(&credentials)?;
-        g.acme_account = Some(credentials.clone());
-        Ok(credentials)
+        self.change(
+            |g| {
+                if let (Some(existing), false) = (&g.acme_account, replace) {
+                    if *existing != credentials {
+                        return Err(RegistryError::Conflict {
+                            message: "an ACME account is stored already; GET /acme/account and use it (or PUT with ?replace=true to change accounts)".into(),
+                            field: None,
+                        });
+                    }
+                }
+                Ok(credentials)
+            },
+            |s, c| s.put_acme_account(c),
+            |g, credentials| {
+                g.acme_account = Some(credentials.clone());
+                credentials
+            },
+        )
+        .await
     }
 }

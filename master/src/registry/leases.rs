@@ -37,13 +37,37 @@ impl Registry {
     /// Grants the task's lease to `req.node` unless another node holds it, or held it until
     /// less than the grace period ago. The same node asking again gets a fresh, larger token (it
     /// may have lost the old one).
-    pub fn acquire_lease(
+    pub async fn acquire_lease(
         &self,
         task_id: &str,
         req: LeaseRequest,
     ) -> Result<LeaseGrant, RegistryError> {
         check_ttl(req.ttl_ms)?;
-        let mut g = self.lock();
+        self.change(
+            |g| self.grantable(g, task_id, req),
+            |s, lease| s.put_lease(lease, lease.token + 1),
+            |g, lease| {
+                g.next_token = lease.token + 1;
+                g.leases.insert(lease.task_id.clone(), lease.clone());
+                let grant = LeaseGrant {
+                    token: lease.token,
+                    expires_at: lease.expires_at,
+                };
+                tracing::info!(task = %lease.task_id, node = %lease.node, token = lease.token, "lease granted");
+                g.emit(&self.revision_tx, WatchEvent::LeasePut { lease });
+                grant
+            },
+        )
+        .await
+    }
+
+    /// The lease `req` would be granted, or why not.
+    fn grantable(
+        &self,
+        g: &mut super::Inner,
+        task_id: &str,
+        req: LeaseRequest,
+    ) -> Result<Lease, RegistryError> {
         // Names starting with '_' are cluster-wide locks (e.g. `_replace-nodes` for the edge
         // that may replace dead nodes): no task behind them, any well-formed holder id.
         let named_lock = task_id.starts_with('_');
@@ -87,24 +111,14 @@ impl Registry {
                 });
             }
         }
-        let lease = Lease {
+        Ok(Lease {
             task_id: task_id.to_string(),
             node: req.node,
             token: g.next_token,
             expires_at: now + req.ttl_ms,
             granted_at: now,
             ttl_ms: req.ttl_ms,
-        };
-        g.store.put_lease(&lease, lease.token + 1)?;
-        g.next_token = lease.token + 1;
-        g.leases.insert(task_id.to_string(), lease.clone());
-        let grant = LeaseGrant {
-            token: lease.token,
-            expires_at: lease.expires_at,
-        };
-        tracing::info!(task = %task_id, node = %lease.node, token = lease.token, "lease granted");
-        g.emit(&self.revision_tx, WatchEvent::LeasePut { lease });
-        Ok(grant)
+        })
     }
 
     /// Extends a live lease held with `req.token`; a lapsed or taken lease cannot be renewed.
@@ -169,31 +183,36 @@ impl Registry {
     }
 
     /// Releases the lease if `token` is the current one; releasing a lease that is gone is fine.
-    pub fn release_lease(&self, task_id: &str, token: u64) -> Result<(), RegistryError> {
-        let mut g = self.lock();
-        match g.leases.get(task_id) {
-            None => Ok(()),
-            Some(cur) if cur.token != token => Err(RegistryError::LeaseConflict {
-                message: format!(
-                    "token {token} is not the current lease of task {task_id} (node {} holds token {}); nothing released",
-                    cur.node, cur.token
-                ),
-                holder: Some(cur.node.clone()),
-            }),
-            Some(_) => {
-                g.store.delete_lease(task_id)?;
-                g.leases.remove(task_id);
-                g.emit(
-                    &self.revision_tx,
-                    WatchEvent::LeaseReleased {
-                        task_id: task_id.to_string(),
-                        token,
-                        expired: false,
-                    },
-                );
-                Ok(())
-            }
-        }
+    pub async fn release_lease(&self, task_id: &str, token: u64) -> Result<(), RegistryError> {
+        let task = task_id.to_owned();
+        self.change(
+            |g| match g.leases.get(task_id) {
+                None => Ok(false),
+                Some(cur) if cur.token != token => Err(RegistryError::LeaseConflict {
+                    message: format!(
+                        "token {token} is not the current lease of task {task_id} (node {} holds token {}); nothing released",
+                        cur.node, cur.token
+                    ),
+                    holder: Some(cur.node.clone()),
+                }),
+                Some(_) => Ok(true),
+            },
+            move |s, held| if *held { s.delete_lease(&task) } else { Ok(()) },
+            |g, held| {
+                if held {
+                    g.leases.remove(task_id);
+                    g.emit(
+                        &self.revision_tx,
+                        WatchEvent::LeaseReleased {
+                            task_id: task_id.to_string(),
+                            token,
+                            expired: false,
+                        },
+                    );
+                }
+            },
+        )
+        .await
     }
 
     /// Every lease not yet dropped, including lapsed ones still in their grace (no other node
@@ -211,31 +230,47 @@ impl Registry {
     }
 
     /// Drops leases whose grace has passed and announces them; called by the ticker.
-    pub(super) fn expire_leases(&self) {
+    pub(super) async fn expire_leases(&self) {
         let now = self.clock.now_ms();
         let grace = self.lease_grace_ms;
-        let mut g = self.lock();
-        let lapsed: Vec<_> = g
-            .leases
-            .values()
-            .filter(|l| l.expires_at + grace <= now)
-            .cloned()
-            .collect();
-        for l in lapsed {
-            if let Err(e) = g.store.delete_lease(&l.task_id) {
-                tracing::error!(task = %l.task_id, error = %e, "cannot drop a lapsed lease; will retry");
-                continue;
-            }
-            tracing::info!(task = %l.task_id, node = %l.node, token = l.token, "lease lapsed");
-            g.leases.remove(&l.task_id);
-            g.emit(
-                &self.revision_tx,
-                WatchEvent::LeaseReleased {
-                    task_id: l.task_id,
-                    token: l.token,
-                    expired: true,
+        let lapsed = |g: &super::Inner| -> Vec<Lease> {
+            g.leases
+                .values()
+                .filter(|l| l.expires_at + grace <= now)
+                .cloned()
+                .collect()
+        };
+        if lapsed(&self.lock()).is_empty() {
+            return;
+        }
+        let dropped = self
+            .change(
+                |g| Ok(lapsed(g)),
+                |s, leases| {
+                    for l in leases {
+                        s.delete_lease(&l.task_id)?;
+                    }
+                    Ok(())
                 },
-            );
+                |g, leases| {
+                    for l in leases {
+                        // Renewed meanwhile? Renewals of a lapsed lease are refused, so no.
+                        tracing::info!(task = %l.task_id, node = %l.node, token = l.token, "lease lapsed");
+                        g.leases.remove(&l.task_id);
+                        g.emit(
+                            &self.revision_tx,
+                            WatchEvent::LeaseReleased {
+                                task_id: l.task_id,
+                                token: l.token,
+                                expired: true,
+                            },
+                        );
+                    }
+                },
+            )
+            .await;
+        if let Err(e) = dropped {
+            tracing::error!(error = %e, "cannot drop lapsed leases; will retry");
         }
     }
 }
@@ -286,7 +321,7 @@ mod tests {
         store::sqlite::SqliteStore,
     };
 
-    fn setup(dir: &std::path::Path) -> (Registry, String) {
+    async fn setup(dir: &std::path::Path) -> (Registry, String) {
         let store = SqliteStore::open(dir).expect("store");
         let reg = Registry::open(Box::new(store), Duration::from_secs(1)).expect("registry");
         for id in ["a", "b"] {
@@ -296,13 +331,14 @@ mod tests {
                 capacity: 1,
                 volume_kinds: None,
             })
+            .await
             .expect("node");
         }
         let spec = TaskSpec::from_json(
             br#"{"name":"t","domains":["t.example.com"],"image":"x","volume":{"kind":"local"}}"#,
         )
         .expect("spec");
-        let task = reg.create_task(spec).expect("task").id;
+        let task = reg.create_task(spec).await.expect("task").id;
         (reg, task)
     }
 
@@ -317,9 +353,9 @@ mod tests {
         LeaseRenewal { token, ttl_ms }
     }
 
-    fn held_by(reg: &Registry, task: &str, node: &str) -> bool {
+    async fn held_by(reg: &Registry, task: &str, node: &str) -> bool {
         matches!(
-            reg.acquire_lease(task, req(node, 1_000)),
+            reg.acquire_lease(task, req(node, 1_000)).await,
             Err(RegistryError::LeaseConflict { holder: Some(h), .. }) if h != node
         )
     }
@@ -327,11 +363,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lapsed_lease_is_refused_to_others_for_the_grace_then_announced() {
         let dir = tempfile::tempdir().expect("tmp");
-        let (reg, task) = setup(dir.path());
+        let (reg, task) = setup(dir.path()).await;
         let reg = reg.with_lease_grace(Duration::from_millis(500));
-        let a = reg.acquire_lease(&task, req("a", 1_000)).expect("a");
+        let a = reg.acquire_lease(&task, req("a", 1_000)).await.expect("a");
         tokio::time::advance(Duration::from_millis(999)).await;
-        assert!(held_by(&reg, &task, "b"));
+        assert!(held_by(&reg, &task, "b").await);
         // Renewing just in time keeps it.
         reg.renew_lease(&task, renewal(a.token, 1_000))
             .expect("renew in time");
@@ -343,11 +379,11 @@ mod tests {
         // Expired, but within the grace: still nobody else's, and not yet announced.
         let rev = reg.changes_since(None, 0).revision;
         tokio::time::advance(Duration::from_millis(499)).await;
-        reg.tick();
-        assert!(held_by(&reg, &task, "b"), "refused during the grace");
+        reg.tick().await;
+        assert!(held_by(&reg, &task, "b").await, "refused during the grace");
         assert!(reg.changes_since(Some(&reg.epoch), rev).events.is_empty());
         tokio::time::advance(Duration::from_millis(1)).await;
-        reg.tick();
+        reg.tick().await;
         let news = reg.changes_since(Some(&reg.epoch), rev);
         assert!(
             news.events.iter().any(|e| matches!(e, WatchEvent::LeaseReleased { expired: true, token, .. } if *token == a.token)),
@@ -355,6 +391,7 @@ mod tests {
         );
         let b = reg
             .acquire_lease(&task, req("b", 1_000))
+            .await
             .expect("b after the grace");
         assert!(b.token > a.token);
         assert!(
@@ -362,7 +399,7 @@ mod tests {
             "the lapsed holder cannot renew"
         );
         assert!(
-            reg.release_lease(&task, a.token).is_err(),
+            reg.release_lease(&task, a.token).await.is_err(),
             "nor release b's lease"
         );
     }
@@ -370,14 +407,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_session_renews_all_its_leases_in_one_call_silently() {
         let dir = tempfile::tempdir().expect("tmp");
-        let (reg, task) = setup(dir.path());
+        let (reg, task) = setup(dir.path()).await;
         let spec = TaskSpec::from_json(
             br#"{"name":"u","domains":["u.example.com"],"image":"x","volume":{"kind":"local"}}"#,
         )
         .expect("spec");
-        let other = reg.create_task(spec).expect("task").id;
-        let a1 = reg.acquire_lease(&task, req("a", 1_000)).expect("a1");
-        let a2 = reg.acquire_lease(&other, req("a", 1_000)).expect("a2");
+        let other = reg.create_task(spec).await.expect("task").id;
+        let a1 = reg.acquire_lease(&task, req("a", 1_000)).await.expect("a1");
+        let a2 = reg
+            .acquire_lease(&other, req("a", 1_000))
+            .await
+            .expect("a2");
         let rev = reg.changes_since(None, 0).revision;
         tokio::time::advance(Duration::from_millis(800)).await;
         let out = reg
@@ -411,9 +451,9 @@ mod tests {
         );
         // 800 ms later the original expiry has passed; the renewed one has not.
         tokio::time::advance(Duration::from_millis(800)).await;
-        reg.tick();
-        assert!(held_by(&reg, &task, "b"));
-        assert!(held_by(&reg, &other, "b"));
+        reg.tick().await;
+        assert!(held_by(&reg, &task, "b").await);
+        assert!(held_by(&reg, &other, "b").await);
         // Another node cannot renew a's leases.
         let out = reg
             .renew_session(
@@ -433,8 +473,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_restarted_master_re_arms_every_lease_for_a_full_ttl() {
         let dir = tempfile::tempdir().expect("tmp");
-        let (reg, task) = setup(dir.path());
-        let a = reg.acquire_lease(&task, req("a", 1_000)).expect("a");
+        let (reg, task) = setup(dir.path()).await;
+        let a = reg.acquire_lease(&task, req("a", 1_000)).await.expect("a");
         // Renewed in memory only, then the master dies 900 ms later.
         tokio::time::advance(Duration::from_millis(600)).await;
         reg.renew_lease(&task, renewal(a.token, 1_000))
@@ -448,32 +488,38 @@ mod tests {
         // The holder may have renewed while the master was down: its lease holds for a full
         // TTL from the restart (plus the grace), not from the stored expiry.
         tokio::time::advance(Duration::from_millis(999)).await;
-        reg.tick();
-        assert!(held_by(&reg, &task, "b"));
+        reg.tick().await;
+        assert!(held_by(&reg, &task, "b").await);
         reg.renew_lease(&task, renewal(a.token, 1_000))
             .expect("the holder renews with its token after the restart");
         tokio::time::advance(Duration::from_millis(1_499)).await;
-        reg.tick();
-        assert!(held_by(&reg, &task, "b"));
+        reg.tick().await;
+        assert!(held_by(&reg, &task, "b").await);
         tokio::time::advance(Duration::from_millis(1)).await;
-        reg.tick();
-        assert!(reg.acquire_lease(&task, req("b", 1_000)).is_ok());
+        reg.tick().await;
+        assert!(reg.acquire_lease(&task, req("b", 1_000)).await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]
     async fn tokens_grow_across_tasks_and_restarts() {
         let dir = tempfile::tempdir().expect("tmp");
-        let (reg, task) = setup(dir.path());
+        let (reg, task) = setup(dir.path()).await;
         let mut last = 0;
         for _ in 0..5 {
-            let g = reg.acquire_lease(&task, req("a", 100)).expect("grant");
+            let g = reg
+                .acquire_lease(&task, req("a", 100))
+                .await
+                .expect("grant");
             assert!(g.token > last);
             last = g.token;
         }
         drop(reg);
         let store = SqliteStore::open(dir.path()).expect("store");
         let reg = Registry::open(Box::new(store), Duration::from_secs(1)).expect("reopen");
-        let g = reg.acquire_lease(&task, req("a", 100)).expect("grant");
+        let g = reg
+            .acquire_lease(&task, req("a", 100))
+            .await
+            .expect("grant");
         assert!(g.token > last, "{} after {last}", g.token);
     }
 }

@@ -29,10 +29,17 @@ impl NodeEntry {
 
 impl Registry {
     /// Registers or re-registers a node; registering counts as a heartbeat.
-    pub fn register_node(&self, reg: NodeRegistration) -> Result<NodeStatus, RegistryError> {
+    pub async fn register_node(&self, reg: NodeRegistration) -> Result<NodeStatus, RegistryError> {
         reg.validate().map_err(RegistryError::Invalid)?;
-        let mut g = self.lock();
-        g.store.put_node(&reg)?;
+        self.change(
+            |_| Ok(reg),
+            |s, reg| s.put_node(reg),
+            |g, reg| self.registered(g, reg),
+        )
+        .await
+    }
+
+    fn registered(&self, g: &mut super::Inner, reg: NodeRegistration) -> NodeStatus {
         let now_ms = self.clock.now_ms();
         let entry = g.nodes.entry(reg.id.clone()).or_insert_with(|| NodeEntry {
             reg: reg.clone(),
@@ -53,7 +60,7 @@ impl Registry {
                 node: status.clone(),
             },
         );
-        Ok(status)
+        status
     }
 
     /// Records a heartbeat; emits a change only when what others route by changed.
@@ -95,8 +102,29 @@ impl Registry {
     /// Forgets a node. Only an unhealthy one: a live node would register itself again at its
     /// next heartbeat, and removing it would hide it from the edges until then. Its leases are
     /// left to lapse, so no other node takes a volume it may still be writing.
-    pub fn delete_node(&self, id: &str) -> Result<(), RegistryError> {
-        let mut g = self.lock();
+    pub async fn delete_node(&self, id: &str) -> Result<(), RegistryError> {
+        let id = id.to_owned();
+        self.change(
+            |g| Self::deletable(g, &id),
+            {
+                let id = id.clone();
+                move |s, ()| s.delete_node(&id)
+            },
+            |g, ()| {
+                g.nodes.remove(&id);
+                for per_node in g.statuses.values_mut() {
+                    per_node.remove(&id);
+                }
+                g.emit(
+                    &self.revision_tx,
+                    WatchEvent::NodeDeleted { id: id.clone() },
+                );
+            },
+        )
+        .await
+    }
+
+    fn deletable(g: &mut super::Inner, id: &str) -> Result<(), RegistryError> {
         let entry = g.nodes.get(id).ok_or_else(|| {
             RegistryError::NotFound(format!(
                 "node {id:?} is not registered; list nodes with GET /nodes/"
@@ -110,15 +138,6 @@ impl Registry {
                 field: None,
             });
         }
-        g.store.delete_node(id)?;
-        g.nodes.remove(id);
-        for per_node in g.statuses.values_mut() {
-            per_node.remove(id);
-        }
-        g.emit(
-            &self.revision_tx,
-            WatchEvent::NodeDeleted { id: id.to_string() },
-        );
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use shadow_common::{
 use super::{Inner, Registry, RegistryError};
 
 impl Registry {
-    pub fn create_task(&self, mut spec: TaskSpec) -> Result<Task, RegistryError> {
+    pub async fn create_task(&self, mut spec: TaskSpec) -> Result<Task, RegistryError> {
         spec.validate().map_err(RegistryError::Invalid)?;
         if spec.volume.migrating_from.is_some() {
             return Err(master_only());
@@ -19,20 +19,22 @@ impl Registry {
         }
         spec.normalize();
         spec.keep_secrets(None).map_err(RegistryError::Invalid)?;
-        let mut g = self.lock();
-        check_domains_free(&g, &spec, None)?;
-        check_kind_runnable(&g, &spec)?;
-        let task = Task {
-            id: uuid::Uuid::new_v4().simple().to_string(),
-            spec,
-        };
-        self.put_task(&mut g, task, &[])
+        self.put_task(|g| {
+            check_domains_free(g, &spec, None)?;
+            check_kind_runnable(g, &spec)?;
+            let task = Task {
+                id: uuid::Uuid::new_v4().simple().to_string(),
+                spec,
+            };
+            Ok((task, vec![]))
+        })
+        .await
     }
 
     /// Replaces the task's spec. A change of a stateful `volume.kind` is refused unless
     /// `migrate`: then the task records where the data still is (`volume.migrating_from`) and
     /// its next start moves it.
-    pub fn update_task(
+    pub async fn update_task(
         &self,
         id: &str,
         mut spec: TaskSpec,
@@ -40,12 +42,23 @@ impl Registry {
     ) -> Result<Task, RegistryError> {
         spec.validate().map_err(RegistryError::Invalid)?;
         spec.normalize();
-        let mut g = self.lock();
+        self.put_task(|g| Self::updated_spec(g, id, spec, migrate))
+            .await
+    }
+
+    /// The task `id` with `spec`, if the change is allowed, and its old domains.
+    fn updated_spec(
+        g: &mut Inner,
+        id: &str,
+        mut spec: TaskSpec,
+        migrate: bool,
+    ) -> Result<(Task, Vec<String>), RegistryError> {
+        let g = &*g;
         let old = g.tasks.get(id).cloned().ok_or_else(|| not_found(id))?;
         spec.keep_secrets(Some(&old.spec))
             .map_err(RegistryError::Invalid)?;
-        check_domains_free(&g, &spec, Some(id))?;
-        check_kind_runnable(&g, &spec)?;
+        check_domains_free(g, &spec, Some(id))?;
+        check_kind_runnable(g, &spec)?;
         let sent = spec.volume.migrating_from.take();
         let pending = old.spec.volume.migrating_from;
         let (from, to) = (old.spec.volume.kind, spec.volume.kind);
@@ -93,13 +106,13 @@ impl Registry {
             id: id.to_string(),
             spec,
         };
-        self.put_task(&mut g, task, &old.spec.domains)
+        Ok((task, old.spec.domains))
     }
 
     /// The node holding lease `token` moved the data into the new backend: the migration is
     /// done. Any other token is refused (409), so a stale node cannot end a newer migration.
-    pub fn task_migrated(&self, id: &str, token: u64) -> Result<Task, RegistryError> {
-        let mut g = self.lock();
+    pub async fn task_migrated(&self, id: &str, token: u64) -> Result<Task, RegistryError> {
+        self.put_task(|g| {
         let mut task = g.tasks.get(id).cloned().ok_or_else(|| not_found(id))?;
         let current = g.leases.get(id).map(|l| l.token);
         if current != Some(token) {
@@ -110,52 +123,69 @@ impl Registry {
                 field: Some("token".into()),
             });
         }
-        if task.spec.volume.migrating_from.take().is_none() {
-            return Ok(task);
-        }
+        // Done already: storing it again changes nothing.
+        task.spec.volume.migrating_from = None;
         let domains = task.spec.domains.clone();
-        self.put_task(&mut g, task, &domains)
+        Ok((task, domains))
+        })
+        .await
     }
 
     /// Restarts the app wherever it runs and ends its back-off: the spec's `restarts` goes up
     /// by one, which nodes treat as any change of the spec.
-    pub fn restart_task(&self, id: &str) -> Result<Task, RegistryError> {
-        let mut g = self.lock();
-        let mut task = g.tasks.get(id).cloned().ok_or_else(|| not_found(id))?;
-        task.spec.restarts += 1;
-        let domains = task.spec.domains.clone();
-        self.put_task(&mut g, task, &domains)
+    pub async fn restart_task(&self, id: &str) -> Result<Task, RegistryError> {
+        self.put_task(|g| {
+            let mut task = g.tasks.get(id).cloned().ok_or_else(|| not_found(id))?;
+            task.spec.restarts += 1;
+            let domains = task.spec.domains.clone();
+            Ok((task, domains))
+        })
+        .await
     }
 
-    /// Stores `task` (which had `old_domains`), routes its domains, and announces it. Nothing
-    /// changes when the store refuses.
-    fn put_task(
+    /// Stores the task `decide` makes (with the domains it had), routes its domains, and
+    /// announces it. Nothing changes when the store refuses.
+    async fn put_task(
         &self,
-        g: &mut Inner,
-        task: Task,
-        old_domains: &[String],
+        decide: impl FnOnce(&mut Inner) -> Result<(Task, Vec<String>), RegistryError>,
     ) -> Result<Task, RegistryError> {
-        g.store.put_task(&task)?;
-        for d in old_domains {
-            g.domains.remove(d);
-        }
-        for d in &task.spec.domains {
-            g.domains.insert(d.clone(), task.id.clone());
-        }
-        g.tasks.insert(task.id.clone(), task.clone());
-        g.emit(
-            &self.revision_tx,
-            WatchEvent::TaskPut {
-                task: Box::new(task.clone()),
+        self.change(
+            decide,
+            |s, (task, _)| s.put_task(task),
+            |g, (task, old_domains)| {
+                for d in &old_domains {
+                    g.domains.remove(d);
+                }
+                for d in &task.spec.domains {
+                    g.domains.insert(d.clone(), task.id.clone());
+                }
+                g.tasks.insert(task.id.clone(), task.clone());
+                g.emit(
+                    &self.revision_tx,
+                    WatchEvent::TaskPut {
+                        task: Box::new(task.clone()),
+                    },
+                );
+                task
             },
-        );
-        Ok(task)
+        )
+        .await
     }
 
-    pub fn delete_task(&self, id: &str) -> Result<(), RegistryError> {
-        let mut g = self.lock();
-        let old = g.tasks.get(id).cloned().ok_or_else(|| not_found(id))?;
-        g.store.delete_task(id)?;
+    pub async fn delete_task(&self, id: &str) -> Result<(), RegistryError> {
+        let id = id.to_owned();
+        self.change(
+            |g| g.tasks.get(&id).cloned().ok_or_else(|| not_found(&id)),
+            {
+                let id = id.clone();
+                move |s, _| s.delete_task(&id)
+            },
+            |g, old| self.forget_task(g, &id, &old),
+        )
+        .await
+    }
+
+    fn forget_task(&self, g: &mut Inner, id: &str, old: &Task) {
         g.statuses.remove(id);
         g.events.remove(id);
         for d in &old.spec.domains {
@@ -166,7 +196,6 @@ impl Registry {
             &self.revision_tx,
             WatchEvent::TaskDeleted { id: id.to_string() },
         );
-        Ok(())
     }
 
     pub fn get_task(&self, id: &str) -> Result<Task, RegistryError> {

@@ -80,12 +80,12 @@ impl Registry {
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            self.tick();
+            self.tick().await;
         }
     }
 
-    pub fn tick(&self) {
+    pub async fn tick(&self) {
         self.check_node_health();
-        self.expire_leases();
+        self.expire_leases().await;
     }
 }
