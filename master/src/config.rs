@@ -37,6 +37,12 @@ pub struct Cli {
     #[arg(long, env = "SHADOW_MASTER_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+    /// A PostgreSQL database for the state instead of SQLite in the data dir, e.g.
+    /// postgres://shadow:PASSWORD@db.internal/shadow (keep the password out of the flag: use
+    /// the variable or the file) [default: unset].
+    #[arg(long, env = "SHADOW_DATABASE_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
     /// Where the state database lives [default: ./shadow-data].
     #[arg(long, env = "SHADOW_DATA_DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,6 +70,8 @@ pub struct MasterConfig {
     pub listen: SocketAddr,
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    #[serde(default)]
+    pub database_url: Option<String>,
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_interval_ms: u64,
     #[serde(default = "default_lease_grace_ms")]
@@ -91,6 +99,7 @@ impl MasterConfig {
         Self {
             listen: default_listen(),
             data_dir,
+            database_url: None,
             heartbeat_interval_ms: default_heartbeat_ms(),
             lease_grace_ms: default_lease_grace_ms(),
             api_token: None,

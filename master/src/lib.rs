@@ -34,19 +34,36 @@ pub enum RunError {
     Listener(std::io::Error),
 }
 
-/// Builds the registry from the data dir and the API state around it.
+/// The registry's store and the usage store.
+pub type Stores = (Box<dyn store::Store>, Box<dyn usage::UsageStore>);
+
+/// The stores the config names: PostgreSQL with a database URL, else SQLite in the data dir.
+/// Blocking: call it off the async workers.
+pub fn open_stores(config: &MasterConfig) -> Result<Stores, store::StoreError> {
+    Ok(match &config.database_url {
+        Some(url) => (
+            Box::new(store::postgres::PostgresStore::open(url)?),
+            Box::new(usage::postgres::PostgresUsage::open(url)?),
+        ),
+        None => (
+            Box::new(store::sqlite::SqliteStore::open(&config.data_dir)?),
+            Box::new(usage::sqlite::SqliteUsage::open(&config.data_dir)?),
+        ),
+    })
+}
+
+/// Builds the registry from the stores and the API state around it. Blocking: call it off the
+/// async workers.
 pub fn open_state(config: &MasterConfig) -> Result<Arc<api::AppState>, RunError> {
-    let store = store::sqlite::SqliteStore::open(&config.data_dir)?;
-    let registry = registry::Registry::open(Box::new(store), config.heartbeat_interval())?
+    let (store, usage_store) = open_stores(config)?;
+    let registry = registry::Registry::open(store, config.heartbeat_interval())?
         .with_lease_grace(config.lease_grace());
     Ok(Arc::new(api::AppState {
         registry: Arc::new(registry),
         api_token: config.api_token.clone(),
         metrics: metrics::Metrics::new(),
         http: reqwest::Client::new(),
-        usage: usage::UsageLedger::open(Box::new(usage::sqlite::SqliteUsage::open(
-            &config.data_dir,
-        )?))?,
+        usage: usage::UsageLedger::open(usage_store)?,
     }))
 }
 
@@ -58,10 +75,20 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let bound = listener.local_addr().map_err(RunError::Listener)?;
     config.check(bound)?;
-    let state = open_state(&config)?;
+    let state = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || open_state(&config))
+            .await
+            .map_err(|e| RunError::Store(store::StoreError::Db(e.to_string())))??
+    };
     let registry = state.registry.clone();
     let ticker = tokio::spawn(async move { registry.tick_forever().await });
-    tracing::info!(%bound, data_dir = %config.data_dir.display(), auth = config.api_token.is_some(), "master listening");
+    let store = if config.database_url.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    tracing::info!(%bound, store, data_dir = %config.data_dir.display(), auth = config.api_token.is_some(), "master listening");
     warp::serve(api::routes(state))
         .incoming(listener)
         .graceful(shutdown)

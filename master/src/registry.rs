@@ -68,7 +68,7 @@ pub const DEFAULT_LEASE_GRACE: Duration = Duration::from_millis(500);
 pub struct Registry {
     inner: Mutex<Inner>,
     /// The durable store, on its own thread.
-    store: StoreThread,
+    store: StoreThread<dyn Store>,
     /// Held through one durable change: plan, write, apply.
     writer: tokio::sync::Mutex<()>,
     clock: Clock,

@@ -3,8 +3,10 @@
 //! The master keeps its working state in memory ([`crate::registry`]) and writes every change
 //! through a [`Store`] first, so a failed write changes nothing. The store runs on a thread of
 //! its own ([`StoreThread`]): no write blocks an async worker or holds the registry's lock. SQLite ([`sqlite`]) is the
-//! embedded default; the trait is small so PostgreSQL can follow.
+//! embedded default; PostgreSQL ([`postgres`]) serves operators who run their database
+//! elsewhere (`SHADOW_DATABASE_URL`).
 
+pub mod postgres;
 pub mod sqlite;
 pub mod transfer;
 
@@ -55,17 +57,19 @@ pub trait Store: Send {
     fn import(&mut self, snap: &Snapshot) -> Result<(), StoreError>;
 }
 
-type Job = Box<dyn FnOnce(&mut dyn Store) + Send>;
+type Job<S> = Box<dyn FnOnce(&mut S) + Send>;
 
-/// A [`Store`] owned by its own thread; callers await their writes without blocking a worker.
-pub struct StoreThread {
-    jobs: std::sync::mpsc::Sender<Job>,
+/// A store owned by its own thread (the registry's [`Store`], the usage store): callers await
+/// their calls without blocking an async worker, and a client library that runs its own
+/// runtime (PostgreSQL's) is never entered or dropped on one.
+pub struct StoreThread<S: ?Sized + Send + 'static> {
+    jobs: std::sync::mpsc::Sender<Job<S>>,
 }
 
-impl StoreThread {
+impl<S: ?Sized + Send + 'static> StoreThread<S> {
     /// Moves `store` to a new thread, which ends when this handle is dropped.
-    pub fn spawn(mut store: Box<dyn Store>) -> Result<Self, StoreError> {
-        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+    pub fn spawn(mut store: Box<S>) -> Result<Self, StoreError> {
+        let (jobs, rx) = std::sync::mpsc::channel::<Job<S>>();
         std::thread::Builder::new()
             .name("shadow-store".into())
             .spawn(move || {
@@ -80,7 +84,7 @@ impl StoreThread {
     /// Runs `f` on the store's thread and answers its result.
     pub async fn run<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&mut S) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let gone = || StoreError::Db("the store's thread has ended".into());

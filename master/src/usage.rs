@@ -2,9 +2,9 @@
 //! of master and nodes), answered by `GET /usage`, and summed per app for `/metrics`.
 //!
 //! Kept apart from the registry: reports are frequent, need no watch event, and are written
-//! off the async workers ([`UsageLedger::apply`] runs in `spawn_blocking`) without the
-//! registry's lock.
+//! by the usage store's own thread without the registry's lock.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::{
@@ -17,7 +17,7 @@ use shadow_common::{
     usage::{UsageDelta, UsageReport, HOUR_S},
 };
 
-use crate::store::StoreError;
+use crate::store::{StoreError, StoreThread};
 
 /// Durable storage of usage rows (one per app and hour, summed over nodes).
 pub trait UsageStore: Send {
@@ -48,7 +48,7 @@ pub struct ReportMark {
 
 /// The usage store, and per-app totals kept in memory for `/metrics`.
 pub struct UsageLedger {
-    store: Mutex<Box<dyn UsageStore>>,
+    store: StoreThread<dyn UsageStore>,
     totals: Mutex<HashMap<String, UsageDelta>>,
 }
 
@@ -75,7 +75,7 @@ impl UsageLedger {
             };
         }
         Ok(Arc::new(Self {
-            store: Mutex::new(store),
+            store: StoreThread::spawn(store)?,
             totals: Mutex::new(totals),
         }))
     }
@@ -103,13 +103,12 @@ impl UsageLedger {
         Ok(())
     }
 
-    /// Stores a report (blocking: call from `spawn_blocking`); true if it was new.
-    pub fn apply(&self, report: &UsageReport) -> Result<bool, StoreError> {
-        let added = self
+    /// Stores a report; true if it was new.
+    pub async fn apply(&self, report: UsageReport) -> Result<bool, StoreError> {
+        let (added, report) = self
             .store
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .apply(report)?;
+            .run(move |s| s.apply(&report).map(|a| (a, report)))
+            .await?;
         if added {
             let mut totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
             for d in &report.deltas {
@@ -131,17 +130,16 @@ impl UsageLedger {
         Ok(added)
     }
 
-    /// Rows of one task or all (blocking: call from `spawn_blocking`).
-    pub fn query(
+    /// Rows of one task or all.
+    pub async fn query(
         &self,
-        task: Option<&str>,
+        task: Option<String>,
         from: u64,
         to: u64,
     ) -> Result<Vec<UsageDelta>, StoreError> {
         self.store
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .query(task, from, to)
+            .run(move |s| s.query(task.as_deref(), from, to))
+            .await
     }
 
     /// Each app's totals since it was first reported (peak: its latest hour's).

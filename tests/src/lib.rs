@@ -11,6 +11,7 @@
 //! - [`fixtures`]: the counter app as a task, unique domains, waiting until a stop finished.
 //! - [`http`]: a small client that sets Host and streams bodies.
 //! - [`image`]: the counter test app packed into a local `FROM scratch` image.
+//! - [`postgres`]: a throwaway PostgreSQL cluster, for masters on `SHADOW_DATABASE_URL`.
 //! - [`relay`]: a TCP relay that refuses or blackholes a link to the master on command.
 //! - [`docker_events`]: Docker's record of a task's containers, to prove one ran at a time.
 
@@ -26,6 +27,7 @@ pub mod master;
 pub mod moto;
 pub mod node;
 pub mod pebble;
+pub mod postgres;
 pub mod procs;
 pub mod registry;
 pub mod relay;

@@ -23,6 +23,11 @@ pub struct MasterHandle {
 pub struct MasterOptions {
     pub heartbeat_interval: Duration,
     pub token: Option<String>,
+    /// A PostgreSQL database instead of SQLite; with `SHADOW_TEST_STORE=postgres` every master
+    /// gets one of its own (kept across its restarts).
+    pub database_url: Option<String>,
+    /// SQLite in the data dir even with `SHADOW_TEST_STORE=postgres`.
+    pub sqlite: bool,
 }
 
 impl Default for MasterOptions {
@@ -30,6 +35,8 @@ impl Default for MasterOptions {
         Self {
             heartbeat_interval: Duration::from_secs(1),
             token: Some(TOKEN.to_string()),
+            database_url: None,
+            sqlite: false,
         }
     }
 }
@@ -49,6 +56,22 @@ pub async fn spawn_in(dir: TempDir, opts: MasterOptions) -> MasterHandle {
     let mut config = MasterConfig::new(PathBuf::from(dir.path()));
     config.heartbeat_interval_ms = opts.heartbeat_interval.as_millis() as u64;
     config.api_token = opts.token.clone();
+    config.database_url = match opts.database_url.clone() {
+        Some(url) => Some(url),
+        None if crate::postgres::wanted() && !opts.sqlite => {
+            // The data dir remembers its database, so a restart finds the same state.
+            let file = dir.path().join("test-database-url");
+            match std::fs::read_to_string(&file) {
+                Ok(url) => Some(url),
+                Err(_) => {
+                    let url = crate::postgres::database().await;
+                    std::fs::write(&file, &url).expect("remember the database");
+                    Some(url)
+                }
+            }
+        }
+        None => None,
+    };
     let (tx, rx) = oneshot::channel::<()>();
     let join = tokio::spawn(shadow_master::run(config, listener, async {
         let _ = rx.await;

@@ -10,14 +10,28 @@ use shadow_tests::{
     procs,
 };
 
+/// The database a data dir stands for when the masters run on PostgreSQL (as
+/// `shadow_tests::master` keeps it), made on first use.
+async fn database_of(data_dir: &Path) -> Option<String> {
+    if !shadow_tests::postgres::wanted() {
+        return None;
+    }
+    let file = data_dir.join("test-database-url");
+    if let Ok(url) = std::fs::read_to_string(&file) {
+        return Some(url);
+    }
+    let url = shadow_tests::postgres::database().await;
+    std::fs::write(&file, &url).expect("remember the database");
+    Some(url)
+}
+
 async fn master_cmd(args: &[&str], data_dir: &Path) -> Output {
-    tokio::process::Command::new(procs::binaries().await.join("shadow-master"))
-        .args(args)
-        .env_clear()
-        .env("SHADOW_DATA_DIR", data_dir)
-        .output()
-        .await
-        .expect("shadow-master runs")
+    let mut cmd = tokio::process::Command::new(procs::binaries().await.join("shadow-master"));
+    cmd.args(args).env_clear().env("SHADOW_DATA_DIR", data_dir);
+    if let Some(url) = database_of(data_dir).await {
+        cmd.env("SHADOW_DATABASE_URL", url);
+    }
+    cmd.output().await.expect("shadow-master runs")
 }
 
 fn ok(o: &Output, what: &str) {
@@ -140,5 +154,88 @@ async fn the_state_round_trips_exactly_and_an_import_never_overwrites() {
         String::from_utf8_lossy(&wrong.stderr).contains("not a shadow-master export"),
         "{}",
         String::from_utf8_lossy(&wrong.stderr)
+    );
+}
+
+#[tokio::test]
+async fn sqlite_state_moves_to_postgresql_and_back_unchanged() {
+    let m = master::spawn(MasterOptions {
+        sqlite: true,
+        ..Default::default()
+    })
+    .await;
+    let raw = m.raw();
+    let spec = json!({"name": "moving", "domains": ["moving.test"], "image": "x", "volume": {"kind": "local"}});
+    let (_, task) = raw.send("POST", "/tasks/", Some(&spec.to_string())).await;
+    let node = r#"{"id": "node-m", "address": "127.0.0.1:9"}"#;
+    raw.send("POST", "/nodes/", Some(node)).await;
+    let id = task["id"].as_str().expect("id");
+    raw.send(
+        "POST",
+        &format!("/leases/{id}"),
+        Some(r#"{"node": "node-m", "ttl_ms": 60000}"#),
+    )
+    .await;
+    let dir = m.stop().await;
+
+    let bin = procs::binaries().await.join("shadow-master");
+    let run = |args: Vec<String>, env: Vec<(&'static str, String)>| {
+        let bin = bin.clone();
+        async move {
+            let o = tokio::process::Command::new(bin)
+                .args(args)
+                .env_clear()
+                .envs(env)
+                .output()
+                .await
+                .expect("shadow-master runs");
+            ok(&o, "shadow-master");
+        }
+    };
+    let files = tempfile::tempdir().expect("files");
+    let from_sqlite = files.path().join("sqlite.json");
+    let sqlite = vec![("SHADOW_DATA_DIR", dir.path().display().to_string())];
+    run(
+        vec![
+            "export".into(),
+            "--out".into(),
+            from_sqlite.display().to_string(),
+        ],
+        sqlite,
+    )
+    .await;
+    let url = shadow_tests::postgres::database().await;
+    let pg = vec![("SHADOW_DATABASE_URL", url.clone())];
+    run(
+        vec!["import".into(), from_sqlite.display().to_string()],
+        pg.clone(),
+    )
+    .await;
+    let from_pg = files.path().join("pg.json");
+    run(
+        vec![
+            "export".into(),
+            "--out".into(),
+            from_pg.display().to_string(),
+        ],
+        pg,
+    )
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(&from_pg).expect("pg"),
+        std::fs::read_to_string(&from_sqlite).expect("sqlite"),
+        "SQLite → PostgreSQL → export is the same file"
+    );
+    // And a master on that database serves it.
+    let m = master::spawn(MasterOptions {
+        database_url: Some(url),
+        ..Default::default()
+    })
+    .await;
+    let tasks = m.client.list_tasks().await.expect("tasks");
+    assert_eq!(tasks[0].spec.name, "moving");
+    assert_eq!(
+        m.client.list_leases().await.expect("leases")[0].node,
+        "node-m"
     );
 }

@@ -284,11 +284,11 @@ fn page(u: &Ui, v: &Visit, title: &str, live: String, after: &str) -> warp::repl
 /// The last day's usage rows, of one task or all (empty if the ledger cannot be read).
 async fn last_day(u: &Ui, task: Option<String>) -> Vec<UsageRow> {
     let from = now_s().saturating_sub(86_400) / 3600 * 3600;
-    let ledger = u.state.usage.clone();
-    let rows = tokio::task::spawn_blocking(move || ledger.query(task.as_deref(), from, u64::MAX))
+    let rows = u
+        .state
+        .usage
+        .query(task, from, u64::MAX)
         .await
-        .ok()
-        .and_then(Result::ok)
         .unwrap_or_default();
     rows.iter().map(|d| UsageRow::from_delta(d, None)).collect()
 }

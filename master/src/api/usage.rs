@@ -59,10 +59,8 @@ async fn report(s: &AppState, body: &[u8]) -> warp::reply::Response {
             )),
         );
     }
-    let ledger = s.usage.clone();
-    match tokio::task::spawn_blocking(move || ledger.apply(&report)).await {
-        Ok(Ok(added)) => reply::json(StatusCode::OK, &serde_json::json!({ "added": added })),
-        Ok(Err(e)) => store_failed(e),
+    match s.usage.apply(report).await {
+        Ok(added) => reply::json(StatusCode::OK, &serde_json::json!({ "added": added })),
         Err(e) => store_failed(e),
     }
 }
@@ -102,13 +100,10 @@ async fn query(s: &AppState, q: &HashMap<String, String>) -> warp::reply::Respon
             .find(|(_, name)| **name == t)
             .map_or(t.clone(), |(id, _)| id.clone())
     });
-    let ledger = s.usage.clone();
-    let rows =
-        match tokio::task::spawn_blocking(move || ledger.query(task.as_deref(), from, to)).await {
-            Ok(Ok(rows)) => rows,
-            Ok(Err(e)) => return store_failed(e),
-            Err(e) => return store_failed(e),
-        };
+    let rows = match s.usage.query(task, from, to).await {
+        Ok(rows) => rows,
+        Err(e) => return store_failed(e),
+    };
     let rows: Vec<UsageRow> = rows
         .iter()
         .map(|d| UsageRow::from_delta(d, names.get(&d.task_id).cloned()))

@@ -33,7 +33,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn export(config: &MasterConfig, out: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let e = transfer::export(&config.data_dir)?;
+    // The stores block (and PostgreSQL's client runs its own runtime): off the async workers.
+    let e = off_runtime(|| transfer::export(config))?;
     let mut text = serde_json::to_string_pretty(&e)?;
     text.push('\n');
     match out {
@@ -70,11 +71,17 @@ fn import(config: &MasterConfig, file: &std::path::Path) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let e = transfer::parse(&file.display().to_string(), &text)?;
-    transfer::import(&config.data_dir, &e)?;
+    off_runtime(|| transfer::import(config, &e))?;
     tracing::info!(
         data_dir = %config.data_dir.display(),
         tasks = e.state.tasks.len(),
         "imported; start the master on this data dir"
     );
     Ok(())
+}
+
+/// Runs `f` on a plain thread: the stores block, and PostgreSQL's client runs a runtime of its
+/// own, which must not start inside this one.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().expect("the store thread panicked"))
 }

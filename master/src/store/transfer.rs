@@ -3,13 +3,14 @@
 //! report marks) as one JSON document, and back into an empty data dir. For backups, and for
 //! moving a master's state to another store.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 use shadow_common::usage::UsageDelta;
 
-use super::{sqlite::SqliteStore, Snapshot, Store, StoreError};
-use crate::usage::{sqlite::SqliteUsage, ReportMark, UsageStore};
+use super::{postgres::PostgresStore, Snapshot, Store, StoreError};
+use crate::{
+    usage::{postgres::PostgresUsage, ReportMark, UsageStore},
+    MasterConfig,
+};
 
 /// What the export file says it is, so an import can refuse anything else.
 pub const FORMAT: &str = "shadow-master-export";
@@ -31,19 +32,26 @@ pub enum TransferError {
     Store(#[from] StoreError),
     #[error("{0} is not a shadow-master export ({1}); export one with `shadow-master export`")]
     NotAnExport(String, String),
-    #[error("the data dir {0} already holds state ({1}); import into an empty data dir, then point the master at it")]
+    #[error("the store ({0}) already holds state ({1}); import into an empty data dir or database, then point the master at it")]
     NotEmpty(String, String),
 }
 
-/// Reads the whole state of the master whose data dir is `dir` (it may be running).
-pub fn export(dir: &Path) -> Result<Export, TransferError> {
-    let mut state = SqliteStore::open(dir)?.snapshot()?;
+/// Reads the whole state of the master `config` names (it may be running). Blocking.
+pub fn export(config: &MasterConfig) -> Result<Export, TransferError> {
+    let (mut store, mut usage): (Box<dyn Store>, Box<dyn UsageStore>) = match &config.database_url {
+        // Shared: the running master keeps the database.
+        Some(url) => (
+            Box::new(PostgresStore::open_shared(url)?),
+            Box::new(PostgresUsage::open(url)?),
+        ),
+        None => crate::open_stores(config)?,
+    };
+    let mut state = store.snapshot()?;
     // Sorted, so an export of an imported state is the same file.
     state.tasks.sort_by(|a, b| a.id.cmp(&b.id));
     state.nodes.sort_by(|a, b| a.id.cmp(&b.id));
     state.leases.sort_by(|a, b| a.task_id.cmp(&b.task_id));
     state.acme.sort_by_key(|r| r.key());
-    let mut usage = SqliteUsage::open(dir)?;
     Ok(Export {
         format: FORMAT.into(),
         version: VERSION,
@@ -69,11 +77,15 @@ pub fn parse(name: &str, text: &str) -> Result<Export, TransferError> {
     Ok(e)
 }
 
-/// Loads an export into the empty data dir `dir`; changes nothing if it is not empty.
-pub fn import(dir: &Path, e: &Export) -> Result<(), TransferError> {
-    let mut store = SqliteStore::open(dir)?;
+/// Loads an export into the empty store `config` names; changes nothing if it is not empty.
+/// Blocking.
+pub fn import(config: &MasterConfig, e: &Export) -> Result<(), TransferError> {
+    let (mut store, mut usage) = crate::open_stores(config)?;
     let here = store.snapshot()?;
-    let mut usage = SqliteUsage::open(dir)?;
+    let dir = config.database_url.as_ref().map_or_else(
+        || config.data_dir.display().to_string(),
+        |_| "database".into(),
+    );
     let held = [
         (here.tasks.len(), "tasks"),
         (here.nodes.len(), "nodes"),
@@ -82,14 +94,11 @@ pub fn import(dir: &Path, e: &Export) -> Result<(), TransferError> {
         (usage.query(None, 0, u64::MAX)?.len(), "usage rows"),
     ];
     if let Some((n, what)) = held.iter().find(|(n, _)| *n > 0) {
-        return Err(TransferError::NotEmpty(
-            dir.display().to_string(),
-            format!("{n} {what}"),
-        ));
+        return Err(TransferError::NotEmpty(dir, format!("{n} {what}")));
     }
     if here.next_token > 1 || here.acme_account.is_some() {
         return Err(TransferError::NotEmpty(
-            dir.display().to_string(),
+            dir,
             "leases were granted there".into(),
         ));
     }
