@@ -16,16 +16,6 @@ use crate::{json_text, write, CliError};
 /// How often the status is asked for while following.
 const POLL: Duration = Duration::from_millis(150);
 
-fn phase_words(p: StartPhase) -> &'static str {
-    match p {
-        StartPhase::Lease => "taking the volume lease",
-        StartPhase::Volume => "attaching the volume",
-        StartPhase::Image => "pulling the image",
-        StartPhase::Container => "starting the container",
-        StartPhase::Ready => "waiting for the app to answer",
-    }
-}
-
 async fn on_node(
     client: &MasterClient,
     task: &str,
@@ -74,7 +64,7 @@ pub async fn wake(
                     if let Some(p) = s.phase.filter(|p| Some(*p) != shown) {
                         shown = Some(p);
                         if !json {
-                            write(out, &format!("  {}\n", phase_words(p)))?;
+                            write(out, &format!("  {}\n", p.words()))?;
                             out.flush().ok();
                         }
                     }

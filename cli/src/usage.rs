@@ -3,7 +3,10 @@
 
 use std::{collections::BTreeMap, io::Write};
 
-use shadow_common::{client::MasterClient, usage::UsageRow};
+use shadow_common::{
+    client::MasterClient,
+    usage::{bytes_text, UsageRow},
+};
 
 use crate::{find, json_text, table, write, CliError};
 
@@ -41,21 +44,6 @@ fn hour_text(hour: u64) -> String {
         .ok()
         .and_then(|t| t.format(&fmt).ok())
         .unwrap_or_else(|| hour.to_string())
-}
-
-fn bytes_text(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < UNITS.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
 }
 
 fn cells(first: String, r: &UsageRow) -> Vec<String> {
@@ -113,16 +101,7 @@ pub async fn show(
             None => {
                 per_app.insert(key, r);
             }
-            Some(t) => {
-                t.running_s += r.running_s;
-                t.frozen_s += r.frozen_s;
-                t.cold_starts += r.cold_starts;
-                t.requests += r.requests;
-                t.bytes_in += r.bytes_in;
-                t.bytes_out += r.bytes_out;
-                t.cpu_s += r.cpu_s;
-                t.peak_memory_bytes = t.peak_memory_bytes.max(r.peak_memory_bytes);
-            }
+            Some(t) => t.add(&r),
         }
     }
     let body: Vec<Vec<String>> = per_app.iter().map(|(n, r)| cells(n.clone(), r)).collect();

@@ -48,6 +48,19 @@ pub enum StartPhase {
     Ready,
 }
 
+impl StartPhase {
+    /// The phase for people following a start (`shadow apps wake`, the dashboard).
+    pub fn words(self) -> &'static str {
+        match self {
+            StartPhase::Lease => "taking the volume lease",
+            StartPhase::Volume => "attaching the volume",
+            StartPhase::Image => "pulling the image",
+            StartPhase::Container => "starting the container",
+            StartPhase::Ready => "waiting for the app to answer",
+        }
+    }
+}
+
 /// Why the last start failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

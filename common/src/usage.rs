@@ -94,6 +94,18 @@ pub struct UsageRow {
 }
 
 impl UsageRow {
+    /// Adds `other` (another hour, or another node) to this row; the peak is a maximum.
+    pub fn add(&mut self, other: &UsageRow) {
+        self.running_s += other.running_s;
+        self.frozen_s += other.frozen_s;
+        self.cold_starts += other.cold_starts;
+        self.requests += other.requests;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        self.cpu_s += other.cpu_s;
+        self.peak_memory_bytes = self.peak_memory_bytes.max(other.peak_memory_bytes);
+    }
+
     pub fn from_delta(d: &UsageDelta, name: Option<String>) -> Self {
         Self {
             task_id: d.task_id.clone(),
@@ -108,6 +120,22 @@ impl UsageRow {
             cpu_s: d.cpu_ms as f64 / 1000.0,
             peak_memory_bytes: d.peak_memory_bytes,
         }
+    }
+}
+
+/// Bytes for people: `512 B`, `1.5 MiB`.
+pub fn bytes_text(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
     }
 }
 

@@ -22,13 +22,7 @@ fn total(rows: &[UsageRow], task: &str) -> Option<UsageRow> {
     let mut mine = rows.iter().filter(|r| r.task_id == task);
     let mut t = mine.next()?.clone();
     for r in mine {
-        t.running_s += r.running_s;
-        t.cold_starts += r.cold_starts;
-        t.requests += r.requests;
-        t.bytes_in += r.bytes_in;
-        t.bytes_out += r.bytes_out;
-        t.cpu_s += r.cpu_s;
-        t.peak_memory_bytes = t.peak_memory_bytes.max(r.peak_memory_bytes);
+        t.add(r);
     }
     Some(t)
 }

@@ -303,11 +303,7 @@ async fn apps_page(u: &Ui, v: &Visit) -> warp::reply::Response {
             None => {
                 day.insert(r.task_id.clone(), r);
             }
-            Some(t) => {
-                t.running_s += r.running_s;
-                t.requests += r.requests;
-                t.cpu_s += r.cpu_s;
-            }
+            Some(t) => t.add(&r),
         }
     }
     let mut lines: Vec<pages::AppLine> = u

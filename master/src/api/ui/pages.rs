@@ -5,9 +5,9 @@ use std::fmt::Write;
 
 use shadow_common::{
     node::NodeStatus,
-    status::{now_ms, AppState, AppStatus, StartPhase, TaskStatus},
+    status::{now_ms, AppState, AppStatus, TaskStatus},
     task::Task,
-    usage::UsageRow,
+    usage::{bytes_text, UsageRow},
 };
 
 use crate::registry::status::AppEvent;
@@ -40,16 +40,6 @@ fn badge(state: AppState) -> String {
     format!("<span class=\"state {w}\" data-state=\"{w}\">{w}</span>")
 }
 
-fn phase_words(p: StartPhase) -> &'static str {
-    match p {
-        StartPhase::Lease => "taking the volume lease",
-        StartPhase::Volume => "attaching the volume",
-        StartPhase::Image => "pulling the image",
-        StartPhase::Container => "starting the container",
-        StartPhase::Ready => "waiting for the app to answer",
-    }
-}
-
 /// "12 s ago", "3 min ago"… from unix milliseconds.
 pub fn ago(ms: Option<u64>) -> String {
     let Some(ms) = ms else {
@@ -71,21 +61,6 @@ fn duration(s: f64) -> String {
         format!("{:.0} min", s / 60.0)
     } else {
         format!("{:.1} h", s / 3600.0)
-    }
-}
-
-fn bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < UNITS.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
     }
 }
 
@@ -219,7 +194,7 @@ pub fn app(
                 (AppState::Starting, Some(p)) => format!(
                     "{} <span class=\"muted\">{}</span>",
                     badge(s.state),
-                    phase_words(p)
+                    p.words()
                 ),
                 _ => badge(s.state),
             };
@@ -287,10 +262,10 @@ pub fn app(
                 duration(r.running_s),
                 r.cold_starts,
                 r.requests,
-                bytes(r.bytes_in),
-                bytes(r.bytes_out),
+                bytes_text(r.bytes_in),
+                bytes_text(r.bytes_out),
                 r.cpu_s,
-                bytes(r.peak_memory_bytes)
+                bytes_text(r.peak_memory_bytes)
             );
         }
         h.push_str("</tbody></table></div>");
