@@ -17,6 +17,7 @@ pub mod error;
 pub mod follower;
 pub mod lease;
 pub mod logs;
+pub mod metrics;
 pub mod node;
 pub mod placement;
 pub mod proxy;

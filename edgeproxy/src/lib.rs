@@ -171,6 +171,7 @@ pub async fn run_listeners(
         forwarder: proxy::Forwarder::default(),
         metrics,
     });
+    let forgetter = tokio::spawn(forget_deleted(edge.clone()));
     let workers =
         Arc::new(proxy::Workers::start(config.workers, "shadow-edge").map_err(RunError::Workers)?);
     tracing::info!(%bound, edge = %config.edge_id, master = %config.master, workers = workers.len(), "edge proxy listening");
@@ -231,6 +232,7 @@ pub async fn run_listeners(
     }
     let _ = admin.await;
     checker.abort();
+    forgetter.abort();
     if let Some(r) = reloader {
         r.abort();
     }
@@ -239,4 +241,18 @@ pub async fn run_listeners(
         let _ = o.await;
     }
     Ok(())
+}
+
+/// Drops what the edge keeps per task (sticky choices, request series) when the task is
+/// deleted, so those maps do not grow with every task ever served.
+async fn forget_deleted(edge: Arc<handler::Edge>) {
+    let mut changes = edge.follower.changes();
+    while changes.changed().await.is_ok() {
+        if !edge.follower.is_synced() {
+            continue;
+        }
+        let state = edge.follower.read();
+        edge.sticky.retain(|t| state.task(t).is_some());
+        edge.metrics.retain_tasks(|t| state.task(t).is_some());
+    }
 }

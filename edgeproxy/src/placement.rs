@@ -24,6 +24,13 @@ impl Sticky {
             .get(task)
             .cloned()
     }
+    /// Forgets the choices of tasks `keep` refuses (deleted ones).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.chosen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|task, _| keep(task));
+    }
     pub fn set(&self, task: &str, node: &str) {
         let mut m = self.chosen.lock().unwrap_or_else(|e| e.into_inner());
         if m.get(task).map(String::as_str) != Some(node) {

@@ -337,8 +337,10 @@ impl Apps {
     /// Stops every app whose task was deleted or changed on the master, without waiting for its
     /// idle timeout or its next request: a deleted app must not keep running and holding its
     /// volume, and a changed one restarts with its new spec on the next request.
+    /// What the node keeps per task (its slot, usage meter, status, request series) goes once
+    /// a deleted task's app is stopped, so those maps do not grow with every task ever run.
     pub fn reconcile(&self, state: &ClusterState) {
-        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         for slot in slots.values() {
             if let State::Running(r) = &*slot.lock() {
                 if state
@@ -348,6 +350,20 @@ impl Apps {
                     r.replaced.notify_one();
                 }
             }
+        }
+        let gone: Vec<String> = slots
+            .iter()
+            .filter(|(id, slot)| state.task(id).is_none() && matches!(*slot.lock(), State::Idle))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            slots.remove(id);
+            self.ctx.usage.forget(id);
+            self.ctx.status.forget(id);
+        }
+        drop(slots);
+        if !gone.is_empty() {
+            self.ctx.metrics.retain_tasks(|t| state.task(t).is_some());
         }
     }
 
@@ -532,7 +548,8 @@ impl Apps {
         if self.ctx.follower.read().task(&running.task.id).is_some() {
             self.ctx.status.idle(&running.task.id);
         } else {
-            self.ctx.status.forget(&running.task.id);
+            // Deleted while it ran: what the node kept for it goes now that it is stopped.
+            self.reconcile(&self.ctx.follower.read());
         }
         let _ = done_tx.send(true);
     }

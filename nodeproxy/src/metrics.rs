@@ -75,6 +75,11 @@ impl Metrics {
         }
     }
 
+    /// Drops the request series of tasks `keep` refuses (deleted ones).
+    pub fn retain_tasks(&self, keep: impl Fn(&str) -> bool) {
+        shadow_common::metrics::retain(&self.requests, "task", keep);
+    }
+
     pub fn request(&self, task: &str, app: &str, status: http::StatusCode) {
         self.requests
             .with_label_values(&[task, app, status.as_str()])

@@ -71,6 +71,8 @@ pub struct UsageMeter {
     apps: Mutex<HashMap<String, Arc<AppMeter>>>,
     queue: Mutex<VecDeque<UsageReport>>,
     seq: AtomicU64,
+    /// Deleted tasks whose meters go once their last figures are collected.
+    gone: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Reports kept while the master is away (a day of minutes); the oldest go first.
@@ -85,6 +87,7 @@ impl UsageMeter {
             apps: Mutex::default(),
             queue: Mutex::default(),
             seq: AtomicU64::new(0),
+            gone: Mutex::default(),
         })
     }
 
@@ -183,9 +186,44 @@ impl UsageMeter {
         out
     }
 
+    /// A deleted task: its meter goes after the next collection (its last figures are
+    /// reported, not lost).
+    pub fn forget(&self, task: &str) {
+        self.gone
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(task.to_owned());
+    }
+
+    /// Drops the meters of deleted tasks whose figures were all collected.
+    fn drop_gone(&self) {
+        let mut gone = self.gone.lock().unwrap_or_else(|e| e.into_inner());
+        let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
+        gone.retain(|task| {
+            let idle = apps.get(task).is_none_or(|m| {
+                let l = m.ledger.lock().unwrap_or_else(|e| e.into_inner());
+                l.container.is_none()
+                    && l.hours.is_empty()
+                    && m.requests.load(Ordering::Relaxed) == 0
+                    && m.bytes.received.load(Ordering::Relaxed) == 0
+                    && m.bytes.sent.load(Ordering::Relaxed) == 0
+            });
+            if idle {
+                apps.remove(task);
+            }
+            !idle
+        });
+    }
+
+    /// The number of apps with a meter (for tests of the clean-up).
+    pub fn metered(&self) -> usize {
+        self.apps.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// One round: collect, queue, send what is queued in order (stopping at the first failure).
     pub async fn report(&self, master: &MasterClient) {
         let deltas = self.collect().await;
+        self.drop_gone();
         if !deltas.is_empty() {
             let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
             let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
