@@ -24,6 +24,23 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// The status of `GET /` on `host` once the node has heard of the task (a task just created
+/// reaches the node through its watch a moment later; until then it answers 404).
+async fn status_once_known(node: std::net::SocketAddr, host: &str) -> u16 {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = Client::new(node)
+            .get(host, "/")
+            .await
+            .expect("answer")
+            .status;
+        if status != 404 || tokio::time::Instant::now() >= deadline {
+            return status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn private_images_pull_with_credentials_and_always_follows_a_moved_tag() {
     counter_image().await.expect("image");
@@ -36,27 +53,13 @@ async fn private_images_pull_with_credentials_and_always_follows_a_moved_tag() {
     let image = reg.push(COUNTER_IMAGE, "shadow/counter:v1");
     let d = domain("private");
     counter_task(&m, &d, "none", |s| s["image"] = serde_json::json!(image)).await;
-    assert_eq!(
-        Client::new(with.addr)
-            .get(&d, "/")
-            .await
-            .expect("answer")
-            .status,
-        200
-    );
+    assert_eq!(status_once_known(with.addr, &d).await, 200);
 
     // Without: refused, and the status says it was the credentials, naming the registry.
     let other = reg.push(COUNTER_IMAGE, "shadow/counter:v2");
     let e = domain("private-denied");
     let t = counter_task(&m, &e, "none", |s| s["image"] = serde_json::json!(other)).await;
-    assert_eq!(
-        Client::new(without.addr)
-            .get(&e, "/")
-            .await
-            .expect("answer")
-            .status,
-        503
-    );
+    assert_eq!(status_once_known(without.addr, &e).await, 503);
     let s = status_until(&m, &t.id, "the pull failure reported", |s| {
         s.nodes.iter().any(|a| a.last_error.is_some())
     })
