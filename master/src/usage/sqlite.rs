@@ -56,6 +56,37 @@ fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// Adds one delta to its app's hour (summed; the peak is a maximum).
+fn add(conn: &Connection, d: &UsageDelta) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO usage VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (task_id, hour) DO UPDATE SET
+           running_ms = running_ms + excluded.running_ms,
+           frozen_ms = frozen_ms + excluded.frozen_ms,
+           cold_starts = cold_starts + excluded.cold_starts,
+           requests = requests + excluded.requests,
+           bytes_in = bytes_in + excluded.bytes_in,
+           bytes_out = bytes_out + excluded.bytes_out,
+           cpu_ms = cpu_ms + excluded.cpu_ms,
+           peak_memory_bytes = max(peak_memory_bytes, excluded.peak_memory_bytes)",
+    )
+    .map_err(db)?
+    .execute(params![
+        d.task_id,
+        int(d.hour),
+        int(d.running_ms),
+        int(d.frozen_ms),
+        int(d.cold_starts),
+        int(d.requests),
+        int(d.bytes_in),
+        int(d.bytes_out),
+        int(d.cpu_ms),
+        int(d.peak_memory_bytes)
+    ])
+    .map_err(db)?;
+    Ok(())
+}
+
 impl UsageStore for SqliteUsage {
     fn apply(&mut self, report: &UsageReport) -> Result<bool, StoreError> {
         let tx = self.conn.transaction().map_err(db)?;
@@ -76,36 +107,8 @@ impl UsageStore for SqliteUsage {
             params![report.node, report.boot, int(report.seq)],
         )
         .map_err(db)?;
-        {
-            let mut st = tx
-                .prepare_cached(
-                    "INSERT INTO usage VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-                     ON CONFLICT (task_id, hour) DO UPDATE SET
-                       running_ms = running_ms + excluded.running_ms,
-                       frozen_ms = frozen_ms + excluded.frozen_ms,
-                       cold_starts = cold_starts + excluded.cold_starts,
-                       requests = requests + excluded.requests,
-                       bytes_in = bytes_in + excluded.bytes_in,
-                       bytes_out = bytes_out + excluded.bytes_out,
-                       cpu_ms = cpu_ms + excluded.cpu_ms,
-                       peak_memory_bytes = max(peak_memory_bytes, excluded.peak_memory_bytes)",
-                )
-                .map_err(db)?;
-            for d in &report.deltas {
-                st.execute(params![
-                    d.task_id,
-                    int(d.hour),
-                    int(d.running_ms),
-                    int(d.frozen_ms),
-                    int(d.cold_starts),
-                    int(d.requests),
-                    int(d.bytes_in),
-                    int(d.bytes_out),
-                    int(d.cpu_ms),
-                    int(d.peak_memory_bytes)
-                ])
-                .map_err(db)?;
-            }
+        for d in &report.deltas {
+            add(&tx, d)?;
         }
         tx.commit().map_err(db)?;
         Ok(true)
@@ -165,23 +168,9 @@ impl UsageStore for SqliteUsage {
 
     fn import(&mut self, rows: &[UsageDelta], marks: &[ReportMark]) -> Result<(), StoreError> {
         let tx = self.conn.transaction().map_err(db)?;
+        // Into an empty store, adding is inserting.
         for d in rows {
-            tx.execute(
-                "INSERT INTO usage VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![
-                    d.task_id,
-                    int(d.hour),
-                    int(d.running_ms),
-                    int(d.frozen_ms),
-                    int(d.cold_starts),
-                    int(d.requests),
-                    int(d.bytes_in),
-                    int(d.bytes_out),
-                    int(d.cpu_ms),
-                    int(d.peak_memory_bytes)
-                ],
-            )
-            .map_err(db)?;
+            add(&tx, d)?;
         }
         for m in marks {
             tx.execute(
