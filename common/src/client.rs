@@ -1,6 +1,17 @@
-//! A typed client for the master's REST API, used by the node proxy, the edge and tests.
+//! A typed client for the master's REST API, used by the node proxy, the edge, the CLI and tests.
+//!
+//! It takes several masters (`http://m1:7070,http://m2:7070`): a call that cannot reach one, or
+//! that one answers with a 5xx, is sent to the next at once, and the client stays there; after
+//! a while it tries the first again, so a fleet comes back to the masters in the operator's
+//! order once they are up.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
 
 use reqwest::{Method, StatusCode};
 use serde::{de::DeserializeOwned, Serialize};
@@ -58,33 +69,115 @@ impl ClientError {
     }
 }
 
-/// Cheap to clone; shares one connection pool.
+/// Cheap to clone; shares one connection pool and the choice of master.
 #[derive(Clone, Debug)]
 pub struct MasterClient {
-    base: String,
+    masters: Arc<Masters>,
     token: Option<String>,
     http: reqwest::Client,
 }
 
+/// The masters a client may use, and which one it uses now.
+#[derive(Debug)]
+struct Masters {
+    urls: Vec<String>,
+    current: AtomicUsize,
+    /// When the client last moved away from the first master.
+    moved_at: Mutex<Option<tokio::time::Instant>>,
+}
+
+/// How long a client stays on another master before it tries the first again (plus up to
+/// half as much again, so a fleet does not come back in one moment).
+const COME_BACK: Duration = Duration::from_secs(30);
+
+/// A random duration in `[0, max)`, to spread retries of many clients.
+pub fn jitter(max: Duration) -> Duration {
+    let nanos = max.as_nanos().max(1);
+    Duration::from_nanos((uuid::Uuid::new_v4().as_u128() % nanos) as u64)
+}
+
+impl Masters {
+    fn new(list: &str) -> Self {
+        let urls: Vec<String> = list
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        Self {
+            urls: if urls.is_empty() {
+                vec![list.trim().to_string()]
+            } else {
+                urls
+            },
+            current: AtomicUsize::new(0),
+            moved_at: Mutex::new(None),
+        }
+    }
+
+    /// The master to ask first: the current one, or the first again after a while away.
+    fn pick(&self) -> usize {
+        let cur = self.current.load(Ordering::Relaxed);
+        if cur != 0 {
+            let mut moved = self.moved_at.lock().unwrap_or_else(|e| e.into_inner());
+            if moved.is_some_and(|at| at.elapsed() >= COME_BACK + jitter(COME_BACK / 2)) {
+                *moved = None;
+                self.current.store(0, Ordering::Relaxed);
+                return 0;
+            }
+        }
+        cur
+    }
+
+    /// Moves from `from` to the next master (unless another call moved already).
+    fn move_on(&self, from: usize) -> usize {
+        let next = (from + 1) % self.urls.len();
+        if self
+            .current
+            .compare_exchange(from, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            *self.moved_at.lock().unwrap_or_else(|e| e.into_inner()) =
+                (next != 0).then(tokio::time::Instant::now);
+        }
+        next
+    }
+}
+
 impl MasterClient {
-    /// `base` is the master's URL, e.g. `http://127.0.0.1:7070`.
+    /// `base` is the master's URL, e.g. `http://127.0.0.1:7070`, or several separated by
+    /// commas (masters sharing one database).
     pub fn new(base: impl Into<String>, token: Option<String>) -> Self {
+        let masters = Masters::new(&base.into());
+        // With another master to go to, a dead one must not hold a call for long.
+        let connect = if masters.urls.len() > 1 {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(5)
+        };
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(connect)
             .tcp_nodelay(true)
             .build()
             .unwrap_or_default();
         Self {
-            base: base.into().trim_end_matches('/').to_string(),
+            masters: Arc::new(masters),
             token,
             http,
         }
     }
 
+    /// The master the client uses now.
     pub fn base_url(&self) -> &str {
-        &self.base
+        &self.masters.urls[self.masters.current.load(Ordering::Relaxed) % self.masters.urls.len()]
     }
 
+    /// Every master the client may use, in order.
+    pub fn masters(&self) -> &[String] {
+        &self.masters.urls
+    }
+
+    /// Calls the current master, and the next ones while they cannot answer (unreachable, or
+    /// a 5xx): each at most once.
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
@@ -92,7 +185,35 @@ impl MasterClient {
         body: Option<&B>,
         timeout: Duration,
     ) -> Result<T, ClientError> {
-        let url = format!("{}{}", self.base, path);
+        let n = self.masters.urls.len();
+        let mut at = self.masters.pick();
+        let mut tried = 1;
+        loop {
+            let base = &self.masters.urls[at];
+            match self
+                .call_one(base, method.clone(), path, body, timeout)
+                .await
+            {
+                Err(e) if e.is_transient() && tried < n => {
+                    let next = self.masters.move_on(at);
+                    tracing::warn!(error = %e, from = %base, to = %self.masters.urls[next], "master failed; moving to the next");
+                    at = next;
+                    tried += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn call_one<B: Serialize, T: DeserializeOwned>(
+        &self,
+        base: &str,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let url = format!("{base}{path}");
         let mut req = self.http.request(method, &url).timeout(timeout);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -217,15 +338,26 @@ impl MasterClient {
         tail: usize,
         follow: bool,
     ) -> Result<reqwest::Response, ClientError> {
-        let url = format!("{}/tasks/{id}/logs?tail={tail}&follow={follow}", self.base);
-        let mut req = self.http.get(&url);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|source| ClientError::Transport { url, source })?;
+        let mut at = self.masters.pick();
+        let mut tried = 1;
+        let resp = loop {
+            let url = format!(
+                "{}/tasks/{id}/logs?tail={tail}&follow={follow}",
+                self.masters.urls[at]
+            );
+            let mut req = self.http.get(&url);
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            match req.send().await {
+                Ok(resp) => break resp,
+                Err(_) if tried < self.masters.urls.len() => {
+                    at = self.masters.move_on(at);
+                    tried += 1;
+                }
+                Err(source) => return Err(ClientError::Transport { url, source }),
+            }
+        };
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);

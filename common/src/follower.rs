@@ -9,7 +9,10 @@ use std::{
 
 use tokio::sync::watch;
 
-use crate::{client::MasterClient, state::ClusterState};
+use crate::{
+    client::{jitter, MasterClient},
+    state::ClusterState,
+};
 
 /// A handle on the followed state; cheap to clone.
 #[derive(Clone, Debug)]
@@ -99,8 +102,10 @@ async fn follow(client: MasterClient, state: Arc<RwLock<ClusterState>>, tx: watc
                 epoch = Some(resp.epoch);
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "watch on the master failed");
-                tokio::time::sleep(backoff).await;
+                // Jittered: a master's restart must not bring every node back in one moment.
+                let wait = backoff / 2 + jitter(backoff);
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "watch on the master failed");
+                tokio::time::sleep(wait).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }

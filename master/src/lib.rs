@@ -83,6 +83,13 @@ pub async fn run(
     };
     let registry = state.registry.clone();
     let ticker = tokio::spawn(async move { registry.tick_forever().await });
+    // Masters sharing a database follow each other's changes.
+    let stop_listening = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let follower = config.database_url.as_ref().map(|url| {
+        let notify = Arc::new(tokio::sync::Notify::new());
+        store::postgres::listen(url, notify.clone(), stop_listening.clone());
+        tokio::spawn(state.registry.clone().follow_forever(notify))
+    });
     let store = if config.database_url.is_some() {
         "postgres"
     } else {
@@ -95,5 +102,9 @@ pub async fn run(
         .run()
         .await;
     ticker.abort();
+    if let Some(f) = follower {
+        f.abort();
+    }
+    stop_listening.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }

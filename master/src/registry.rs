@@ -6,8 +6,14 @@
 //! memory with an event, so a failed write changes nothing and `/watch`, heartbeats and renewals
 //! never wait for a disk. Durable changes go one at a time. Sub-modules hold the rules per
 //! resource.
+//!
+//! Masters that share a store (PostgreSQL) each keep this memory as a copy: a change is
+//! decided on the copy and written only if no other master wrote since the copy was last
+//! brought up to date (else it catches up and decides again), and every master applies the
+//! store's change log ([`follow`]), so revisions and the watch are the same on all of them.
 
 mod acme;
+mod follow;
 mod leases;
 mod nodes;
 pub mod status;
@@ -16,22 +22,20 @@ mod watch;
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
+use crate::{
+    clock::Clock,
+    store::{write_shared, Store, StoreError, StoreThread},
+};
 use shadow_common::{
     error::FieldError,
     lease::{Lease, MAX_TTL_MS},
     node::NodeRegistration,
     task::Task,
     watch::WatchEvent,
-};
-use tokio::time::Instant;
-
-use crate::{
-    clock::Clock,
-    store::{Store, StoreError, StoreThread},
 };
 
 /// Why a registry call was refused; the API maps each to one status.
@@ -61,6 +65,9 @@ pub enum RegistryError {
 /// How many events the watch can replay before a client must start over from a snapshot.
 const LOG_LEN: usize = 10_000;
 
+/// How often a change is decided again because another master wrote first, before giving up.
+const MAX_ATTEMPTS: u32 = 20;
+
 /// How long after a lease's expiry the master still refuses it to other nodes by default: the
 /// old holder's margin for clock-rate error and a slow kill (see `docs/leases.md`).
 pub const DEFAULT_LEASE_GRACE: Duration = Duration::from_millis(500);
@@ -72,7 +79,10 @@ pub struct Registry {
     /// Held through one durable change: plan, write, apply.
     writer: tokio::sync::Mutex<()>,
     clock: Clock,
+    /// The watch's epoch: this run of the master, or the fleet when masters share a store.
     epoch: String,
+    /// Whether other masters write the same store (see the module docs).
+    shared: bool,
     heartbeat_interval: Duration,
     lease_grace_ms: u64,
     revision_tx: tokio::sync::watch::Sender<u64>,
@@ -82,7 +92,6 @@ struct NodeEntry {
     reg: NodeRegistration,
     running: Vec<String>,
     load: f64,
-    last_heartbeat: Option<Instant>,
     last_heartbeat_ms: Option<u64>,
     healthy: bool,
 }
@@ -101,46 +110,65 @@ struct Inner {
     next_token: u64,
     revision: u64,
     log: VecDeque<(u64, WatchEvent)>,
+    /// A watcher at this revision or later can be answered from `log`; one further behind
+    /// gets the whole state.
+    log_floor: u64,
+    /// While a change from the store is applied: the revision its events carry.
+    emit_at: Option<u64>,
 }
 
 impl Registry {
-    /// Loads the durable state. Nodes start unhealthy until their next heartbeat; every lease
-    /// is re-armed for its full TTL from now, since its holder may have renewed it while this
-    /// master was down (renewals are not written to the store).
+    /// Loads the durable state. Nodes start unhealthy until their next heartbeat. On a store
+    /// of its own, every lease is re-armed for its full TTL from now, since its holder may have
+    /// renewed it while this master was down (renewals are not written there); a shared store
+    /// holds every renewal.
     pub fn open(
         mut store: Box<dyn Store>,
         heartbeat_interval: Duration,
     ) -> Result<Self, StoreError> {
-        let snap = store.load()?;
-        let mut domains = HashMap::new();
-        let mut tasks = BTreeMap::new();
+        let shared = store.shared();
+        let load = store.load_shared()?;
+        let clock = match store.now_ms()? {
+            Some(db_now) => Clock::starting_at(db_now),
+            None => Clock::new(),
+        };
+        let now = clock.now_ms();
+        let snap = load.snapshot;
+        let mut inner = Inner {
+            tasks: BTreeMap::new(),
+            domains: HashMap::new(),
+            nodes: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            acme: snap.acme.into_iter().map(|r| (r.key(), r)).collect(),
+            acme_account: snap.acme_account,
+            statuses: HashMap::new(),
+            events: HashMap::new(),
+            next_token: snap.next_token.max(1),
+            revision: load.head,
+            log: VecDeque::new(),
+            log_floor: load.head,
+            emit_at: None,
+        };
         for t in snap.tasks {
             for d in &t.spec.domains {
-                domains.insert(d.clone(), t.id.clone());
+                inner.domains.insert(d.clone(), t.id.clone());
             }
-            tasks.insert(t.id.clone(), t);
+            inner.tasks.insert(t.id.clone(), t);
         }
-        let nodes = snap
-            .nodes
-            .into_iter()
-            .map(|reg| {
-                let entry = NodeEntry {
-                    reg,
-                    running: vec![],
-                    load: 0.0,
-                    last_heartbeat: None,
-                    last_heartbeat_ms: None,
-                    healthy: false,
-                };
-                (entry.reg.id.clone(), entry)
-            })
-            .collect();
-        let clock = Clock::new();
-        let now = clock.now_ms();
-        let leases = snap
-            .leases
-            .into_iter()
-            .map(|mut l| {
+        let mut live: HashMap<_, _> = load.live.into_iter().collect();
+        for reg in snap.nodes {
+            let l = live.remove(&reg.id);
+            let entry = NodeEntry {
+                running: l.as_ref().map(|l| l.running.clone()).unwrap_or_default(),
+                load: l.as_ref().map_or(0.0, |l| l.load),
+                last_heartbeat_ms: l.as_ref().map(|l| l.at_ms),
+                healthy: l.is_some_and(|l| l.healthy),
+                reg,
+            };
+            inner.nodes.insert(entry.reg.id.clone(), entry);
+        }
+        for mut l in snap.leases {
+            if !shared {
                 let ttl = if l.ttl_ms > 0 {
                     l.ttl_ms
                 } else {
@@ -148,28 +176,24 @@ impl Registry {
                     l.expires_at.saturating_sub(l.granted_at).min(MAX_TTL_MS)
                 };
                 l.expires_at = l.expires_at.max(now + ttl);
-                (l.task_id.clone(), l)
-            })
-            .collect();
-        let (revision_tx, _) = tokio::sync::watch::channel(0);
+            }
+            inner.leases.insert(l.task_id.clone(), l);
+        }
+        for st in load.statuses {
+            status::record(&mut inner, st);
+        }
+        let (revision_tx, _) = tokio::sync::watch::channel(load.head);
         Ok(Self {
             store: StoreThread::spawn(store)?,
             writer: tokio::sync::Mutex::new(()),
-            inner: Mutex::new(Inner {
-                tasks,
-                domains,
-                nodes,
-                leases,
-                acme: snap.acme.into_iter().map(|r| (r.key(), r)).collect(),
-                acme_account: snap.acme_account,
-                statuses: HashMap::new(),
-                events: HashMap::new(),
-                next_token: snap.next_token.max(1),
-                revision: 0,
-                log: VecDeque::new(),
-            }),
+            inner: Mutex::new(inner),
             clock,
-            epoch: uuid::Uuid::new_v4().simple().to_string(),
+            epoch: if shared {
+                load.cluster
+            } else {
+                uuid::Uuid::new_v4().simple().to_string()
+            },
+            shared,
             heartbeat_interval,
             lease_grace_ms: DEFAULT_LEASE_GRACE.as_millis() as u64,
             revision_tx,
@@ -189,20 +213,50 @@ impl Registry {
 
     /// One durable change: `plan` decides under the lock what to write (no I/O there), the
     /// store's thread writes it with no lock held, and `apply` updates memory under the lock.
-    /// Durable changes are serialized, so what `plan` checked still holds at `apply`.
+    /// Durable changes are serialized, so what `plan` checked still holds at `apply`. On a
+    /// shared store, a write that finds another master wrote first is refused by the store;
+    /// then this master catches up and plans again.
     async fn change<P: Send + 'static, T>(
         &self,
-        plan: impl FnOnce(&mut Inner) -> Result<P, RegistryError>,
-        write: impl FnOnce(&mut dyn Store, &P) -> Result<(), StoreError> + Send + 'static,
+        mut plan: impl FnMut(&mut Inner) -> Result<P, RegistryError>,
+        write: impl Fn(&mut dyn Store, &P) -> Result<(), StoreError> + Send + Sync + 'static,
         apply: impl FnOnce(&mut Inner, P) -> T,
     ) -> Result<T, RegistryError> {
-        let _one = self.writer.lock().await;
-        let planned = plan(&mut self.lock())?;
-        let planned = self
-            .store
-            .run(move |s| write(s, &planned).map(|()| planned))
-            .await?;
-        Ok(apply(&mut self.lock(), planned))
+        let write = Arc::new(write);
+        let mut attempt = 0;
+        loop {
+            let _one = self.writer.lock().await;
+            let (planned, expect) = {
+                let mut g = self.lock();
+                (plan(&mut g)?, g.revision)
+            };
+            let write = write.clone();
+            let written = self
+                .store
+                .run(move |s| {
+                    write_shared(s, Some(expect), |s| write(s, &planned).map(|()| planned))
+                })
+                .await;
+            match written {
+                Ok((planned, head)) => {
+                    let mut g = self.lock();
+                    if !self.shared {
+                        return Ok(apply(&mut g, planned));
+                    }
+                    g.emit_at = Some(head);
+                    let out = apply(&mut g, planned);
+                    g.emit_at = None;
+                    g.revision = head;
+                    self.revision_tx.send_replace(head);
+                    return Ok(out);
+                }
+                Err(StoreError::Stale) if attempt < MAX_ATTEMPTS => {
+                    attempt += 1;
+                    self.catch_up_holding_writer().await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     pub fn clock(&self) -> &Clock {
@@ -219,10 +273,12 @@ impl Registry {
 
 impl Inner {
     fn emit(&mut self, tx: &tokio::sync::watch::Sender<u64>, ev: WatchEvent) {
-        self.revision += 1;
+        self.revision = self.emit_at.unwrap_or(self.revision + 1);
         self.log.push_back((self.revision, ev));
         if self.log.len() > LOG_LEN {
-            self.log.pop_front();
+            if let Some((r, _)) = self.log.pop_front() {
+                self.log_floor = r;
+            }
         }
         tx.send_replace(self.revision);
     }
@@ -333,7 +389,9 @@ mod tests {
                     running: vec![],
                     load: 0.5,
                 };
-                reader.heartbeat("a", hb).expect("heartbeat");
+                tokio::runtime::Handle::current()
+                    .block_on(reader.heartbeat("a", hb))
+                    .expect("heartbeat");
                 (reader.list_tasks().len(), reader.list_nodes().len())
             }),
         )

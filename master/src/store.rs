@@ -6,11 +6,16 @@
 //! embedded default; PostgreSQL ([`postgres`]) serves operators who run their database
 //! elsewhere (`SHADOW_DATABASE_URL`).
 
+mod pg_connect;
 pub mod postgres;
 pub mod sqlite;
 pub mod transfer;
 
-use shadow_common::{acme::AcmeRecord, lease::Lease, node::NodeRegistration, task::Task};
+use std::collections::BTreeMap;
+
+use shadow_common::{
+    acme::AcmeRecord, lease::Lease, node::NodeRegistration, status::AppStatus, task::Task,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -18,6 +23,71 @@ pub enum StoreError {
     Db(String),
     #[error("state database holds a record this master cannot read ({0}); was it written by a newer version?")]
     Corrupt(String),
+    /// Another master changed the shared state since this one last read it: catch up, decide
+    /// again. Never reaches a client unless masters keep racing (then it is a 503).
+    #[error("another master changed the state at the same moment; try again")]
+    Stale,
+}
+
+/// What a node last told one of the masters: shared between masters on PostgreSQL, so every
+/// master judges its health alike.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeLive {
+    pub running: Vec<String>,
+    pub load: f64,
+    pub healthy: bool,
+    /// The last heartbeat (unix ms, the database's clock).
+    pub at_ms: u64,
+}
+
+/// A record as it is now, named by an entry of a shared store's change log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Changed {
+    Task {
+        id: String,
+        now: Option<Task>,
+    },
+    Node {
+        id: String,
+        reg: Option<NodeRegistration>,
+        live: Option<NodeLive>,
+    },
+    Lease {
+        task_id: String,
+        now: Option<Lease>,
+        /// Dropped because it lapsed (not released).
+        lapsed: bool,
+        next_token: u64,
+    },
+    Acme {
+        key: String,
+        now: Option<AcmeRecord>,
+    },
+    AcmeAccount(Option<serde_json::Value>),
+    Status {
+        task: String,
+        node: String,
+        now: Option<AppStatus>,
+    },
+}
+
+/// One entry of the change log, at its revision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub revision: u64,
+    pub what: Changed,
+}
+
+/// Everything a master sharing its store loads at start.
+#[derive(Debug, Default)]
+pub struct SharedLoad {
+    pub snapshot: Snapshot,
+    pub live: Vec<(String, NodeLive)>,
+    pub statuses: Vec<AppStatus>,
+    /// The change log's head: the revision `snapshot` is at.
+    pub head: u64,
+    /// Names the fleet (the watch's epoch): the same on every master of one database.
+    pub cluster: String,
 }
 
 /// Everything loaded at start-up (and what `shadow-master export` writes).
@@ -55,6 +125,95 @@ pub trait Store: Send {
     fn snapshot(&mut self) -> Result<Snapshot, StoreError>;
     /// Writes a whole snapshot into this (empty) store in one transaction (an import).
     fn import(&mut self, snap: &Snapshot) -> Result<(), StoreError>;
+
+    // Below: what several masters sharing one store need. The defaults are a store that one
+    // master owns alone (SQLite), where memory is the truth and none of it is needed.
+
+    /// Whether several masters may share this store. Then every write is one transaction
+    /// between [`Store::begin`] and [`Store::commit`] that appends to a change log the other
+    /// masters follow ([`Store::changes_since`]).
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Everything, with the live state and the change log's head (shared stores).
+    fn load_shared(&mut self) -> Result<SharedLoad, StoreError> {
+        Ok(SharedLoad {
+            snapshot: self.load()?,
+            ..SharedLoad::default()
+        })
+    }
+    /// Starts a write, serialized with every other master's. With `expect`, fails with
+    /// [`StoreError::Stale`] unless the change log's head is still `expect`: the writer decided
+    /// on memory that is up to date.
+    fn begin(&mut self, _expect: Option<u64>) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Commits what [`Store::begin`] started and answers the change log's new head.
+    fn commit(&mut self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+    fn rollback(&mut self) {}
+    /// The log's entries after `revision`, each with its record as it is now; `None` when
+    /// entries after `revision` were pruned (reload everything).
+    fn changes_since(&mut self, _revision: u64) -> Result<Option<Vec<Change>>, StoreError> {
+        Ok(Some(vec![]))
+    }
+    /// Drops a lease because it lapsed (a change followers announce as such).
+    fn lapse_lease(&mut self, task_id: &str) -> Result<(), StoreError> {
+        self.delete_lease(task_id)
+    }
+    /// The leases of these tasks as stored (to renew them inside a write).
+    fn leases_of(&mut self, _task_ids: &[String]) -> Result<BTreeMap<String, Lease>, StoreError> {
+        Ok(BTreeMap::new())
+    }
+    /// Stores a renewal's new expiry.
+    fn renew_lease(&mut self, _lease: &Lease) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Stores what a node told a master and announces it.
+    fn put_node_live(&mut self, _id: &str, _live: &NodeLive) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Records a heartbeat that changed nothing else (not announced; outside any write).
+    fn touch_node(&mut self, _id: &str, _at_ms: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Every node's last heartbeat (unix ms).
+    fn node_heartbeats(&mut self) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(vec![])
+    }
+    /// Stores an app's status; `announce` adds it to the change log (a change of state).
+    fn put_app_status(&mut self, _status: &AppStatus, _announce: bool) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The store's clock (unix ms), which shared masters use for lease times.
+    fn now_ms(&mut self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+    /// Forgets change-log entries but the newest `keep`.
+    fn prune(&mut self, _keep: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Runs `f` as one write of a shared store (see [`Store::begin`]); on a store of one master,
+/// just runs it.
+pub fn write_shared<T>(
+    s: &mut dyn Store,
+    expect: Option<u64>,
+    f: impl FnOnce(&mut dyn Store) -> Result<T, StoreError>,
+) -> Result<(T, u64), StoreError> {
+    if !s.shared() {
+        return f(s).map(|t| (t, 0));
+    }
+    s.begin(expect)?;
+    match f(s).and_then(|t| s.commit().map(|head| (t, head))) {
+        Ok(done) => Ok(done),
+        Err(e) => {
+            s.rollback();
+            Err(e)
+        }
+    }
 }
 
 type Job<S> = Box<dyn FnOnce(&mut S) + Send>;

@@ -14,6 +14,8 @@ use tokio::sync::OnceCell;
 
 pub struct Cluster {
     pub port: u16,
+    /// The CA that signed the server's certificate (for `sslrootcert`).
+    pub ca: PathBuf,
     _dir: tempfile::TempDir,
     /// The watchdog shell holding the server; it ends with this process.
     _server: tokio::process::Child,
@@ -78,7 +80,7 @@ async fn start() -> Cluster {
     let port = crate::procs::free_addr().port();
     // The server runs until this process is gone: a watchdog checks for it every second.
     let script = format!(
-        "{} -D '{}' -p {port} -k '{}' -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400 >'{}/log' 2>&1 & pid=$!; \
+        "{} -D '{}' -p {port} -k '{}' -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400 -c ssl=on >'{}/log' 2>&1 & pid=$!; \
          while [ -d /proc/{} ] && kill -0 $pid 2>/dev/null; do sleep 1; done; kill -INT $pid 2>/dev/null",
         bin("postgres").display(),
         data.display(),
@@ -112,8 +114,40 @@ async fn start() -> Cluster {
     }
     Cluster {
         port,
+        ca: dir.path().join("ca.pem"),
         _dir: dir,
         _server: server,
+    }
+}
+
+/// A test CA, and a certificate for 127.0.0.1 signed by it in the data dir (the server's
+/// `server.crt` and `server.key`), so connections can be encrypted and verified.
+fn certificates(dir: &std::path::Path, data: &std::path::Path) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "shadow test PostgreSQL CA");
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".into()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("leaf");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write CA");
+    std::fs::write(data.join("server.crt"), leaf.pem()).expect("write cert");
+    let key_file = data.join("server.key");
+    std::fs::write(&key_file, key.serialize_pem()).expect("write key");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    if is_root() {
+        for f in ["server.crt", "server.key"] {
+            let mut c = Command::new("chown");
+            c.arg("postgres").arg(data.join(f));
+            run(c, "chown the server's certificate");
+        }
     }
 }
 
@@ -136,6 +170,7 @@ fn init() -> (tempfile::TempDir, PathBuf) {
         .arg(&data)
         .args(["-U", "shadow", "--auth=trust", "-E", "UTF8", "--no-sync"]);
     run(init, "initdb");
+    certificates(dir.path(), &data);
     (dir, data)
 }
 

@@ -134,3 +134,39 @@ pub async fn spawn_edge(master_url: &str, extra_env: &[(&str, &str)]) -> Proc {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Starts `shadow-master` as a process on `database_url` (PostgreSQL), with nodes expected to
+/// heartbeat every `heartbeat_ms`; answers once it serves.
+pub async fn spawn_master(database_url: &str, heartbeat_ms: u64) -> Proc {
+    let addr = free_addr();
+    let data = tempfile::tempdir().expect("dir").keep();
+    let mut cmd = Command::new(binaries().await.join("shadow-master"));
+    cmd.env("SHADOW_API_TOKEN", TOKEN)
+        .env("SHADOW_DATABASE_URL", database_url)
+        .env("SHADOW_MASTER_LISTEN", addr.to_string())
+        .env("SHADOW_DATA_DIR", &data)
+        .env("SHADOW_HEARTBEAT_INTERVAL_MS", heartbeat_ms.to_string())
+        .env(
+            "SHADOW_LOG",
+            std::env::var("SHADOW_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null());
+    let child = cmd.spawn().expect("start shadow-master");
+    let proc = Proc { child, addr };
+    let client = crate::http::Client::new(addr);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if client
+            .get("master.invalid", "/healthz")
+            .await
+            .is_ok_and(|r| r.status == 200)
+        {
+            return proc;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the master did not serve within 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -1,14 +1,11 @@
 //! The master on PostgreSQL (Debian's server, a throwaway cluster): migrations applied once
-//! when masters start together, and a second master on one database refused (until masters
-//! share a database as one fleet, two would each grant the same lease). The whole API suite
+//! when masters start together (`tests/tests/master_fleet.rs` has masters serving one fleet
+//! together). The whole API suite
 //! runs against PostgreSQL too: `SHADOW_TEST_STORE=postgres cargo test -p shadow-tests --test
 //! master_api --test openapi --test master_transfer --test usage` (CI does).
 
 use shadow_master::store::postgres::{PostgresStore, MIGRATIONS};
-use shadow_tests::{
-    master::{self, MasterOptions},
-    postgres,
-};
+use shadow_tests::postgres;
 
 #[tokio::test]
 async fn migrations_run_once_when_masters_start_together() {
@@ -16,7 +13,7 @@ async fn migrations_run_once_when_masters_start_together() {
     let opened: Vec<_> = (0..6)
         .map(|_| {
             let url = url.clone();
-            std::thread::spawn(move || PostgresStore::open_shared(&url).map(drop))
+            std::thread::spawn(move || PostgresStore::open(&url).map(drop))
         })
         .collect();
     for o in opened {
@@ -46,37 +43,49 @@ async fn migrations_run_once_when_masters_start_together() {
     );
 }
 
+/// Whether the connection `url` opens is encrypted (as the server sees it).
+fn encrypted(url: &str) -> Result<bool, String> {
+    let mut c = shadow_master::store::postgres::connect(url).map_err(|e| e.to_string())?;
+    let row = c
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .map_err(|e| e.to_string())?;
+    Ok(row.get(0))
+}
+
 #[tokio::test]
-async fn a_second_master_on_one_database_is_refused_and_the_first_keeps_serving() {
+async fn tls_to_the_database_as_libpq_does_it() {
     let url = postgres::database().await;
-    let first = master::spawn(MasterOptions {
-        database_url: Some(url.clone()),
-        ..Default::default()
+    let ca = postgres::cluster().await.ca.display().to_string();
+    tokio::task::spawn_blocking(move || {
+        // Verified against the CA the server's certificate was signed with.
+        let verified = format!("{url}?sslmode=require&sslrootcert={ca}");
+        assert_eq!(encrypted(&verified), Ok(true));
+        // `require` without a CA: encrypted, not verified (libpq's meaning).
+        assert_eq!(encrypted(&format!("{url}?sslmode=require")), Ok(true));
+        assert_eq!(encrypted(&format!("{url}?sslmode=disable")), Ok(false));
+        // A CA that did not sign the server's certificate: refused, and the error says where
+        // to look.
+        let dir = tempfile::tempdir().expect("dir");
+        let other = dir.path().join("other.pem");
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
+        std::fs::write(&other, ck.cert.pem()).expect("write");
+        let e = encrypted(&format!(
+            "{url}?sslmode=require&sslrootcert={}",
+            other.display()
+        ))
+        .expect_err("a server the CA does not vouch for");
+        assert!(e.contains("SHADOW_DATABASE_URL"), "{e}");
+        let e = encrypted(&format!(
+            "{url}?sslmode=require&sslrootcert=/nonexistent.pem"
+        ))
+        .expect_err("no CA file");
+        assert!(e.contains("/nonexistent.pem"), "{e}");
+        // A whole master runs on a verified connection.
+        shadow_master::store::postgres::PostgresStore::open(&verified).expect("store");
     })
-    .await;
-    // Answering means it has opened the database (and holds it).
-    first
-        .client
-        .list_tasks()
-        .await
-        .expect("the first master serves");
-    let dir = tempfile::tempdir().expect("dir");
-    let mut config = shadow_master::MasterConfig::new(dir.path().to_path_buf());
-    config.database_url = Some(url);
-    config.api_token = Some(master::TOKEN.into());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let second = tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        shadow_master::run(config, listener, std::future::pending()),
-    )
     .await
-    .expect("the second master gave up instead of serving");
-    let e = second.expect_err("a second master on the same database");
-    assert!(e.to_string().contains("another shadow-master"), "{e}");
-    assert!(
-        first.client.list_tasks().await.is_ok(),
-        "the first still serves"
-    );
+    .expect("join");
 }

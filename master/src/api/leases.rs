@@ -62,22 +62,33 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
     let renew = warp::path!("leases" / String)
         .and(warp::put())
         .and(json_body())
-        .map(
-            move |task: String, body: Bytes| match parse_json::<LeaseRenewal>(&body) {
-                Ok(req) => reply::from_result(StatusCode::OK, s.registry.renew_lease(&task, req)),
-                Err(e) => reply::invalid(e),
-            },
-        );
+        .then(move |task: String, body: Bytes| {
+            let s = s.clone();
+            async move {
+                match parse_json::<LeaseRenewal>(&body) {
+                    Ok(req) => {
+                        reply::from_result(StatusCode::OK, s.registry.renew_lease(&task, req).await)
+                    }
+                    Err(e) => reply::invalid(e),
+                }
+            }
+        });
     let s = state.clone();
     let session = warp::path!("nodes" / String / "renew")
         .and(warp::post())
         .and(json_body())
-        .map(
-            move |node: String, body: Bytes| match parse_json::<SessionRenewal>(&body) {
-                Ok(req) => reply::from_result(StatusCode::OK, s.registry.renew_session(&node, req)),
-                Err(e) => reply::invalid(e),
-            },
-        );
+        .then(move |node: String, body: Bytes| {
+            let s = s.clone();
+            async move {
+                match parse_json::<SessionRenewal>(&body) {
+                    Ok(req) => reply::from_result(
+                        StatusCode::OK,
+                        s.registry.renew_session(&node, req).await,
+                    ),
+                    Err(e) => reply::invalid(e),
+                }
+            }
+        });
     let s = state;
     let release = warp::path!("leases" / String)
         .and(warp::delete())

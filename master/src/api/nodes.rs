@@ -50,25 +50,33 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(warp::reply::Response,)> {
     let report = warp::path!("nodes" / String / "apps" / String)
         .and(warp::put())
         .and(json_body())
-        .map(
-            move |node: String, task: String, body: Bytes| match parse_json::<AppStatus>(&body) {
-                Ok(st) => match s.registry.report_app(&node, &task, st) {
-                    Ok(()) => reply::no_content(),
-                    Err(e) => reply::registry_error(e),
-                },
-                Err(e) => reply::invalid(e),
-            },
-        );
+        .then(move |node: String, task: String, body: Bytes| {
+            let s = s.clone();
+            async move {
+                match parse_json::<AppStatus>(&body) {
+                    Ok(st) => match s.registry.report_app(&node, &task, st).await {
+                        Ok(()) => reply::no_content(),
+                        Err(e) => reply::registry_error(e),
+                    },
+                    Err(e) => reply::invalid(e),
+                }
+            }
+        });
     let s = state;
     let heartbeat = warp::path!("nodes" / String / "heartbeat")
         .and(warp::put())
         .and(json_body())
-        .map(
-            move |id: String, body: Bytes| match parse_json::<Heartbeat>(&body) {
-                Ok(hb) => reply::from_result(StatusCode::OK, s.registry.heartbeat(&id, hb)),
-                Err(e) => reply::invalid(e),
-            },
-        );
+        .then(move |id: String, body: Bytes| {
+            let s = s.clone();
+            async move {
+                match parse_json::<Heartbeat>(&body) {
+                    Ok(hb) => {
+                        reply::from_result(StatusCode::OK, s.registry.heartbeat(&id, hb).await)
+                    }
+                    Err(e) => reply::invalid(e),
+                }
+            }
+        });
     list.or(register)
         .unify()
         .or(delete)

@@ -29,7 +29,7 @@ impl Registry {
             )));
         }
         self.change(
-            |_| Ok(record),
+            |_| Ok(record.clone()),
             |s, r| s.put_acme(r),
             |g, record| {
                 g.acme.insert(key, record.clone());
@@ -51,7 +51,7 @@ impl Registry {
         self.change(
             |g| {
                 if g.acme.contains_key(&key) {
-                    Ok(key)
+                    Ok(key.clone())
                 } else {
                     Err(RegistryError::NotFound(format!("no ACME record {key}")))
                 }
@@ -112,7 +112,7 @@ impl Registry {
                         });
                     }
                 }
-                Ok(credentials)
+                Ok(credentials.clone())
             },
             |s, c| s.put_acme_account(c),
             |g, credentials| {

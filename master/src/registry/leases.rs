@@ -21,6 +21,7 @@ use shadow_common::{
 };
 
 use super::{Registry, RegistryError};
+use crate::store::write_shared;
 
 fn check_ttl(ttl_ms: u64) -> Result<(), RegistryError> {
     if (MIN_TTL_MS..=MAX_TTL_MS).contains(&ttl_ms) {
@@ -44,7 +45,7 @@ impl Registry {
     ) -> Result<LeaseGrant, RegistryError> {
         check_ttl(req.ttl_ms)?;
         self.change(
-            |g| self.grantable(g, task_id, req),
+            |g| self.grantable(g, task_id, req.clone()),
             |s, lease| s.put_lease(lease, lease.token + 1),
             |g, lease| {
                 g.next_token = lease.token + 1;
@@ -122,16 +123,25 @@ impl Registry {
     }
 
     /// Extends a live lease held with `req.token`; a lapsed or taken lease cannot be renewed.
-    pub fn renew_lease(
+    pub async fn renew_lease(
         &self,
         task_id: &str,
         req: LeaseRenewal,
     ) -> Result<LeaseGrant, RegistryError> {
         check_ttl(req.ttl_ms)?;
-        let mut g = self.lock();
         let now = self.clock.now_ms();
-        renew_one(&mut g.leases, task_id, req.token, None, req.ttl_ms, now).map_err(|message| {
-            let holder = g
+        let renewed = if self.shared {
+            self.renew_shared(None, vec![(task_id.to_owned(), req.token)], req.ttl_ms, now)
+                .await?
+                .pop()
+                .unwrap_or_else(|| Err("no answer from the store".into()))
+        } else {
+            let mut g = self.lock();
+            renew_one(&mut g.leases, task_id, req.token, None, req.ttl_ms, now)
+        };
+        renewed.map_err(|message| {
+            let holder = self
+                .lock()
                 .leases
                 .get(task_id)
                 .filter(|l| l.expires_at > now)
@@ -140,10 +150,11 @@ impl Registry {
         })
     }
 
-    /// Renews every lease a node names, in one call: the node's session. Only the expiry in
-    /// memory changes: nothing is written to the store and no watch event is sent, since no
-    /// follower acts on a later expiry (a lapse is announced when it happens).
-    pub fn renew_session(
+    /// Renews every lease a node names, in one call: the node's session. On a store of its
+    /// own, only the expiry in memory changes: nothing is written and no watch event is sent,
+    /// since no follower acts on a later expiry (a lapse is announced when it happens). Masters
+    /// sharing a store write the renewal there, in one transaction, for every master to see.
+    pub async fn renew_session(
         &self,
         node: &str,
         req: SessionRenewal,
@@ -155,31 +166,83 @@ impl Registry {
                 format!("at most {MAX_SESSION_LEASES} leases per renewal; split the list"),
             )));
         }
-        let mut g = self.lock();
         let now = self.clock.now_ms();
+        let held: Vec<(String, u64)> = req
+            .leases
+            .iter()
+            .map(|h| (h.task_id.clone(), h.token))
+            .collect();
+        let results = if self.shared {
+            self.renew_shared(Some(node.to_owned()), held.clone(), req.ttl_ms, now)
+                .await?
+        } else {
+            let mut g = self.lock();
+            held.iter()
+                .map(|(task, token)| {
+                    renew_one(&mut g.leases, task, *token, Some(node), req.ttl_ms, now)
+                })
+                .collect()
+        };
         let mut out = SessionRenewed::default();
-        for held in req.leases {
-            match renew_one(
-                &mut g.leases,
-                &held.task_id,
-                held.token,
-                Some(node),
-                req.ttl_ms,
-                now,
-            ) {
+        for ((task_id, token), result) in held.into_iter().zip(results) {
+            match result {
                 Ok(grant) => out.renewed.push(RenewedLease {
-                    task_id: held.task_id,
-                    token: held.token,
+                    task_id,
+                    token,
                     expires_at: grant.expires_at,
                 }),
                 Err(error) => out.lost.push(LostLease {
-                    task_id: held.task_id,
-                    token: held.token,
+                    task_id,
+                    token,
                     error,
                 }),
             }
         }
         Ok(out)
+    }
+
+    /// Renews in the shared store, deciding on the leases as stored (another master may have
+    /// renewed or granted them a moment ago), then updates memory's expiries.
+    async fn renew_shared(
+        &self,
+        node: Option<String>,
+        held: Vec<(String, u64)>,
+        ttl_ms: u64,
+        now: u64,
+    ) -> Result<Vec<Result<LeaseGrant, String>>, RegistryError> {
+        let ids: Vec<String> = held.iter().map(|(t, _)| t.clone()).collect();
+        let (results, _) = self
+            .store
+            .run(move |s| {
+                write_shared(s, None, |s| {
+                    let mut leases = s.leases_of(&ids)?;
+                    let mut out = Vec::with_capacity(held.len());
+                    for (task, token) in &held {
+                        let r = renew_one(&mut leases, task, *token, node.as_deref(), ttl_ms, now);
+                        if r.is_ok() {
+                            if let Some(l) = leases.get(task) {
+                                s.renew_lease(l)?;
+                            }
+                        }
+                        out.push(r.map(|grant| (task.clone(), grant)));
+                    }
+                    Ok(out)
+                })
+            })
+            .await?;
+        let mut g = self.lock();
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.map(|(task, grant)| {
+                    if let Some(l) = g.leases.get_mut(&task).filter(|l| l.token == grant.token) {
+                        l.expires_at = grant.expires_at;
+                        l.ttl_ms = ttl_ms;
+                    }
+                    grant
+                })
+            })
+            .collect())
     }
 
     /// Releases the lease if `token` is the current one; releasing a lease that is gone is fine.
@@ -248,7 +311,7 @@ impl Registry {
                 |g| Ok(lapsed(g)),
                 |s, leases| {
                     for l in leases {
-                        s.delete_lease(&l.task_id)?;
+                        s.lapse_lease(&l.task_id)?;
                     }
                     Ok(())
                 },
@@ -370,10 +433,13 @@ mod tests {
         assert!(held_by(&reg, &task, "b").await);
         // Renewing just in time keeps it.
         reg.renew_lease(&task, renewal(a.token, 1_000))
+            .await
             .expect("renew in time");
         tokio::time::advance(Duration::from_millis(1_000)).await;
         assert!(
-            reg.renew_lease(&task, renewal(a.token, 1_000)).is_err(),
+            reg.renew_lease(&task, renewal(a.token, 1_000))
+                .await
+                .is_err(),
             "a lease cannot be renewed at or after its expiry"
         );
         // Expired, but within the grace: still nobody else's, and not yet announced.
@@ -395,7 +461,9 @@ mod tests {
             .expect("b after the grace");
         assert!(b.token > a.token);
         assert!(
-            reg.renew_lease(&task, renewal(a.token, 1_000)).is_err(),
+            reg.renew_lease(&task, renewal(a.token, 1_000))
+                .await
+                .is_err(),
             "the lapsed holder cannot renew"
         );
         assert!(
@@ -441,6 +509,7 @@ mod tests {
                     ],
                 },
             )
+            .await
             .expect("renewal");
         assert_eq!(out.renewed.len(), 2, "{out:?}");
         assert_eq!(out.lost.len(), 1, "a stale token is reported lost: {out:?}");
@@ -466,6 +535,7 @@ mod tests {
                     }],
                 },
             )
+            .await
             .expect("renewal");
         assert!(out.renewed.is_empty() && out.lost.len() == 1, "{out:?}");
     }
@@ -478,6 +548,7 @@ mod tests {
         // Renewed in memory only, then the master dies 900 ms later.
         tokio::time::advance(Duration::from_millis(600)).await;
         reg.renew_lease(&task, renewal(a.token, 1_000))
+            .await
             .expect("renew");
         tokio::time::advance(Duration::from_millis(900)).await;
         drop(reg);
@@ -491,6 +562,7 @@ mod tests {
         reg.tick().await;
         assert!(held_by(&reg, &task, "b").await);
         reg.renew_lease(&task, renewal(a.token, 1_000))
+            .await
             .expect("the holder renews with its token after the restart");
         tokio::time::advance(Duration::from_millis(1_499)).await;
         reg.tick().await;

@@ -1,13 +1,12 @@
 //! Node rules: registration, heartbeats, and health derived from missed heartbeats.
 
+use super::{Inner, NodeEntry, Registry, RegistryError};
+use crate::store::NodeLive;
 use shadow_common::{
     error::FieldError,
     node::{Heartbeat, NodeRegistration, NodeStatus},
     watch::WatchEvent,
 };
-use tokio::time::Instant;
-
-use super::{NodeEntry, Registry, RegistryError};
 
 /// A node is unhealthy after this many heartbeat intervals without one.
 pub const MISSED_HEARTBEATS: u32 = 3;
@@ -31,27 +30,44 @@ impl Registry {
     /// Registers or re-registers a node; registering counts as a heartbeat.
     pub async fn register_node(&self, reg: NodeRegistration) -> Result<NodeStatus, RegistryError> {
         reg.validate().map_err(RegistryError::Invalid)?;
+        let now_ms = self.clock.now_ms();
         self.change(
-            |_| Ok(reg),
-            |s, reg| s.put_node(reg),
-            |g, reg| self.registered(g, reg),
+            |g| {
+                let (running, load) = g
+                    .nodes
+                    .get(&reg.id)
+                    .map_or((vec![], 0.0), |n| (n.running.clone(), n.load));
+                let live = NodeLive {
+                    running,
+                    load,
+                    healthy: true,
+                    at_ms: now_ms,
+                };
+                Ok((reg.clone(), live))
+            },
+            |s, (reg, live)| {
+                s.put_node(reg)?;
+                s.put_node_live(&reg.id, live)
+            },
+            |g, (reg, live)| self.node_seen(g, reg, live),
         )
         .await
     }
 
-    fn registered(&self, g: &mut super::Inner, reg: NodeRegistration) -> NodeStatus {
-        let now_ms = self.clock.now_ms();
+    /// Memory after a registration (`reg`) or a heartbeat that changed what others route by;
+    /// announces the node.
+    fn node_seen(&self, g: &mut Inner, reg: NodeRegistration, live: NodeLive) -> NodeStatus {
         let entry = g.nodes.entry(reg.id.clone()).or_insert_with(|| NodeEntry {
             reg: reg.clone(),
             running: vec![],
             load: 0.0,
-            last_heartbeat: None,
             last_heartbeat_ms: None,
             healthy: false,
         });
         entry.reg = reg;
-        entry.last_heartbeat = Some(Instant::now());
-        entry.last_heartbeat_ms = Some(now_ms);
+        entry.running = live.running;
+        entry.load = live.load;
+        entry.last_heartbeat_ms = Some(live.at_ms);
         entry.healthy = true;
         let status = entry.status();
         g.emit(
@@ -63,40 +79,69 @@ impl Registry {
         status
     }
 
-    /// Records a heartbeat; emits a change only when what others route by changed.
-    pub fn heartbeat(&self, id: &str, hb: Heartbeat) -> Result<NodeStatus, RegistryError> {
+    /// Records a heartbeat; emits a change only when what others route by changed (through the
+    /// store when masters share one; else a heartbeat only touches the node's time there).
+    pub async fn heartbeat(&self, id: &str, hb: Heartbeat) -> Result<NodeStatus, RegistryError> {
         if !(0.0..=1000.0).contains(&hb.load) {
             return Err(RegistryError::Invalid(FieldError::new(
                 "load",
                 "load must be a number from 0 (idle) upwards, 1 = at capacity",
             )));
         }
-        let mut g = self.lock();
         let now_ms = self.clock.now_ms();
-        let entry = g.nodes.get_mut(id).ok_or_else(|| {
+        let mut running = hb.running;
+        running.sort();
+        let live = NodeLive {
+            running,
+            load: hb.load,
+            healthy: true,
+            at_ms: now_ms,
+        };
+        let not_found = || {
             RegistryError::NotFound(format!(
                 "node {id:?} is not registered; register it with POST /nodes/ first"
             ))
-        })?;
-        let mut running = hb.running;
-        running.sort();
-        let changed =
-            !entry.healthy || entry.running != running || (entry.load - hb.load).abs() > 0.05;
-        entry.running = running;
-        entry.load = hb.load;
-        entry.last_heartbeat = Some(Instant::now());
-        entry.last_heartbeat_ms = Some(now_ms);
-        entry.healthy = true;
-        let status = entry.status();
-        if changed {
-            g.emit(
-                &self.revision_tx,
-                WatchEvent::NodePut {
-                    node: status.clone(),
-                },
-            );
+        };
+        let changed = |g: &Inner| -> Result<(NodeRegistration, bool), RegistryError> {
+            let entry = g.nodes.get(id).ok_or_else(not_found)?;
+            let changed = !entry.healthy
+                || entry.running != live.running
+                || (entry.load - live.load).abs() > 0.05;
+            Ok((entry.reg.clone(), changed))
+        };
+        let (_, moved) = changed(&self.lock())?;
+        if !self.shared {
+            let mut g = self.lock();
+            let entry = g.nodes.get_mut(id).ok_or_else(not_found)?;
+            entry.running = live.running;
+            entry.load = live.load;
+            entry.last_heartbeat_ms = Some(now_ms);
+            entry.healthy = true;
+            let status = entry.status();
+            if moved {
+                g.emit(
+                    &self.revision_tx,
+                    WatchEvent::NodePut {
+                        node: status.clone(),
+                    },
+                );
+            }
+            return Ok(status);
         }
-        Ok(status)
+        if !moved {
+            let node = id.to_owned();
+            self.store.run(move |s| s.touch_node(&node, now_ms)).await?;
+            let mut g = self.lock();
+            let entry = g.nodes.get_mut(id).ok_or_else(not_found)?;
+            entry.last_heartbeat_ms = entry.last_heartbeat_ms.max(Some(now_ms));
+            return Ok(entry.status());
+        }
+        self.change(
+            |g| changed(g).map(|(reg, _)| (reg, live.clone())),
+            |s, (reg, live)| s.put_node_live(&reg.id, live),
+            |g, (reg, live)| self.node_seen(g, reg, live),
+        )
+        .await
     }
 
     /// Forgets a node. Only an unhealthy one: a live node would register itself again at its
@@ -145,26 +190,70 @@ impl Registry {
         self.lock().nodes.values().map(NodeEntry::status).collect()
     }
 
-    /// Marks nodes that missed their heartbeats unhealthy; called by the ticker.
-    pub(super) fn check_node_health(&self) {
-        let deadline = self.heartbeat_interval * MISSED_HEARTBEATS;
-        let mut g = self.lock();
-        let now = Instant::now();
-        let mut lapsed = vec![];
-        for (id, n) in g.nodes.iter_mut() {
-            let alive = n
-                .last_heartbeat
-                .is_some_and(|t| now.duration_since(t) <= deadline);
-            if n.healthy && !alive {
-                n.healthy = false;
-                lapsed.push(id.clone());
+    /// Marks nodes that missed their heartbeats unhealthy; called by the ticker. Masters
+    /// sharing a store judge by the heartbeats any of them took, and one of them writes it.
+    pub(super) async fn check_node_health(&self) {
+        if self.shared {
+            match self.store.run(|s| s.node_heartbeats()).await {
+                Ok(beats) => {
+                    let mut g = self.lock();
+                    for (id, at) in beats {
+                        if let Some(n) = g.nodes.get_mut(&id) {
+                            n.last_heartbeat_ms = n.last_heartbeat_ms.max(Some(at));
+                        }
+                    }
+                }
+                // Without the others' heartbeats, this master cannot judge.
+                Err(_) => return,
             }
         }
-        for id in lapsed {
-            tracing::warn!(node = %id, "node missed {MISSED_HEARTBEATS} heartbeats; marked unhealthy");
-            if let Some(status) = g.nodes.get(&id).map(NodeEntry::status) {
-                g.emit(&self.revision_tx, WatchEvent::NodePut { node: status });
-            }
+        let deadline = (self.heartbeat_interval * MISSED_HEARTBEATS).as_millis() as u64;
+        let now = self.clock.now_ms();
+        let lapsed = |g: &Inner| -> Vec<(String, NodeLive)> {
+            g.nodes
+                .iter()
+                .filter(|(_, n)| {
+                    n.healthy
+                        && n.last_heartbeat_ms
+                            .is_none_or(|t| now.saturating_sub(t) > deadline)
+                })
+                .map(|(id, n)| {
+                    let live = NodeLive {
+                        running: n.running.clone(),
+                        load: n.load,
+                        healthy: false,
+                        at_ms: n.last_heartbeat_ms.unwrap_or(0),
+                    };
+                    (id.clone(), live)
+                })
+                .collect()
+        };
+        if lapsed(&self.lock()).is_empty() {
+            return;
+        }
+        let marked = self
+            .change(
+                |g| Ok(lapsed(g)),
+                |s, nodes| {
+                    for (id, live) in nodes {
+                        s.put_node_live(id, live)?;
+                    }
+                    Ok(())
+                },
+                |g, nodes| {
+                    for (id, _) in nodes {
+                        tracing::warn!(node = %id, "node missed {MISSED_HEARTBEATS} heartbeats; marked unhealthy");
+                        if let Some(n) = g.nodes.get_mut(&id) {
+                            n.healthy = false;
+                            let status = n.status();
+                            g.emit(&self.revision_tx, WatchEvent::NodePut { node: status });
+                        }
+                    }
+                },
+            )
+            .await;
+        if let Err(e) = marked {
+            tracing::warn!(error = %e, "cannot mark nodes unhealthy; will retry");
         }
     }
 }

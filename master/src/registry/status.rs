@@ -6,7 +6,7 @@ use shadow_common::{
     status::{summary, AppState, AppStatus, TaskStatus},
 };
 
-use super::{Registry, RegistryError};
+use super::{Inner, Registry, RegistryError};
 
 /// A change of an app's state on a node, as the dashboard lists it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -23,8 +23,10 @@ pub struct AppEvent {
 const EVENTS_KEPT: usize = 20;
 
 impl Registry {
-    /// Stores what `node` reports about `task`.
-    pub fn report_app(
+    /// Stores what `node` reports about `task`. Masters sharing a store write a change of
+    /// state through it, so every master shows it; the rest of a report (the last request's
+    /// time) is stored without telling the others.
+    pub async fn report_app(
         &self,
         node: &str,
         task: &str,
@@ -39,40 +41,41 @@ impl Registry {
                 ),
             )));
         }
-        let mut g = self.lock();
-        if !g.nodes.contains_key(node) {
-            return Err(RegistryError::NotFound(format!(
-                "node {node:?} is not registered; register it with POST /nodes/ first"
-            )));
-        }
-        if !g.tasks.contains_key(task) {
-            return Err(RegistryError::NotFound(format!("no task with id {task:?}")));
-        }
-        let before = g
-            .statuses
-            .get(task)
-            .and_then(|m| m.get(node))
-            .map(|s| (s.state, s.since_ms));
-        if before != Some((status.state, status.since_ms)) {
-            let failed = matches!(status.state, AppState::Failed | AppState::Backoff);
-            let events = g.events.entry(task.to_owned()).or_default();
-            events.push_back(AppEvent {
-                at_ms: status.since_ms,
-                node: node.to_owned(),
-                state: status.state,
-                error: failed
-                    .then(|| status.last_error.as_ref().map(|e| e.message.clone()))
-                    .flatten(),
-            });
-            if events.len() > EVENTS_KEPT {
-                events.pop_front();
+        let known = |g: &Inner| -> Result<bool, RegistryError> {
+            if !g.nodes.contains_key(node) {
+                return Err(RegistryError::NotFound(format!(
+                    "node {node:?} is not registered; register it with POST /nodes/ first"
+                )));
             }
+            if !g.tasks.contains_key(task) {
+                return Err(RegistryError::NotFound(format!("no task with id {task:?}")));
+            }
+            let before = g.statuses.get(task).and_then(|m| m.get(node));
+            Ok(before.is_none_or(|b| {
+                (b.state, b.since_ms, b.phase, b.failures)
+                    != (status.state, status.since_ms, status.phase, status.failures)
+                    || b.last_error != status.last_error
+            }))
+        };
+        let changed = known(&self.lock())?;
+        if !self.shared {
+            record(&mut self.lock(), status);
+            return Ok(());
         }
-        g.statuses
-            .entry(task.to_owned())
-            .or_default()
-            .insert(node.to_owned(), status);
-        Ok(())
+        if !changed {
+            let quiet = status.clone();
+            self.store
+                .run(move |s| s.put_app_status(&quiet, false))
+                .await?;
+            record(&mut self.lock(), status);
+            return Ok(());
+        }
+        self.change(
+            |g| known(g).map(|_| status.clone()),
+            |s, st| s.put_app_status(st, true),
+            record,
+        )
+        .await
     }
 
     /// The app's last changes of state, newest first.
@@ -211,4 +214,30 @@ impl Registry {
             .map(|n| (n.reg.id.clone(), n.reg.address.clone()))
             .collect())
     }
+}
+
+/// Keeps a report in memory and, when the app's state changed, in its list of changes.
+pub(super) fn record(g: &mut Inner, status: AppStatus) {
+    let (task, node) = (status.task_id.clone(), status.node.clone());
+    let before = g
+        .statuses
+        .get(&task)
+        .and_then(|m| m.get(&node))
+        .map(|s| (s.state, s.since_ms));
+    if before != Some((status.state, status.since_ms)) {
+        let failed = matches!(status.state, AppState::Failed | AppState::Backoff);
+        let events = g.events.entry(task.clone()).or_default();
+        events.push_back(AppEvent {
+            at_ms: status.since_ms,
+            node: node.clone(),
+            state: status.state,
+            error: failed
+                .then(|| status.last_error.as_ref().map(|e| e.message.clone()))
+                .flatten(),
+        });
+        if events.len() > EVENTS_KEPT {
+            events.pop_front();
+        }
+    }
+    g.statuses.entry(task).or_default().insert(node, status);
 }

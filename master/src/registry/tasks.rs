@@ -24,7 +24,7 @@ impl Registry {
             check_kind_runnable(g, &spec)?;
             let task = Task {
                 id: uuid::Uuid::new_v4().simple().to_string(),
-                spec,
+                spec: spec.clone(),
             };
             Ok((task, vec![]))
         })
@@ -42,7 +42,7 @@ impl Registry {
     ) -> Result<Task, RegistryError> {
         spec.validate().map_err(RegistryError::Invalid)?;
         spec.normalize();
-        self.put_task(|g| Self::updated_spec(g, id, spec, migrate))
+        self.put_task(|g| Self::updated_spec(g, id, spec.clone(), migrate))
             .await
     }
 
@@ -147,7 +147,7 @@ impl Registry {
     /// announces it. Nothing changes when the store refuses.
     async fn put_task(
         &self,
-        decide: impl FnOnce(&mut Inner) -> Result<(Task, Vec<String>), RegistryError>,
+        decide: impl FnMut(&mut Inner) -> Result<(Task, Vec<String>), RegistryError>,
     ) -> Result<Task, RegistryError> {
         self.change(
             decide,
@@ -185,7 +185,7 @@ impl Registry {
         .await
     }
 
-    fn forget_task(&self, g: &mut Inner, id: &str, old: &Task) {
+    pub(super) fn forget_task(&self, g: &mut Inner, id: &str, old: &Task) {
         g.statuses.remove(id);
         g.events.remove(id);
         for d in &old.spec.domains {

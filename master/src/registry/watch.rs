@@ -14,9 +14,8 @@ impl Registry {
     /// Events after `since`, or the whole state when the client must start over.
     pub fn changes_since(&self, epoch: Option<&str>, since: u64) -> WatchResponse {
         let g = self.lock();
-        let oldest = g.log.front().map_or(g.revision + 1, |(r, _)| *r);
         let replayable =
-            epoch == Some(self.epoch.as_str()) && since <= g.revision && since + 1 >= oldest;
+            epoch == Some(self.epoch.as_str()) && since <= g.revision && since >= g.log_floor;
         if replayable {
             let events = g
                 .log
@@ -61,6 +60,13 @@ impl Registry {
 
     /// Long poll: answers at once if there is news for the client, else waits up to `timeout`.
     pub async fn watch(&self, epoch: Option<&str>, since: u64, timeout: Duration) -> WatchResponse {
+        // A client that moved here from another master may have seen a revision this one has
+        // not read yet: read it first (a revision no master has seen is still a reset).
+        if self.shared && epoch == Some(self.epoch.as_str()) && since > self.lock().revision {
+            if let Err(e) = self.catch_up().await {
+                tracing::warn!(error = %e, "cannot read other masters' changes for a watch");
+            }
+        }
         let mut rx = self.revision_tx.subscribe();
         let resp = self.changes_since(epoch, since);
         if resp.reset || !resp.events.is_empty() {
@@ -85,7 +91,7 @@ impl Registry {
     }
 
     pub async fn tick(&self) {
-        self.check_node_health();
+        self.check_node_health().await;
         self.expire_leases().await;
     }
 }

@@ -6,11 +6,8 @@
 use serde::{Deserialize, Serialize};
 use shadow_common::usage::UsageDelta;
 
-use super::{postgres::PostgresStore, Snapshot, Store, StoreError};
-use crate::{
-    usage::{postgres::PostgresUsage, ReportMark, UsageStore},
-    MasterConfig,
-};
+use super::{Snapshot, StoreError};
+use crate::{usage::ReportMark, MasterConfig};
 
 /// What the export file says it is, so an import can refuse anything else.
 pub const FORMAT: &str = "shadow-master-export";
@@ -38,14 +35,7 @@ pub enum TransferError {
 
 /// Reads the whole state of the master `config` names (it may be running). Blocking.
 pub fn export(config: &MasterConfig) -> Result<Export, TransferError> {
-    let (mut store, mut usage): (Box<dyn Store>, Box<dyn UsageStore>) = match &config.database_url {
-        // Shared: the running master keeps the database.
-        Some(url) => (
-            Box::new(PostgresStore::open_shared(url)?),
-            Box::new(PostgresUsage::open(url)?),
-        ),
-        None => crate::open_stores(config)?,
-    };
+    let (mut store, mut usage) = crate::open_stores(config)?;
     let mut state = store.snapshot()?;
     // Sorted, so an export of an imported state is the same file.
     state.tasks.sort_by(|a, b| a.id.cmp(&b.id));

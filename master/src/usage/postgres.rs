@@ -60,10 +60,16 @@ fn add(tx: &mut postgres::Transaction<'_>, d: &UsageDelta) -> Result<(), StoreEr
 impl UsageStore for PostgresUsage {
     fn apply(&mut self, report: &UsageReport) -> Result<bool, StoreError> {
         let mut tx = self.client.transaction().map_err(db)?;
-        // The row lock makes two masters taking the same report count it once.
+        // The lock makes two masters taking the same report count it once (a row lock would
+        // not cover a boot's first report).
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext($1 || '/' || $2))",
+            &[&report.node, &report.boot],
+        )
+        .map_err(db)?;
         let last = tx
             .query_opt(
-                "SELECT seq FROM usage_reports WHERE node = $1 AND boot = $2 FOR UPDATE",
+                "SELECT seq FROM usage_reports WHERE node = $1 AND boot = $2",
                 &[&report.node, &report.boot],
             )
             .map_err(db)?

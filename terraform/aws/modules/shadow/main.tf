@@ -1,4 +1,5 @@
-# A Shadow cluster on AWS: one master, one edge, var.node_count nodes started from a launch
+# A Shadow cluster on AWS: var.master_count masters (several share RDS PostgreSQL behind an
+# internal load balancer, database.tf), one edge, var.node_count nodes started from a launch
 # template (which the edge also uses to replace dead nodes), an S3 bucket for `s3` volumes, and the
 # API token in SSM Parameter Store. See docs/operations.md.
 
@@ -51,7 +52,6 @@ locals {
   volume_tag = "shadow-volume"
 
   token_parameter = coalesce(var.api_token_parameter_name, "/${var.name}/api-token")
-  master_url      = "http://${aws_instance.master.private_ip}:7070"
 
   # The systemd units are contrib/systemd's, so the fleet runs what the docs describe. (A module
   # source such as git::https://...//terraform/aws/modules/shadow fetches the whole repository, so
@@ -427,6 +427,16 @@ data "aws_iam_policy_document" "read_token" {
 data "aws_iam_policy_document" "master" {
   source_policy_documents = [data.aws_iam_policy_document.read_token.json]
 
+  # The database URL (with its password), read at every start like the token.
+  dynamic "statement" {
+    for_each = var.create_database ? [1] : []
+    content {
+      sid       = "ReadDatabaseUrl"
+      actions   = ["ssm:GetParameter"]
+      resources = [aws_ssm_parameter.database_url[0].arn]
+    }
+  }
+
   # The hourly backup of the state database (shadow-master-backup.timer), and nothing else.
   statement {
     sid       = "WriteStateBackups"
@@ -672,6 +682,7 @@ locals {
     master = merge({
       SHADOW_MASTER_LISTEN = "0.0.0.0:7070"
       SHADOW_DATA_DIR      = "/var/lib/shadow/master"
+      # With create_database, SHADOW_DATABASE_URL comes from SSM at every start (shadow-fetch-token).
     }, var.master_env)
     nodeproxy = merge({
       SHADOW_MASTER_URL  = local.master_url
@@ -690,10 +701,14 @@ locals {
   # node provider (region local.region, launch template aws_launch_template.node.id, node tag
   # local.node_tag=var.name), health checks, TLS for var.domain.
 
-  fetch_token = templatefile("${path.module}/templates/fetch-token.sh.tftpl", {
-    region    = local.region
-    parameter = aws_ssm_parameter.api_token.name
-  })
+  fetch_token = {
+    for program in ["master", "nodeproxy", "edgeproxy"] : program => templatefile("${path.module}/templates/fetch-token.sh.tftpl", {
+      region             = local.region
+      parameter          = aws_ssm_parameter.api_token.name
+      database_parameter = program == "master" && var.create_database ? local.database_parameter : ""
+      database_ca_file   = local.database_ca_file
+    })
+  }
 
   token_dropin = <<-EOT
     # Installed by Terraform: every start reads the current API token from SSM Parameter Store.
@@ -715,7 +730,7 @@ locals {
       packages = concat(
         ["awscli", "ca-certificates", "curl"],
         program == "nodeproxy" ? ["docker.io", "iptables"] : [],
-        program == "master" ? ["sqlite3"] : [],
+        program == "master" && !var.create_database ? ["sqlite3"] : [],
       )
       files = concat(
         [
@@ -729,7 +744,7 @@ locals {
               deb_url       = lookup(var.deb_urls, program, "")
             })
           },
-          { path = "/usr/local/sbin/shadow-fetch-token", mode = "0755", content = local.fetch_token },
+          { path = "/usr/local/sbin/shadow-fetch-token", mode = "0755", content = local.fetch_token[program] },
           {
             path    = "/etc/shadowd/${program}.env"
             mode    = "0600"
@@ -744,7 +759,8 @@ locals {
         program == "nodeproxy" ? [
           { path = "/etc/systemd/system/shadow-block-metadata.service", mode = "0644", content = local.block_metadata_unit },
         ] : [],
-        program == "master" ? [
+        # With RDS, RDS keeps the backups (var.database_backup_retention_days).
+        program == "master" && !var.create_database ? [
           { path = "/usr/local/sbin/shadow-master-backup", mode = "0755", content = local.master_backup },
           { path = "/etc/systemd/system/shadow-master-backup.service", mode = "0644", content = file("${path.module}/templates/shadow-master-backup.service") },
           { path = "/etc/systemd/system/shadow-master-backup.timer", mode = "0644", content = file("${path.module}/templates/shadow-master-backup.timer") },
@@ -758,6 +774,7 @@ locals {
 
 resource "aws_instance" "master" {
   #checkov:skip=CKV_AWS_126:Detailed (1-minute) monitoring costs extra per instance; var.detailed_monitoring turns it on.
+  count                  = var.master_count
   ami                    = local.ami_id
   instance_type          = var.master_instance_type
   subnet_id              = var.subnet_id
@@ -782,12 +799,17 @@ resource "aws_instance" "master" {
     tags        = merge(local.tags, { Name = "${var.name}-master-root" })
   }
 
-  tags = merge(local.tags, { Name = "${var.name}-master", "shadow-role" = "master" })
+  tags = merge(local.tags, { Name = var.master_count > 1 ? "${var.name}-master-${count.index}" : "${var.name}-master", "shadow-role" = "master" })
 
   lifecycle {
-    # The master's state is on this instance: a newer Debian image or changed boot script must not
-    # replace it. Replace it deliberately (after a backup), see docs/operations.md.
+    # Without create_database the master's state is on this instance: a newer Debian image or
+    # changed boot script must not replace it. Replace it deliberately (after a backup), see
+    # docs/operations.md.
     ignore_changes = [ami, user_data, user_data_base64]
+    precondition {
+      condition     = var.master_count == 1 || var.create_database
+      error_message = "master_count > 1 needs create_database = true: several masters share one PostgreSQL database."
+    }
   }
 }
 

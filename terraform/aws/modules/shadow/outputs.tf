@@ -9,13 +9,18 @@ output "edge_address" {
 }
 
 output "master_url" {
-  description = "The master's API, reachable from inside the VPC only (the edge and the nodes): use SSH or a bastion to call it."
+  description = "The master API (the masters' internal load balancer with master_count > 1), reachable from inside the VPC only (the edge and the nodes): use SSH or a bastion to call it."
   value       = local.master_url
 }
 
-output "master_private_ip" {
-  description = "The master's private IP."
-  value       = aws_instance.master.private_ip
+output "master_private_ips" {
+  description = "The masters' private IPs."
+  value       = aws_instance.master[*].private_ip
+}
+
+output "database_endpoint" {
+  description = "The RDS database (host:port), with create_database; null otherwise."
+  value       = var.create_database ? aws_db_instance.state[0].endpoint : null
 }
 
 output "api_token_parameter_name" {

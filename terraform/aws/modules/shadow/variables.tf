@@ -215,3 +215,56 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "master_count" {
+  description = "How many masters serve the fleet. More than one needs create_database (they share PostgreSQL) and puts them behind an internal network load balancer; one master keeps SQLite on its disk unless create_database."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.master_count >= 1 && var.master_count <= 9
+    error_message = "master_count must be 1 to 9."
+  }
+}
+
+variable "create_database" {
+  description = "Create an RDS PostgreSQL database (Multi-AZ by default) for the masters' state instead of SQLite on the master's disk. Needed for master_count > 1."
+  type        = bool
+  default     = false
+}
+
+variable "database_subnet_ids" {
+  description = "Subnets of the RDS database, in at least two availability zones (RDS requires it, also for Multi-AZ failover); only with create_database."
+  type        = list(string)
+  default     = []
+}
+
+variable "database_instance_class" {
+  description = "RDS instance class of the database."
+  type        = string
+  default     = "db.t4g.micro"
+}
+
+variable "database_multi_az" {
+  description = "A standby in a second availability zone that RDS fails over to (about a minute)."
+  type        = bool
+  default     = true
+}
+
+variable "database_storage_gb" {
+  description = "Allocated storage of the database (gp3)."
+  type        = number
+  default     = 20
+}
+
+variable "database_backup_retention_days" {
+  description = "Days RDS keeps automated backups (point-in-time recovery)."
+  type        = number
+  default     = 7
+}
+
+variable "database_url_parameter_name" {
+  description = "SSM parameter (SecureString) that will hold the masters' database URL; null = /<name>/database-url. Only with create_database."
+  type        = string
+  default     = null
+}

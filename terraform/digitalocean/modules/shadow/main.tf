@@ -1,4 +1,4 @@
-# A Shadow cluster on DigitalOcean: one master, one edge and var.node_count nodes in a VPC, a
+# A Shadow cluster on DigitalOcean: var.master_count masters (several share managed PostgreSQL, database.tf), one edge and var.node_count nodes in a VPC, a
 # Spaces bucket for `s3` volumes with a key limited to it, firewalls, and a project holding it
 # all. Block volumes (`do`) are left to Shadow's nodes. See docs/operations.md.
 
@@ -13,8 +13,6 @@ locals {
     edge   = digitalocean_tag.edge.name
     node   = digitalocean_tag.node.name
   }
-
-  master_url = "http://${digitalocean_droplet.master.ipv4_address_private}:7070"
 
   # The systemd units are contrib/systemd's (a git module source fetches the whole repository,
   # so this path resolves there too).
@@ -98,7 +96,10 @@ locals {
       SHADOW_MASTER_LISTEN = "0.0.0.0:7070"
       SHADOW_DATA_DIR      = "/var/lib/shadow/master"
       SHADOW_API_TOKEN     = random_password.api_token.result
-    }, var.master_env)
+      }, var.create_database ? {
+      # The private URI carries sslmode=require; sslrootcert makes the master verify the server.
+      SHADOW_DATABASE_URL = "${digitalocean_database_cluster.state[0].private_uri}&sslrootcert=${local.database_ca_file}"
+    } : {}, var.master_env)
     nodeproxy = merge({
       SHADOW_MASTER_URL  = local.master_url
       SHADOW_API_TOKEN   = random_password.api_token.result
@@ -132,7 +133,7 @@ locals {
       packages = concat(
         ["ca-certificates", "curl"],
         program == "nodeproxy" ? ["docker.io", "iptables"] : [],
-        program == "master" ? ["sqlite3"] : [],
+        program == "master" && !var.create_database ? ["sqlite3"] : [],
       )
       files = concat(
         [
@@ -159,6 +160,9 @@ locals {
         program == "nodeproxy" ? [
           { path = "/etc/systemd/system/shadow-block-metadata.service", mode = "0644", content = file("${path.module}/templates/shadow-block-metadata.service") },
         ] : [],
+        program == "master" && var.create_database ? [
+          { path = local.database_ca_file, mode = "0644", content = data.digitalocean_database_ca.state[0].certificate },
+        ] : [],
       )
     })
   }
@@ -168,7 +172,8 @@ locals {
 
 resource "digitalocean_droplet" "master" {
   #checkov:skip=CKV_DIO_2:ssh_keys is var.ssh_keys, a required variable whose validation demands at least one key; checkov cannot resolve a variable without a default.
-  name       = "${var.name}-master"
+  count      = var.master_count
+  name       = var.master_count > 1 ? "${var.name}-master-${count.index}" : "${var.name}-master"
   region     = var.region
   size       = var.master_size
   image      = var.image
@@ -180,9 +185,13 @@ resource "digitalocean_droplet" "master" {
   user_data  = local.user_data["master"]
 
   lifecycle {
-    # The master's state is on this droplet: a changed boot script (or token) must not replace it.
-    # Replace it deliberately (after a backup), see docs/operations.md.
+    # Without create_database the master's state is on this droplet: a changed boot script (or
+    # token) must not replace it. Replace it deliberately (after a backup), see docs/operations.md.
     ignore_changes = [user_data, image]
+    precondition {
+      condition     = var.master_count == 1 || var.create_database
+      error_message = "master_count > 1 needs create_database = true: several masters share one PostgreSQL database."
+    }
   }
 }
 
@@ -315,6 +324,15 @@ resource "digitalocean_firewall" "master" {
       destination_addresses = local.world
     }
   }
+  # The managed database's private port, inside the VPC.
+  dynamic "outbound_rule" {
+    for_each = var.create_database ? [1] : []
+    content {
+      protocol              = "tcp"
+      port_range            = "25060"
+      destination_addresses = [digitalocean_vpc.shadow.ip_range]
+    }
+  }
 }
 
 resource "digitalocean_firewall" "node" {
@@ -359,12 +377,13 @@ resource "digitalocean_project" "shadow" {
   environment = var.project_environment
   resources = concat(
     [
-      digitalocean_droplet.master.urn,
       digitalocean_droplet.edge.urn,
       digitalocean_reserved_ip.edge.urn,
       digitalocean_spaces_bucket.volumes.urn,
     ],
+    digitalocean_droplet.master[*].urn,
     digitalocean_droplet.node[*].urn,
+    digitalocean_database_cluster.state[*].urn,
   )
 }
 

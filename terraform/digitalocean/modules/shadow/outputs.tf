@@ -9,7 +9,7 @@ output "edge_address" {
 }
 
 output "master_url" {
-  description = "The master's API, reachable from the VPC only (the edge and the nodes): use SSH to call it."
+  description = "The master API (every master, comma-separated, with master_count > 1), reachable from the VPC only (the edge and the nodes): use SSH to call it."
   value       = local.master_url
 }
 
@@ -47,4 +47,9 @@ output "vpc_id" {
 output "project_id" {
   description = "The DigitalOcean project."
   value       = digitalocean_project.shadow.id
+}
+
+output "master_private_ips" {
+  description = "The masters' private IPs."
+  value       = digitalocean_droplet.master[*].ipv4_address_private
 }

@@ -199,3 +199,37 @@ variable "project_environment" {
   type        = string
   default     = "Production"
 }
+
+variable "master_count" {
+  description = "How many master droplets serve the fleet. More than one needs create_database (they share PostgreSQL); the edge and the nodes get all of them and move between them on their own."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.master_count >= 1 && var.master_count <= 9
+    error_message = "master_count must be 1 to 9."
+  }
+}
+
+variable "create_database" {
+  description = "Create a DigitalOcean managed PostgreSQL cluster for the masters' state instead of SQLite on the master's disk. Needed for master_count > 1."
+  type        = bool
+  default     = false
+}
+
+variable "database_size" {
+  description = "Size slug of the managed PostgreSQL nodes."
+  type        = string
+  default     = "db-s-1vcpu-1gb"
+}
+
+variable "database_node_count" {
+  description = "Managed PostgreSQL nodes: 2 or 3 keep a standby that DigitalOcean fails over to."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.database_node_count >= 1 && var.database_node_count <= 3
+    error_message = "database_node_count must be 1 to 3."
+  }
+}
