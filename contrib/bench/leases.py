@@ -7,7 +7,8 @@ Start the masters first (same token), e.g. one on SQLite and one on PostgreSQL:
 then: SHADOW_API_TOKEN=$T contrib/bench/leases.py sqlite=7801 postgres=7802
 
 A grant takes a new named lock (a row written, and with it the fencing token, before the
-answer); a renewal extends one held lease (memory only). Each figure runs 4 s, with 1 and 8
+answer); a renewal extends one held lease (memory only on SQLite; one row update on PostgreSQL,
+which several masters share). Each figure runs 4 s, with 1 and 8
 clients on keep-alive connections.
 """
 import http.client

@@ -66,7 +66,17 @@ pub enum RegistryError {
 const LOG_LEN: usize = 10_000;
 
 /// How often a change is decided again because another master wrote first, before giving up.
-const MAX_ATTEMPTS: u32 = 20;
+const MAX_ATTEMPTS: u32 = 5;
+
+/// A write begun on the store's thread (its lock held) and not yet committed: rolled back if
+/// the change is abandoned (its caller went away).
+struct OpenWrite<'a>(&'a StoreThread<dyn Store>);
+
+impl Drop for OpenWrite<'_> {
+    fn drop(&mut self) {
+        self.0.send(|s| s.rollback());
+    }
+}
 
 /// How long after a lease's expiry the master still refuses it to other nodes by default: the
 /// old holder's margin for clock-rate error and a slow kill (see `docs/leases.md`).
@@ -213,9 +223,12 @@ impl Registry {
 
     /// One durable change: `plan` decides under the lock what to write (no I/O there), the
     /// store's thread writes it with no lock held, and `apply` updates memory under the lock.
-    /// Durable changes are serialized, so what `plan` checked still holds at `apply`. On a
-    /// shared store, a write that finds another master wrote first is refused by the store;
-    /// then this master catches up and plans again.
+    /// Durable changes are serialized, so what `plan` checked still holds at `apply`.
+    ///
+    /// On a shared store, the first try is optimistic: the store refuses the write if another
+    /// master wrote since this one last read the log. Then the next try takes the store's write
+    /// lock first, reads what changed, and decides under it, so a master cannot lose the race
+    /// forever to a busy neighbour.
     async fn change<P: Send + 'static, T>(
         &self,
         mut plan: impl FnMut(&mut Inner) -> Result<P, RegistryError>,
@@ -224,8 +237,36 @@ impl Registry {
     ) -> Result<T, RegistryError> {
         let write = Arc::new(write);
         let mut attempt = 0;
+        let mut lock_first = false;
         loop {
             let _one = self.writer.lock().await;
+            // Declared after `_one`, so dropped before it: a write abandoned half-way is rolled
+            // back before the next change may start one.
+            let mut open_write = None;
+            if lock_first {
+                open_write = Some(OpenWrite(&self.store));
+                let from = self.lock().revision;
+                let changes = self
+                    .store
+                    .run(move |s| {
+                        s.begin(None)?;
+                        s.changes_since(from)
+                    })
+                    .await?;
+                match changes {
+                    Some(changes) => {
+                        let mut g = self.lock();
+                        for c in changes {
+                            self.apply_change(&mut g, c);
+                        }
+                    }
+                    None => {
+                        drop(open_write.take());
+                        self.reload().await?;
+                        continue;
+                    }
+                }
+            }
             let (planned, expect) = {
                 let mut g = self.lock();
                 (plan(&mut g)?, g.revision)
@@ -234,9 +275,24 @@ impl Registry {
             let written = self
                 .store
                 .run(move |s| {
-                    write_shared(s, Some(expect), |s| write(s, &planned).map(|()| planned))
+                    if !lock_first {
+                        return write_shared(s, Some(expect), |s| {
+                            write(s, &planned).map(|()| planned)
+                        });
+                    }
+                    match write(s, &planned).and_then(|()| s.commit()) {
+                        Ok(head) => Ok((planned, head)),
+                        Err(e) => {
+                            s.rollback();
+                            Err(e)
+                        }
+                    }
                 })
                 .await;
+            if let Some(w) = open_write.take() {
+                // The job ran: committed or rolled back.
+                std::mem::forget(w);
+            }
             match written {
                 Ok((planned, head)) => {
                     let mut g = self.lock();
@@ -252,7 +308,13 @@ impl Registry {
                 }
                 Err(StoreError::Stale) if attempt < MAX_ATTEMPTS => {
                     attempt += 1;
-                    self.catch_up_holding_writer().await?;
+                    lock_first = true;
+                }
+                // A lease renewed through another master (renewals are not in the log).
+                Err(StoreError::LeaseMoved(task)) if attempt < MAX_ATTEMPTS => {
+                    attempt += 1;
+                    lock_first = true;
+                    self.refresh_leases(Some(vec![task])).await?;
                 }
                 Err(e) => return Err(e.into()),
             }

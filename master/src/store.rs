@@ -27,6 +27,10 @@ pub enum StoreError {
     /// again. Never reaches a client unless masters keep racing (then it is a 503).
     #[error("another master changed the state at the same moment; try again")]
     Stale,
+    /// The task's stored lease is not the one the writer decided on (renewed through another
+    /// master): read it, decide again.
+    #[error("another master renewed the lease of task {0} at the same moment; try again")]
+    LeaseMoved(String),
 }
 
 /// What a node last told one of the masters: shared between masters on PostgreSQL, so every
@@ -158,17 +162,43 @@ pub trait Store: Send {
     fn changes_since(&mut self, _revision: u64) -> Result<Option<Vec<Change>>, StoreError> {
         Ok(Some(vec![]))
     }
-    /// Drops a lease because it lapsed (a change followers announce as such).
-    fn lapse_lease(&mut self, task_id: &str) -> Result<(), StoreError> {
-        self.delete_lease(task_id)
+    /// Grants `lease` if the stored lease of its task is still `seen` (what the granting master
+    /// decided on; none): another master may have renewed it meanwhile, which only the stored
+    /// row shows (renewals are not in the change log). Else [`StoreError::LeaseMoved`].
+    fn grant_lease(
+        &mut self,
+        lease: &Lease,
+        next_token: u64,
+        _seen: Option<&Lease>,
+    ) -> Result<(), StoreError> {
+        self.put_lease(lease, next_token)
     }
-    /// The leases of these tasks as stored (to renew them inside a write).
+    /// Drops a lapsed lease if it is still stored as `seen` (not renewed through another master
+    /// meanwhile; else [`StoreError::LeaseMoved`]); followers announce it as lapsed.
+    fn lapse_lease(&mut self, seen: &Lease) -> Result<(), StoreError> {
+        self.delete_lease(&seen.task_id)
+    }
+    /// The leases of these tasks as stored.
     fn leases_of(&mut self, _task_ids: &[String]) -> Result<BTreeMap<String, Lease>, StoreError> {
         Ok(BTreeMap::new())
     }
-    /// Stores a renewal's new expiry.
-    fn renew_lease(&mut self, _lease: &Lease) -> Result<(), StoreError> {
-        Ok(())
+    /// Every stored lease.
+    fn all_leases(&mut self) -> Result<Vec<Lease>, StoreError> {
+        Ok(vec![])
+    }
+    /// Renews the task's lease to `now + ttl_ms` if it is held with `token` (by `node`, when
+    /// named) and has not expired at `now`: one atomic update, outside any write (a renewal
+    /// changes nothing another master acts on, so it is not in the change log). Answers the new
+    /// expiry, or `None` when the lease was not renewable.
+    fn renew_lease_if_live(
+        &mut self,
+        _task_id: &str,
+        _token: u64,
+        _node: Option<&str>,
+        _ttl_ms: u64,
+        _now: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        Ok(None)
     }
     /// Stores what a node told a master and announces it.
     fn put_node_live(&mut self, _id: &str, _live: &NodeLive) -> Result<(), StoreError> {
@@ -238,6 +268,11 @@ impl<S: ?Sized + Send + 'static> StoreThread<S> {
             })
             .map_err(|e| StoreError::Db(format!("cannot start the store's thread: {e}")))?;
         Ok(Self { jobs })
+    }
+
+    /// Queues `f` on the store's thread without waiting for it (clean-up from a `Drop`).
+    pub fn send(&self, f: impl FnOnce(&mut S) + Send + 'static) {
+        let _ = self.jobs.send(Box::new(f));
     }
 
     /// Runs `f` on the store's thread and answers its result.

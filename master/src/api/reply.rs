@@ -5,7 +5,7 @@ use serde::Serialize;
 use shadow_common::error::{ErrorBody, FieldError};
 use warp::Reply;
 
-use crate::registry::RegistryError;
+use crate::{registry::RegistryError, store::StoreError};
 
 pub fn json<T: Serialize>(status: StatusCode, body: &T) -> warp::reply::Response {
     warp::reply::with_status(warp::reply::json(body), status).into_response()
@@ -51,6 +51,13 @@ pub fn registry_error(e: RegistryError) -> warp::reply::Response {
                 holder,
             },
         ),
+        RegistryError::Store(e @ (StoreError::Stale | StoreError::LeaseMoved(_))) => {
+            tracing::warn!(error = %e, "gave up deciding against other masters' writes");
+            error_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorBody::new(format!("{e}; nothing was changed")),
+            )
+        }
         RegistryError::Store(e) => {
             tracing::error!(error = %e, "state store failed");
             error_reply(
@@ -71,6 +78,9 @@ pub fn registry_error_status(e: &RegistryError) -> StatusCode {
         RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
         RegistryError::Conflict { .. } | RegistryError::LeaseConflict { .. } => {
             StatusCode::CONFLICT
+        }
+        RegistryError::Store(StoreError::Stale | StoreError::LeaseMoved(_)) => {
+            StatusCode::SERVICE_UNAVAILABLE
         }
         RegistryError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -48,7 +48,7 @@ impl Registry {
 
     /// Starts over from the whole state: this master fell behind further than the log goes
     /// back. Watchers get the whole state too (their revisions are older than the new floor).
-    async fn reload(&self) -> Result<(), RegistryError> {
+    pub(super) async fn reload(&self) -> Result<(), RegistryError> {
         let load = self.store.run(|s| s.load_shared()).await?;
         tracing::warn!(
             head = load.head,
@@ -128,7 +128,7 @@ impl Registry {
     }
 
     /// Applies one entry of the log; announces only what a follower acts on.
-    fn apply_change(&self, g: &mut Inner, c: Change) {
+    pub(super) fn apply_change(&self, g: &mut Inner, c: Change) {
         // Older than what memory holds (a reload applies many at one revision).
         if c.revision < g.revision {
             return;

@@ -21,7 +21,7 @@ use shadow_common::{
 };
 
 use super::{Registry, RegistryError};
-use crate::store::write_shared;
+use crate::store::StoreError;
 
 fn check_ttl(ttl_ms: u64) -> Result<(), RegistryError> {
     if (MIN_TTL_MS..=MAX_TTL_MS).contains(&ttl_ms) {
@@ -45,9 +45,12 @@ impl Registry {
     ) -> Result<LeaseGrant, RegistryError> {
         check_ttl(req.ttl_ms)?;
         self.change(
-            |g| self.grantable(g, task_id, req.clone()),
-            |s, lease| s.put_lease(lease, lease.token + 1),
-            |g, lease| {
+            |g| {
+                let lease = self.grantable(g, task_id, req.clone())?;
+                Ok((lease, g.leases.get(task_id).cloned()))
+            },
+            |s, (lease, seen)| s.grant_lease(lease, lease.token + 1, seen.as_ref()),
+            |g, (lease, _)| {
                 g.next_token = lease.token + 1;
                 g.leases.insert(lease.task_id.clone(), lease.clone());
                 let grant = LeaseGrant {
@@ -210,24 +213,33 @@ impl Registry {
         ttl_ms: u64,
         now: u64,
     ) -> Result<Vec<Result<LeaseGrant, String>>, RegistryError> {
-        let ids: Vec<String> = held.iter().map(|(t, _)| t.clone()).collect();
-        let (results, _) = self
+        let results = self
             .store
             .run(move |s| {
-                write_shared(s, None, |s| {
-                    let mut leases = s.leases_of(&ids)?;
-                    let mut out = Vec::with_capacity(held.len());
-                    for (task, token) in &held {
-                        let r = renew_one(&mut leases, task, *token, node.as_deref(), ttl_ms, now);
-                        if r.is_ok() {
-                            if let Some(l) = leases.get(task) {
-                                s.renew_lease(l)?;
-                            }
+                let mut out = Vec::with_capacity(held.len());
+                for (task, token) in &held {
+                    let renewed =
+                        s.renew_lease_if_live(task, *token, node.as_deref(), ttl_ms, now)?;
+                    out.push(match renewed {
+                        Some(expires_at) => Ok((
+                            task.clone(),
+                            LeaseGrant {
+                                token: *token,
+                                expires_at,
+                            },
+                        )),
+                        // Not renewable: say why, from the lease as stored.
+                        None => {
+                            let mut stored = s.leases_of(std::slice::from_ref(task))?;
+                            Err(renew_one(&mut stored, task, *token, node.as_deref(), ttl_ms, now)
+                                .err()
+                                .unwrap_or_else(|| {
+                                    format!("lease token {token} for task {task} changed while it was renewed; stop the task and acquire again")
+                                }))
                         }
-                        out.push(r.map(|grant| (task.clone(), grant)));
-                    }
-                    Ok(out)
-                })
+                    });
+                }
+                Ok(out)
             })
             .await?;
         let mut g = self.lock();
@@ -243,6 +255,28 @@ impl Registry {
                 })
             })
             .collect())
+    }
+
+    /// Brings memory's lease expiries up to the stored ones: renewals through other masters
+    /// are not in the change log. `only`: these tasks; `None`: every lease.
+    pub(super) async fn refresh_leases(&self, only: Option<Vec<String>>) -> Result<(), StoreError> {
+        let stored: Vec<_> = self
+            .store
+            .run(move |s| match only {
+                Some(ids) => s.leases_of(&ids).map(|m| m.into_values().collect()),
+                None => s.all_leases(),
+            })
+            .await?;
+        let mut g = self.lock();
+        for l in stored {
+            if let Some(cur) = g.leases.get_mut(&l.task_id) {
+                if cur.token == l.token && l.expires_at > cur.expires_at {
+                    cur.expires_at = l.expires_at;
+                    cur.ttl_ms = l.ttl_ms;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Releases the lease if `token` is the current one; releasing a lease that is gone is fine.
@@ -303,15 +337,27 @@ impl Registry {
                 .cloned()
                 .collect()
         };
-        if lapsed(&self.lock()).is_empty() {
+        let candidates = lapsed(&self.lock());
+        if candidates.is_empty() {
             return;
+        }
+        if self.shared {
+            // Renewed through another master? Only the stored rows say.
+            let ids = candidates.into_iter().map(|l| l.task_id).collect();
+            if let Err(e) = self.refresh_leases(Some(ids)).await {
+                tracing::warn!(error = %e, "cannot read leases to drop lapsed ones; will retry");
+                return;
+            }
+            if lapsed(&self.lock()).is_empty() {
+                return;
+            }
         }
         let dropped = self
             .change(
                 |g| Ok(lapsed(g)),
                 |s, leases| {
                     for l in leases {
-                        s.lapse_lease(&l.task_id)?;
+                        s.lapse_lease(l)?;
                     }
                     Ok(())
                 },

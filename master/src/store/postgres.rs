@@ -113,6 +113,10 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
 pub struct PostgresStore {
     client: Client,
     url: String,
+    /// Inside a write ([`Store::begin`] .. [`Store::commit`]).
+    in_write: bool,
+    /// The change log's head as the open write has made it.
+    write_head: u64,
 }
 
 fn int(v: u64) -> i64 {
@@ -158,12 +162,16 @@ impl PostgresStore {
         Ok(Self {
             client: connect(url)?,
             url: url.to_owned(),
+            in_write: false,
+            write_head: 0,
         })
     }
 
     /// The connection, made again if the server dropped it (a restart, a failover).
     fn client(&mut self) -> Result<&mut Client, StoreError> {
         if self.client.is_closed() {
+            // Whatever write was open died with the connection.
+            self.in_write = false;
             tracing::warn!("connection to PostgreSQL lost; connecting again");
             self.client = connect(&self.url)?;
         }
@@ -171,12 +179,14 @@ impl PostgresStore {
     }
 
     fn changed(&mut self, kind: &str, key: &str) -> Result<(), StoreError> {
-        self.client()?
-            .execute(
-                "INSERT INTO changes (kind, key) VALUES ($1, $2)",
+        let row = self
+            .client()?
+            .query_one(
+                "INSERT INTO changes (kind, key) VALUES ($1, $2) RETURNING revision",
                 &[&kind, &key],
             )
             .map_err(db)?;
+        self.write_head = self.write_head.max(uint(row.get(0)));
         Ok(())
     }
 
@@ -319,6 +329,10 @@ impl PostgresStore {
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        if self.in_write {
+            // Inside a write, which holds the write lock: nobody else changes anything.
+            return f(self);
+        }
         self.client()?
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .map_err(db)?;
@@ -490,9 +504,14 @@ impl Store for PostgresStore {
     }
 
     fn begin(&mut self, expect: Option<u64>) -> Result<(), StoreError> {
-        let c = self.client()?;
-        c.batch_execute("BEGIN").map_err(db)?;
-        let locked = c
+        if self.in_write {
+            // A write abandoned half-way (its caller went away): it changed nothing.
+            self.rollback();
+        }
+        self.client()?.batch_execute("BEGIN").map_err(db)?;
+        self.in_write = true;
+        let locked = self
+            .client()?
             .execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
             .map_err(db)
             .and_then(|_| self.head());
@@ -501,7 +520,10 @@ impl Store for PostgresStore {
                 self.rollback();
                 Err(StoreError::Stale)
             }
-            (Ok(_), _) => Ok(()),
+            (Ok(head), _) => {
+                self.write_head = head;
+                Ok(())
+            }
             (Err(e), _) => {
                 self.rollback();
                 Err(e)
@@ -510,14 +532,16 @@ impl Store for PostgresStore {
     }
 
     fn commit(&mut self) -> Result<u64, StoreError> {
-        let head = self.head()?;
+        let head = self.write_head;
         let c = self.client()?;
-        c.batch_execute(&format!("NOTIFY {CHANNEL}; COMMIT"))
-            .map_err(db)?;
+        let done = c.batch_execute(&format!("NOTIFY {CHANNEL}; COMMIT"));
+        self.in_write = false;
+        done.map_err(db)?;
         Ok(head)
     }
 
     fn rollback(&mut self) {
+        self.in_write = false;
         let _ = self.client.batch_execute("ROLLBACK");
     }
 
@@ -554,9 +578,74 @@ impl Store for PostgresStore {
         })
     }
 
-    fn lapse_lease(&mut self, task_id: &str) -> Result<(), StoreError> {
-        self.delete("leases", "task_id", task_id)?;
-        self.changed("lease_lapsed", task_id)
+    fn grant_lease(
+        &mut self,
+        lease: &Lease,
+        next_token: u64,
+        seen: Option<&Lease>,
+    ) -> Result<(), StoreError> {
+        let c = self.client()?;
+        let values = [
+            int(lease.token),
+            int(lease.expires_at),
+            int(lease.granted_at),
+            int(lease.ttl_ms),
+        ];
+        let written = match seen {
+            None => c
+                .execute(
+                    "INSERT INTO leases VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                    &[
+                        &lease.task_id,
+                        &lease.node,
+                        &values[0],
+                        &values[1],
+                        &values[2],
+                        &values[3],
+                    ],
+                )
+                .map_err(db)?,
+            Some(s) => c
+                .execute(
+                    "UPDATE leases SET node = $2, token = $3, expires_at = $4, granted_at = $5,
+                     ttl_ms = $6 WHERE task_id = $1 AND token = $7 AND expires_at = $8",
+                    &[
+                        &lease.task_id,
+                        &lease.node,
+                        &values[0],
+                        &values[1],
+                        &values[2],
+                        &values[3],
+                        &int(s.token),
+                        &int(s.expires_at),
+                    ],
+                )
+                .map_err(db)?,
+        };
+        if written == 0 {
+            return Err(StoreError::LeaseMoved(lease.task_id.clone()));
+        }
+        c.execute(
+            "INSERT INTO meta VALUES ('next_token', $1)
+             ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value, $1)",
+            &[&int(next_token)],
+        )
+        .map_err(db)?;
+        self.changed("lease", &lease.task_id)
+    }
+
+    fn lapse_lease(&mut self, seen: &Lease) -> Result<(), StoreError> {
+        let gone = self
+            .client()?
+            .execute(
+                "DELETE FROM leases WHERE task_id = $1 AND token = $2 AND expires_at = $3",
+                &[&seen.task_id, &int(seen.token), &int(seen.expires_at)],
+            )
+            .map_err(db)?;
+        if gone == 0 {
+            return Err(StoreError::LeaseMoved(seen.task_id.clone()));
+        }
+        self.changed("lease_lapsed", &seen.task_id)
     }
 
     fn leases_of(&mut self, task_ids: &[String]) -> Result<BTreeMap<String, Lease>, StoreError> {
@@ -576,19 +665,32 @@ impl Store for PostgresStore {
             .collect())
     }
 
-    fn renew_lease(&mut self, lease: &Lease) -> Result<(), StoreError> {
-        self.client()?
-            .execute(
-                "UPDATE leases SET expires_at = $2, ttl_ms = $3 WHERE task_id = $1 AND token = $4",
-                &[
-                    &lease.task_id,
-                    &int(lease.expires_at),
-                    &int(lease.ttl_ms),
-                    &int(lease.token),
-                ],
+    fn all_leases(&mut self) -> Result<Vec<Lease>, StoreError> {
+        let rows = self
+            .client()?
+            .query(&format!("SELECT {LEASE_COLUMNS} FROM leases"), &[])
+            .map_err(db)?;
+        Ok(rows.iter().map(lease_row).collect())
+    }
+
+    fn renew_lease_if_live(
+        &mut self,
+        task_id: &str,
+        token: u64,
+        node: Option<&str>,
+        ttl_ms: u64,
+        now: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let row = self
+            .client()?
+            .query_opt(
+                "UPDATE leases SET expires_at = $4 + $5, ttl_ms = $5
+                 WHERE task_id = $1 AND token = $2 AND ($3::text IS NULL OR node = $3)
+                 AND expires_at > $4 RETURNING expires_at",
+                &[&task_id, &int(token), &node, &int(now), &int(ttl_ms)],
             )
             .map_err(db)?;
-        self.changed("lease", &lease.task_id)
+        Ok(row.map(|r| uint(r.get(0))))
     }
 
     fn put_node_live(&mut self, id: &str, live: &NodeLive) -> Result<(), StoreError> {
