@@ -239,7 +239,8 @@ pub struct HealthSpec {
     /// An HTTP path that answers 2xx when the app is ready; unset = TCP connect is enough.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// How often readiness is probed during a start.
+    /// The longest wait between readiness probes during a start (they begin 1 ms apart and
+    /// back off to this).
     #[serde(default = "default_interval_ms")]
     pub interval_ms: u64,
 }

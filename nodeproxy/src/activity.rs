@@ -48,6 +48,13 @@ impl Activity {
         self.inflight.load(Ordering::SeqCst)
     }
 
+    /// Counts as an exchange that ended now: the app did work of its own (see
+    /// [`crate::busy`]), so its idle time starts again.
+    pub fn touch(&self) {
+        let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.fetch_max(now, Ordering::SeqCst);
+    }
+
     /// When the app became idle, or `None` while something is in flight.
     pub fn idle_since(&self) -> Option<Instant> {
         if self.inflight() > 0 {
@@ -112,6 +119,23 @@ mod tests {
         drop(token);
         let idle_at = waiter.await.expect("join");
         assert_eq!(idle_at - t0, Duration::from_secs(106));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_touch_starts_the_idle_time_again() {
+        let a = Activity::new();
+        let t0 = Instant::now();
+        let waiter = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                a.idle_for(Duration::from_secs(5)).await;
+                Instant::now()
+            })
+        };
+        tokio::time::advance(Duration::from_secs(4)).await;
+        a.touch();
+        let idle_at = waiter.await.expect("join");
+        assert_eq!(idle_at - t0, Duration::from_secs(9), "5 s after the touch");
     }
 
     #[tokio::test(start_paused = true)]

@@ -494,8 +494,27 @@ impl Apps {
         let mut checkpoints = tokio::time::interval_at(Instant::now() + period, period);
         checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let checkpointing = !every.is_zero() && running.volume.is_some();
+        // Busy-aware idle: CPU time sampled every window counts as activity when high enough.
+        let busy_percent = self.ctx.config.busy_cpu_percent;
+        let window = self.ctx.config.busy_window().max(crate::busy::MIN_WINDOW);
+        let mut busy_ticks = tokio::time::interval_at(Instant::now() + window, window);
+        busy_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut cpu = if busy_percent > 0.0 {
+            self.cpu_sample(&running).await
+        } else {
+            None
+        };
         let reason = loop {
             tokio::select! {
+                _ = busy_ticks.tick(), if busy_percent > 0.0 => {
+                    let now = self.cpu_sample(&running).await;
+                    if let (Some(before), Some(after)) = (cpu, now) {
+                        if crate::busy::was_busy(before, after, busy_percent) {
+                            running.activity.touch();
+                        }
+                    }
+                    cpu = now.or(cpu);
+                }
                 _ = checkpoints.tick(), if checkpointing => {
                     // A checkpoint can hang on a blackholed link (its fence asks the master):
                     // the lease's deadline must still win.
@@ -552,6 +571,15 @@ impl Apps {
             self.reconcile(&self.ctx.follower.read());
         }
         let _ = done_tx.send(true);
+    }
+
+    /// The app's container's CPU time now, if Docker answers.
+    async fn cpu_sample(&self, running: &Running) -> Option<crate::busy::Sample> {
+        let stats = self.ctx.runtime.stats(&running.container.id).await.ok()?;
+        Some(crate::busy::Sample {
+            cpu_ns: stats.cpu_ns,
+            at: Instant::now(),
+        })
     }
 
     /// Records a failed start: the back-off before the next (for failures of the app's own),

@@ -160,6 +160,15 @@ pub struct Cli {
     #[arg(long, env = "SHADOW_CHECKPOINT_INTERVAL_S")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_interval_s: Option<u64>,
+    /// An app whose container used more than this percent of one CPU over the last busy window
+    /// is not idle, even without requests; 0 = off [default: 10].
+    #[arg(long, env = "SHADOW_BUSY_CPU_PERCENT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub busy_cpu_percent: Option<f64>,
+    /// Milliseconds over which an app's CPU use is measured for the busy check [default: 5000].
+    #[arg(long, env = "SHADOW_BUSY_WINDOW_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub busy_window_ms: Option<u64>,
     /// Snapshots kept per task after a commit [default: 2].
     #[arg(long, env = "SHADOW_SNAPSHOT_KEEP")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -257,6 +266,10 @@ pub struct NodeConfig {
     pub s3_path_style: bool,
     #[serde(default = "default_checkpoint_s")]
     pub checkpoint_interval_s: u64,
+    #[serde(default = "default_busy_cpu_percent")]
+    pub busy_cpu_percent: f64,
+    #[serde(default = "default_busy_window_ms")]
+    pub busy_window_ms: u64,
     #[serde(default)]
     pub require_non_root: bool,
     #[serde(default)]
@@ -367,6 +380,14 @@ fn default_cpus() -> f64 {
 fn default_pids() -> i64 {
     256
 }
+fn default_busy_cpu_percent() -> f64 {
+    10.0
+}
+
+fn default_busy_window_ms() -> u64 {
+    5_000
+}
+
 fn default_checkpoint_s() -> u64 {
     300
 }
@@ -402,6 +423,8 @@ impl NodeConfig {
             s3_region: None,
             s3_path_style: false,
             checkpoint_interval_s: default_checkpoint_s(),
+            busy_cpu_percent: default_busy_cpu_percent(),
+            busy_window_ms: default_busy_window_ms(),
             require_non_root: false,
             require_read_only: false,
             seed_prefix: default_seed_prefix(),
@@ -468,6 +491,10 @@ impl NodeConfig {
             })
             .unwrap_or(4 * 1024 * 1024);
         total_kib / 1024 * 9 / 10
+    }
+    /// How often a running app's CPU use is sampled for the busy check (at least 100 ms).
+    pub fn busy_window(&self) -> Duration {
+        Duration::from_millis(self.busy_window_ms.max(100))
     }
     /// Zero means no periodic checkpoints.
     pub fn checkpoint_interval(&self) -> Duration {

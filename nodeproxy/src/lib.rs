@@ -10,8 +10,8 @@
 //!   [`migrate`]: moving a task's data when its volume kind changed.
 //! - [`budget`]: the memory the apps' limits may add up to; [`firewall`]: apps fenced from the
 //!   host and the metadata service.
-//! - [`activity`]: what counts as idle; [`lease`]: the node's lease session and each lease's
-//!   deadline.
+//! - [`activity`]: what counts as idle ([`busy`]: CPU use that counts as activity);
+//!   [`lease`]: the node's lease session and each lease's deadline.
 //! - [`runtime`]: the container seam (Docker via bollard); [`volume`]: the volume seam.
 //! - [`register`]: registration and heartbeats; [`status`]: each app's state, reported to the
 //!   master; [`logs`]: each app's output, kept after its container; [`usage`]: what each app
@@ -21,6 +21,7 @@
 pub mod activity;
 pub mod apps;
 pub mod budget;
+pub mod busy;
 pub mod config;
 pub mod control;
 pub mod firewall;

@@ -385,18 +385,23 @@ pub fn limits(cfg: &crate::config::NodeConfig, task: &Task) -> Limits {
 const WRONG_PORT_GRACE: Duration = Duration::from_secs(5);
 
 /// Probes until the app answers, failing fast if the container exits meanwhile.
+///
+/// The first probe goes out at once and the next ones back off from a millisecond
+/// ([`ready::Backoff`]), so an app is seen within a few milliseconds of listening; Docker is
+/// asked whether the container still runs only every [`ready::INSPECT_EVERY`], as asking costs
+/// more than a probe.
 async fn wait_ready(ctx: &AppContext, task: &Task, c: &RunningContainer) -> Result<(), StartError> {
     let interval = Duration::from_millis(task.spec.health.interval_ms);
     let path = task.spec.health.path.as_deref();
-    let mut probes = 0u32;
     let began = Instant::now();
+    let mut delays = ready::Backoff::new(interval);
+    let mut inspected = began;
     loop {
         if ready::probe(c.host_addr, path, interval.max(Duration::from_millis(500))).await {
             return Ok(());
         }
-        probes += 1;
-        // Asking Docker costs more than a probe; every few probes is enough to fail fast.
-        if probes % 5 == 1 {
+        if inspected.elapsed() >= ready::INSPECT_EVERY {
+            inspected = Instant::now();
             if let Some(status) = ctx.runtime.inspect(&c.id).await? {
                 // An app that has been listening a while, only on other ports, has the wrong
                 // one: say so now rather than after start_timeout_s.
@@ -433,7 +438,7 @@ async fn wait_ready(ctx: &AppContext, task: &Task, c: &RunningContainer) -> Resu
                 }
             }
         }
-        tokio::time::sleep(interval).await;
+        tokio::time::sleep(delays.next_delay()).await;
     }
 }
 

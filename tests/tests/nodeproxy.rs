@@ -8,7 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, StreamBody};
 use serde_json::{json, Value};
 use shadow_tests::{
-    fixtures::{counter_task, domain, until_released},
+    fixtures::{counter_task, domain, status_until, until_released},
     http::{empty, Client},
     image::counter_image,
     master::{self, MasterHandle, MasterOptions},
@@ -485,4 +485,41 @@ async fn stopping_the_node_stops_its_apps() {
         .expect("list")
         .is_empty());
     assert!(m.client.list_leases().await.expect("leases").is_empty());
+}
+
+#[tokio::test]
+async fn an_app_busy_without_requests_is_not_stopped_half_way() {
+    counter_image().await.expect("test image builds");
+    let m = master::spawn(MasterOptions::default()).await;
+    let n = node::spawn(&m, |c| {
+        c.busy_cpu_percent = 10.0;
+        c.busy_window_ms = 300;
+    })
+    .await;
+    let d = domain("busy");
+    let task = counter_task(&m, &d, "local", |s| s["idle_timeout_s"] = json!(1)).await;
+    let c = Client::new(n.addr);
+    // The app answers at once and then works for 4 s with no request open: a report being
+    // generated. Its idle timeout is 1 s.
+    let work = Duration::from_secs(4);
+    let r = c
+        .get(&d, &format!("/spin?n={}", work.as_millis()))
+        .await
+        .expect("req");
+    assert_eq!(r.status, 200, "{r:?}");
+    let answered = tokio::time::Instant::now();
+    status_until(&m, &task.id, "the app runs", |s| {
+        s.state == shadow_common::status::AppState::Running
+    })
+    .await;
+    status_until(&m, &task.id, "the app stops once its work is done", |s| {
+        s.state == shadow_common::status::AppState::Idle
+    })
+    .await;
+    let ran = answered.elapsed();
+    assert!(
+        ran >= work,
+        "stopped {ran:?} after its last request, while it still worked (for {work:?})"
+    );
+    n.stop().await;
 }

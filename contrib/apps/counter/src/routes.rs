@@ -15,6 +15,7 @@
 //! | `GET /connect?to=IP:PORT` | tries a TCP connection (2 s): `connected` or `failed: <why>` (a hostile tenant probing its neighbours) |
 //! | `GET /threads?n=N` | starts N sleeping threads, answers how many started and why it stopped (a fork bomb under a pids limit) |
 //! | `GET /hog?n=MIB` | allocates and touches N MiB, then answers (a memory hog under a memory limit) |
+//! | `GET /spin?n=MS` | answers at once and works one CPU for N ms in the background (busy without requests) |
 //! | `GET /whoami` | `uid=U gid=G` of the app's process |
 //! | `GET /env?name=N` | the value of environment variable `N`, 404 when unset |
 //! | `GET /write?path=P` | tries to create the file P: `ok` or `failed: <why>` (a read-only root) |
@@ -79,6 +80,7 @@ pub async fn handle(
         (&Method::GET, "/connect") => connect(&query).await,
         (&Method::GET, "/threads") => threads(&query),
         (&Method::GET, "/hog") => hog(&query),
+        (&Method::GET, "/spin") => spin(&query),
         (&Method::GET, "/whoami") => whoami(),
         (&Method::GET, "/env") => match std::env::var(param(&query, "name").unwrap_or("")) {
             Ok(v) => text(StatusCode::OK, format!("{v}\n")),
@@ -234,6 +236,25 @@ fn write(query: &str) -> Response<Body> {
         Ok(()) => text(StatusCode::OK, "ok\n"),
         Err(e) => text(StatusCode::OK, format!("failed: {e}\n")),
     }
+}
+
+/// Works one CPU flat out for `n` ms in the background and answers at once: a report being
+/// generated, with no request open while it runs.
+fn spin(query: &str) -> Response<Body> {
+    let ms = match param_n(query, None) {
+        Ok(n) => n,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    // A plain thread that must burn CPU: no runtime, no timers.
+    #[allow(clippy::disallowed_methods)]
+    std::thread::spawn(move || {
+        let end = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+        let mut x = 0u64;
+        while std::time::Instant::now() < end {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
+        }
+    });
+    text(StatusCode::OK, format!("spinning for {ms} ms\n"))
 }
 
 fn hog(query: &str) -> Response<Body> {
