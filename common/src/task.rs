@@ -58,6 +58,10 @@ pub struct TaskSpec {
     /// Seconds without a request or open connection before the container is stopped.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_s: u64,
+    /// Keeps the app running even without requests (started by the node the edges route it
+    /// to, never stopped for being idle): for those who pay for no cold start.
+    #[serde(default)]
+    pub min_running: bool,
     /// Seconds a cold start may take before waiting requests get 503.
     #[serde(default = "default_start_timeout")]
     pub start_timeout_s: u64,

@@ -374,6 +374,30 @@ impl Apps {
         while changes.changed().await.is_ok() {
             if follower.is_synced() {
                 self.reconcile(&follower.read());
+                self.keep_warm(&follower.read());
+            }
+        }
+    }
+
+    /// Starts the `min_running` apps this node should run: those the edges' rendezvous ranks
+    /// this node first for among the healthy nodes, unless another node holds their lease.
+    pub fn keep_warm(self: &Arc<Self>, state: &ClusterState) {
+        let me = self.ctx.config.node_id.as_str();
+        for task in state.tasks().filter(|t| t.spec.min_running) {
+            if state.lease(&task.id).is_some_and(|l| l.node != me) {
+                continue;
+            }
+            let first = shadow_common::placement::rendezvous(
+                &task.id,
+                state
+                    .nodes()
+                    .filter(|n| n.healthy)
+                    .map(|n| (n.id.as_str(), shadow_common::placement::weight(n))),
+            )
+            .into_iter()
+            .next();
+            if first.as_deref() == Some(me) {
+                let _ = self.kick(task);
             }
         }
     }
@@ -543,7 +567,7 @@ impl Apps {
                     slot.set(&mut slot.lock(), State::Stopping(done_rx.clone()));
                     break stop::Reason::Shutdown;
                 }
-                _ = running.activity.idle_for(idle) => {
+                _ = running.activity.idle_for(idle), if !running.task.spec.min_running => {
                     // Decide under the lock that hands out tokens, so no request slips in.
                     let mut st = slot.lock();
                     let still_idle = running

@@ -51,6 +51,17 @@ async fn register(m: &MasterClient, id: &str) {
     .expect("register");
 }
 
+/// Waits (on `m`'s watch) until master `m` has the task: a master may lease only a task it has.
+async fn until_known(m: &MasterClient, task: &str) {
+    let f = Follower::spawn(m.clone(), std::future::pending());
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        f.wait_until(|s| s.task(task).is_some()),
+    )
+    .await
+    .expect("the master has the task");
+}
+
 /// Long-polls `m` from `since` until an event satisfies `pred`; answers the revision it came
 /// at. Fails after 10 s.
 async fn watch_until(
@@ -182,13 +193,7 @@ async fn two_nodes_racing_for_one_lease_through_two_masters_get_one_grant() {
         .await
         .expect("create");
     // The task must be on B before B may lease it.
-    let f = Follower::spawn(b.client.clone(), std::future::pending());
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        f.wait_until(|s| s.task(&t.id).is_some()),
-    )
-    .await
-    .expect("B has the task");
+    until_known(&b.client, &t.id).await;
     let mut last_token = 0;
     for round in 0..30 {
         let ttl = Duration::from_secs(30);
@@ -238,13 +243,7 @@ async fn renewals_and_heartbeats_taken_by_one_master_count_on_the_other() {
         .create_task(&spec("renewed", "renewed.fleet.test"))
         .await
         .expect("create");
-    let f = Follower::spawn(b.client.clone(), std::future::pending());
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        f.wait_until(|s| s.task(&t.id).is_some()),
-    )
-    .await
-    .expect("B has the task");
+    until_known(&b.client, &t.id).await;
     let ttl = Duration::from_millis(1_000);
     let grant = a
         .client

@@ -523,3 +523,46 @@ async fn an_app_busy_without_requests_is_not_stopped_half_way() {
     );
     n.stop().await;
 }
+
+#[tokio::test]
+async fn a_min_running_app_starts_without_a_request_and_is_not_stopped_when_idle() {
+    let (m, n) = setup().await;
+    let d = domain("warm");
+    let task = counter_task(&m, &d, "local", |s| {
+        s["idle_timeout_s"] = json!(1);
+        s["min_running"] = json!(true);
+    })
+    .await;
+    // No request: the node the edges would route it to (the only one) starts it.
+    let running = status_until(&m, &task.id, "the app starts without a request", |s| {
+        s.state == shadow_common::status::AppState::Running
+    })
+    .await;
+    assert_eq!(running.nodes[0].cold_starts, 1);
+    let first = n.containers().await;
+    assert_eq!(first.len(), 1);
+    // Three idle timeouts later it still runs, the same container.
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < until {
+        let s = m.client.task_status(&task.id).await.expect("status");
+        assert_eq!(s.state, shadow_common::status::AppState::Running, "{s:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(n.containers().await[0].id, first[0].id);
+    // The first request finds it warm.
+    let r = Client::new(n.addr)
+        .post(&d, "/count", "")
+        .await
+        .expect("req");
+    assert_eq!((r.status, r.body.trim()), (200, "1"));
+    // Without the flag it idles out like any app.
+    m.client
+        .patch_task(&task.id, &json!({"min_running": false}))
+        .await
+        .expect("patch");
+    status_until(&m, &task.id, "the app stops once it may", |s| {
+        s.state == shadow_common::status::AppState::Idle
+    })
+    .await;
+    n.stop().await;
+}

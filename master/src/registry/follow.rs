@@ -147,13 +147,10 @@ impl Registry {
                 }
                 Some(reg) => {
                     let before = g.nodes.get(&id).map(NodeEntry::status);
-                    let entry = g.nodes.entry(id).or_insert_with(|| NodeEntry {
-                        reg: reg.clone(),
-                        running: vec![],
-                        load: 0.0,
-                        last_heartbeat_ms: None,
-                        healthy: false,
-                    });
+                    let entry = g
+                        .nodes
+                        .entry(id)
+                        .or_insert_with(|| NodeEntry::new(reg.clone()));
                     entry.reg = reg;
                     if let Some(l) = live {
                         entry.running = l.running;

@@ -12,6 +12,17 @@ use shadow_common::{
 pub const MISSED_HEARTBEATS: u32 = 3;
 
 impl NodeEntry {
+    /// A node just registered (or learned of): unhealthy until its first heartbeat counts.
+    pub(super) fn new(reg: NodeRegistration) -> Self {
+        Self {
+            reg,
+            running: vec![],
+            load: 0.0,
+            last_heartbeat_ms: None,
+            healthy: false,
+        }
+    }
+
     pub(super) fn status(&self) -> NodeStatus {
         NodeStatus {
             id: self.reg.id.clone(),
@@ -57,13 +68,10 @@ impl Registry {
     /// Memory after a registration (`reg`) or a heartbeat that changed what others route by;
     /// announces the node.
     fn node_seen(&self, g: &mut Inner, reg: NodeRegistration, live: NodeLive) -> NodeStatus {
-        let entry = g.nodes.entry(reg.id.clone()).or_insert_with(|| NodeEntry {
-            reg: reg.clone(),
-            running: vec![],
-            load: 0.0,
-            last_heartbeat_ms: None,
-            healthy: false,
-        });
+        let entry = g
+            .nodes
+            .entry(reg.id.clone())
+            .or_insert_with(|| NodeEntry::new(reg.clone()));
         entry.reg = reg;
         entry.running = live.running;
         entry.load = live.load;

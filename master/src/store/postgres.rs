@@ -206,6 +206,19 @@ impl PostgresStore {
         Ok(())
     }
 
+    /// After a lease row is written: the token counter moves past it (never back), and the
+    /// change is logged.
+    fn lease_granted(&mut self, task_id: &str, next_token: u64) -> Result<(), StoreError> {
+        self.client()?
+            .execute(
+                "INSERT INTO meta VALUES ('next_token', $1)
+                 ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value, $1)",
+                &[&int(next_token)],
+            )
+            .map_err(db)?;
+        self.changed("lease", task_id)
+    }
+
     fn head(&mut self) -> Result<u64, StoreError> {
         let row = self
             .client()?
@@ -455,13 +468,7 @@ impl Store for PostgresStore {
             ],
         )
         .map_err(db)?;
-        c.execute(
-            "INSERT INTO meta VALUES ('next_token', $1)
-             ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value, $1)",
-            &[&int(next_token)],
-        )
-        .map_err(db)?;
-        self.changed("lease", &lease.task_id)
+        self.lease_granted(&lease.task_id, next_token)
     }
 
     fn delete_lease(&mut self, task_id: &str) -> Result<(), StoreError> {
@@ -625,13 +632,7 @@ impl Store for PostgresStore {
         if written == 0 {
             return Err(StoreError::LeaseMoved(lease.task_id.clone()));
         }
-        c.execute(
-            "INSERT INTO meta VALUES ('next_token', $1)
-             ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value, $1)",
-            &[&int(next_token)],
-        )
-        .map_err(db)?;
-        self.changed("lease", &lease.task_id)
+        self.lease_granted(&lease.task_id, next_token)
     }
 
     fn lapse_lease(&mut self, seen: &Lease) -> Result<(), StoreError> {
