@@ -96,6 +96,12 @@ pub async fn run(
         "sqlite"
     };
     tracing::info!(%bound, store, data_dir = %config.data_dir.display(), auth = config.api_token.is_some(), "master listening");
+    let closing = state.registry.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // A graceful stop waits for open requests; long polls would hold it for their wait.
+        closing.close_watches();
+    };
     warp::serve(api::routes(state))
         .incoming(listener)
         .graceful(shutdown)

@@ -96,6 +96,9 @@ pub struct Registry {
     heartbeat_interval: Duration,
     lease_grace_ms: u64,
     revision_tx: tokio::sync::watch::Sender<u64>,
+    /// Set when the master stops: open long polls answer at once instead of holding the
+    /// graceful stop for their whole wait.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 struct NodeEntry {
@@ -207,6 +210,7 @@ impl Registry {
             heartbeat_interval,
             lease_grace_ms: DEFAULT_LEASE_GRACE.as_millis() as u64,
             revision_tx,
+            closing: tokio::sync::watch::channel(false).0,
         })
     }
 

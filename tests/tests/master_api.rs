@@ -910,3 +910,49 @@ async fn put_takes_what_get_gave_patch_merges_and_restart_counts() {
         200
     );
 }
+
+#[tokio::test]
+async fn a_stopping_master_answers_open_long_polls_at_once() {
+    let m = spawn(MasterOptions::default()).await;
+    let start = m
+        .client
+        .watch(None, 0, Duration::ZERO)
+        .await
+        .expect("watch");
+    let client = m.client.clone();
+    let epoch = start.epoch.clone();
+    // A long poll with nothing to report: it would wait 60 s.
+    let poll = tokio::spawn(async move {
+        client
+            .watch(Some(&epoch), start.revision, Duration::from_secs(60))
+            .await
+    });
+    // The poll is waiting on the master before it stops (the stop would refuse a new one).
+    let metrics = format!("{}/metrics", m.url);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = reqwest::get(&metrics)
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("body");
+        if text.lines().any(|l| l == "shadow_master_watchers 1") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the long poll never reached the master"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The stop does not wait out the poll: it ends well before the poll's 60 s.
+    tokio::time::timeout(Duration::from_secs(20), m.stop())
+        .await
+        .expect("the graceful stop waited for the long poll");
+    let answered = poll.await.expect("join").expect("the poll got an answer");
+    assert!(
+        !answered.reset && answered.events.is_empty(),
+        "{answered:?}"
+    );
+}

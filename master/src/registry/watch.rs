@@ -72,8 +72,18 @@ impl Registry {
         if resp.reset || !resp.events.is_empty() {
             return resp;
         }
-        let _ = tokio::time::timeout(timeout, rx.wait_for(|r| *r > since)).await;
+        let mut closing = self.closing.subscribe();
+        tokio::select! {
+            _ = tokio::time::timeout(timeout, rx.wait_for(|r| *r > since)) => {}
+            _ = closing.wait_for(|c| *c) => {}
+        }
         self.changes_since(epoch, since)
+    }
+
+    /// Answers every open long poll now and every later one at once: the master is stopping,
+    /// and its watchers should move to another master rather than wait out their polls.
+    pub fn close_watches(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Runs the periodic checks until dropped.
