@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use postgres::{fallible_iterator::FallibleIterator, Client};
+use postgres::{fallible_iterator::FallibleIterator, types::ToSql, Client};
 use shadow_common::{
     acme::AcmeRecord, lease::Lease, node::NodeRegistration, status::AppStatus, task::Task,
 };
@@ -155,6 +155,23 @@ fn lease_row(row: &postgres::Row) -> Lease {
 }
 
 const LEASE_COLUMNS: &str = "task_id, node, token, expires_at, granted_at, ttl_ms";
+
+/// A lease's numbers as stored: token, expires_at, granted_at, ttl_ms.
+fn lease_numbers(l: &Lease) -> [i64; 4] {
+    [
+        int(l.token),
+        int(l.expires_at),
+        int(l.granted_at),
+        int(l.ttl_ms),
+    ]
+}
+
+/// A lease's row as statement parameters `$1..$6`, in the table's column order.
+fn lease_params<'a>(l: &'a Lease, numbers: &'a [i64; 4]) -> Vec<&'a (dyn ToSql + Sync)> {
+    let mut p: Vec<&(dyn ToSql + Sync)> = vec![&l.task_id, &l.node];
+    p.extend(numbers.iter().map(|v| v as &(dyn ToSql + Sync)));
+    p
+}
 
 impl PostgresStore {
     /// Connects and migrates (several masters may share the database).
@@ -458,14 +475,7 @@ impl Store for PostgresStore {
             "INSERT INTO leases VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (task_id) DO UPDATE SET node = $2, token = $3, expires_at = $4,
              granted_at = $5, ttl_ms = $6",
-            &[
-                &lease.task_id,
-                &lease.node,
-                &int(lease.token),
-                &int(lease.expires_at),
-                &int(lease.granted_at),
-                &int(lease.ttl_ms),
-            ],
+            &lease_params(lease, &lease_numbers(lease)),
         )
         .map_err(db)?;
         self.lease_granted(&lease.task_id, next_token)
@@ -592,42 +602,25 @@ impl Store for PostgresStore {
         seen: Option<&Lease>,
     ) -> Result<(), StoreError> {
         let c = self.client()?;
-        let values = [
-            int(lease.token),
-            int(lease.expires_at),
-            int(lease.granted_at),
-            int(lease.ttl_ms),
-        ];
+        let numbers = lease_numbers(lease);
+        let mut params = lease_params(lease, &numbers);
         let written = match seen {
             None => c
                 .execute(
                     "INSERT INTO leases VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-                    &[
-                        &lease.task_id,
-                        &lease.node,
-                        &values[0],
-                        &values[1],
-                        &values[2],
-                        &values[3],
-                    ],
+                    &params,
                 )
                 .map_err(db)?,
-            Some(s) => c
-                .execute(
+            Some(s) => {
+                let was = [int(s.token), int(s.expires_at)];
+                params.extend(was.iter().map(|v| v as &(dyn ToSql + Sync)));
+                c.execute(
                     "UPDATE leases SET node = $2, token = $3, expires_at = $4, granted_at = $5,
                      ttl_ms = $6 WHERE task_id = $1 AND token = $7 AND expires_at = $8",
-                    &[
-                        &lease.task_id,
-                        &lease.node,
-                        &values[0],
-                        &values[1],
-                        &values[2],
-                        &values[3],
-                        &int(s.token),
-                        &int(s.expires_at),
-                    ],
+                    &params,
                 )
-                .map_err(db)?,
+                .map_err(db)?
+            }
         };
         if written == 0 {
             return Err(StoreError::LeaseMoved(lease.task_id.clone()));
@@ -788,14 +781,7 @@ impl Store for PostgresStore {
         for l in &snap.leases {
             tx.execute(
                 "INSERT INTO leases VALUES ($1, $2, $3, $4, $5, $6)",
-                &[
-                    &l.task_id,
-                    &l.node,
-                    &int(l.token),
-                    &int(l.expires_at),
-                    &int(l.granted_at),
-                    &int(l.ttl_ms),
-                ],
+                &lease_params(l, &lease_numbers(l)),
             )
             .map_err(db)?;
         }
