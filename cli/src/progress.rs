@@ -136,7 +136,7 @@ pub async fn sleep(
             told.contains(&s.node)
                 && matches!(
                     s.state,
-                    AppState::Running | AppState::Starting | AppState::Stopping
+                    AppState::Running | AppState::Starting | AppState::Frozen | AppState::Stopping
                 )
         });
         if !awake {

@@ -10,6 +10,7 @@ use std::{
 use tokio::sync::watch;
 
 use crate::{
+    backoff::Backoff,
     client::{jitter, MasterClient},
     state::ClusterState,
 };
@@ -47,6 +48,18 @@ impl Follower {
         follower
     }
 
+    /// A copy fed by the caller instead of a master (tests of what reads it, tools), already
+    /// synced: each event given to the returned [`Feed`] is applied at once.
+    pub fn local() -> (Follower, Feed) {
+        let state = Arc::new(RwLock::new(ClusterState::default()));
+        let (tx, rx) = watch::channel(1u64);
+        let follower = Follower {
+            state: state.clone(),
+            revision: rx,
+        };
+        (follower, Feed { state, tx })
+    }
+
     /// Read access to the local copy; never hold it across an await.
     pub fn read(&self) -> RwLockReadGuard<'_, ClusterState> {
         self.state.read().unwrap_or_else(|e| e.into_inner())
@@ -82,14 +95,31 @@ impl Follower {
     }
 }
 
+/// Feeds a [`Follower::local`] copy.
+pub struct Feed {
+    state: Arc<RwLock<ClusterState>>,
+    tx: watch::Sender<u64>,
+}
+
+impl Feed {
+    /// Applies `event` and wakes whoever waits on the copy.
+    pub fn apply(&self, event: &crate::watch::WatchEvent) {
+        self.state
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(event);
+        self.tx.send_modify(|v| *v += 1);
+    }
+}
+
 async fn follow(client: MasterClient, state: Arc<RwLock<ClusterState>>, tx: watch::Sender<u64>) {
     let mut epoch: Option<String> = None;
     let mut since = 0u64;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
     loop {
         match client.watch(epoch.as_deref(), since, POLL).await {
             Ok(resp) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 if resp.reset || !resp.events.is_empty() || epoch.is_none() {
                     {
                         let mut s = state.write().unwrap_or_else(|e| e.into_inner());
@@ -103,10 +133,10 @@ async fn follow(client: MasterClient, state: Arc<RwLock<ClusterState>>, tx: watc
             }
             Err(e) => {
                 // Jittered: a master's restart must not bring every node back in one moment.
-                let wait = backoff / 2 + jitter(backoff);
+                let step = backoff.next_delay();
+                let wait = step / 2 + jitter(step);
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "watch on the master failed");
                 tokio::time::sleep(wait).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }

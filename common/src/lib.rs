@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acme;
+pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod error;

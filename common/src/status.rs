@@ -11,6 +11,9 @@ pub enum AppState {
     Idle,
     Starting,
     Running,
+    /// Paused after its idle timeout, memory and lease kept: the next request thaws it in
+    /// milliseconds.
+    Frozen,
     Stopping,
     /// The last start failed; the next request tries again.
     Failed,
@@ -26,8 +29,9 @@ impl AppState {
             AppState::Stopping => 1,
             AppState::Failed => 2,
             AppState::Backoff => 3,
-            AppState::Starting => 4,
-            AppState::Running => 5,
+            AppState::Frozen => 4,
+            AppState::Starting => 5,
+            AppState::Running => 6,
         }
     }
 }

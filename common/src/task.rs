@@ -55,9 +55,17 @@ pub struct TaskSpec {
     pub port: u16,
     #[serde(default)]
     pub volume: VolumeSpec,
-    /// Seconds without a request or open connection before the container is stopped.
+    /// Seconds without a request, an open connection or a busy CPU before the app is frozen
+    /// (its container paused, memory kept, thawed by the next request in milliseconds), or
+    /// stopped when it does not freeze.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_s: u64,
+    /// Seconds an app stays frozen before it is stopped (volume written back, lease released);
+    /// 0 = never frozen, stopped at once when idle; unset = the node's default
+    /// (`SHADOW_FROZEN_TIMEOUT_S`). A node short of memory stops frozen apps sooner, least
+    /// recently used first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen_timeout_s: Option<u64>,
     /// Keeps the app running even without requests (started by the node the edges route it
     /// to, never stopped for being idle): for those who pay for no cold start.
     #[serde(default)]
@@ -419,6 +427,15 @@ impl TaskSpec {
             return Err(FieldError::new(
                 "idle_timeout_s",
                 format!("idle_timeout_s must be 1 to {MAX_IDLE_TIMEOUT_S}"),
+            ));
+        }
+        if self
+            .frozen_timeout_s
+            .is_some_and(|s| s > MAX_IDLE_TIMEOUT_S)
+        {
+            return Err(FieldError::new(
+                "frozen_timeout_s",
+                format!("frozen_timeout_s must be 0 (never frozen) to {MAX_IDLE_TIMEOUT_S}, or unset for the node's default"),
             ));
         }
         if self.start_timeout_s == 0 || self.start_timeout_s > MAX_START_TIMEOUT_S {

@@ -89,10 +89,7 @@ pub fn due(state: &ClusterState, now: i64, renew_before: Duration) -> Vec<String
 
 /// How long to wait after `failures` failures in a row.
 pub fn backoff(failures: u32, min: Duration, max: Duration) -> Duration {
-    let factor = 1u32
-        .checked_shl(failures.saturating_sub(1))
-        .unwrap_or(u32::MAX);
-    min.checked_mul(factor).unwrap_or(max).min(max)
+    shadow_common::backoff::after_failures(failures, min, max)
 }
 
 /// Unix seconds now.

@@ -58,6 +58,13 @@ impl MemoryBudget {
     }
 }
 
+impl Reservation {
+    /// The MiB held.
+    pub fn mb(&self) -> u64 {
+        self.mb
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         let mut used = self

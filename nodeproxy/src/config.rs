@@ -169,6 +169,12 @@ pub struct Cli {
     #[arg(long, env = "SHADOW_BUSY_WINDOW_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub busy_window_ms: Option<u64>,
+    /// Seconds an idle app stays frozen (paused, memory kept) before it is stopped, for tasks
+    /// that do not set frozen_timeout_s; 0 = apps are stopped when idle, never frozen
+    /// [default: 600].
+    #[arg(long, env = "SHADOW_FROZEN_TIMEOUT_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frozen_timeout_s: Option<u64>,
     /// Snapshots kept per task after a commit [default: 2].
     #[arg(long, env = "SHADOW_SNAPSHOT_KEEP")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -270,6 +276,8 @@ pub struct NodeConfig {
     pub busy_cpu_percent: f64,
     #[serde(default = "default_busy_window_ms")]
     pub busy_window_ms: u64,
+    #[serde(default = "default_frozen_timeout_s")]
+    pub frozen_timeout_s: u64,
     #[serde(default)]
     pub require_non_root: bool,
     #[serde(default)]
@@ -388,6 +396,10 @@ fn default_busy_window_ms() -> u64 {
     5_000
 }
 
+fn default_frozen_timeout_s() -> u64 {
+    600
+}
+
 fn default_checkpoint_s() -> u64 {
     300
 }
@@ -425,6 +437,7 @@ impl NodeConfig {
             checkpoint_interval_s: default_checkpoint_s(),
             busy_cpu_percent: default_busy_cpu_percent(),
             busy_window_ms: default_busy_window_ms(),
+            frozen_timeout_s: default_frozen_timeout_s(),
             require_non_root: false,
             require_read_only: false,
             seed_prefix: default_seed_prefix(),
@@ -492,6 +505,11 @@ impl NodeConfig {
             .unwrap_or(4 * 1024 * 1024);
         total_kib / 1024 * 9 / 10
     }
+    /// How long `task` stays frozen before it is stopped; zero means it is never frozen.
+    pub fn frozen_timeout(&self, task: &shadow_common::task::Task) -> Duration {
+        Duration::from_secs(task.spec.frozen_timeout_s.unwrap_or(self.frozen_timeout_s))
+    }
+
     /// How often a running app's CPU use is sampled for the busy check (at least 100 ms).
     pub fn busy_window(&self) -> Duration {
         Duration::from_millis(self.busy_window_ms.max(100))

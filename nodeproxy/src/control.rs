@@ -6,7 +6,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use shadow_common::proxy::ProxyBody;
 
-use crate::{apps::Kick, handler::Node, pages};
+use crate::{handler::Node, lifecycle::Kick, pages};
 
 pub fn route(node: &Node, req: &Request<Incoming>, rest: &str) -> Response<ProxyBody> {
     if let Some(refused) = unauthorized(node, req) {

@@ -16,10 +16,9 @@ use shadow_common::{
 use tracing::Instrument;
 
 use crate::{
-    apps::{Apps, Kick, Unavailable},
+    lifecycle::{Apps, Kick, StartError, Unavailable},
     metrics::Metrics,
     pages,
-    start::StartError,
 };
 
 /// Everything a request needs; shared by all connections.

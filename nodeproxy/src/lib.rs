@@ -5,38 +5,30 @@
 //! - [`config`]: flags, environment and file.
 //! - [`handler`]: the HTTP entry; Host → task → running app → forward; [`control`]: the
 //!   master's routes (logs, wake, sleep).
-//! - [`apps`]: each task's life cycle on this node (idle, starting, running, stopping).
-//! - [`start`] / [`stop`]: the phases of a cold start and of a stop; [`ready`]: readiness probes;
-//!   [`migrate`]: moving a task's data when its volume kind changed.
+//! - [`lifecycle`]: each task's life cycle on this node (idle, starting, running, frozen,
+//!   stopping): the state machine, the phases of a start, a freeze and a stop.
 //! - [`budget`]: the memory the apps' limits may add up to; [`firewall`]: apps fenced from the
 //!   host and the metadata service.
-//! - [`activity`]: what counts as idle ([`busy`]: CPU use that counts as activity);
-//!   [`lease`]: the node's lease session and each lease's deadline.
+//! - [`lease`]: the node's lease session and each lease's deadline.
 //! - [`runtime`]: the container seam (Docker via bollard); [`volume`]: the volume seam.
 //! - [`register`]: registration and heartbeats; [`status`]: each app's state, reported to the
 //!   master; [`logs`]: each app's output, kept after its container; [`usage`]: what each app
 //!   used, hour by hour; [`metrics`], [`pages`].
 #![forbid(unsafe_code)]
 
-pub mod activity;
-pub mod apps;
 pub mod budget;
-pub mod busy;
 pub mod config;
 pub mod control;
 pub mod firewall;
 pub mod handler;
 pub mod lease;
+pub mod lifecycle;
 pub mod logs;
 pub mod metrics;
-pub mod migrate;
 pub mod pages;
-pub mod ready;
 pub mod register;
 pub mod runtime;
-pub mod start;
 pub mod status;
-pub mod stop;
 pub mod usage;
 pub mod volume;
 
@@ -48,7 +40,7 @@ use tokio::net::TcpListener;
 pub use config::NodeConfig;
 
 use crate::{
-    apps::{AppContext, Apps},
+    lifecycle::{AppContext, Apps},
     runtime::{ContainerRuntime, RuntimeError},
     volume::{local::LocalVolumes, s3::S3Volumes, VolumeBackend, Volumes},
 };
@@ -226,7 +218,9 @@ async fn volumes(config: &NodeConfig) -> Result<Volumes, RunError> {
 pub async fn clean_up(node_id: &str, docker_host: Option<&str>) -> Result<usize, RunError> {
     shadow_common::node::check_node_id(node_id).map_err(RunError::NodeId)?;
     let runtime = runtime::docker::DockerRuntime::connect(docker_host).await?;
-    let found = runtime.list_labelled(start::LABEL_NODE, node_id).await?;
+    let found = runtime
+        .list_labelled(lifecycle::start::LABEL_NODE, node_id)
+        .await?;
     for c in &found {
         tracing::info!(container = %c.name, "removing a container of this node");
         runtime
@@ -247,7 +241,10 @@ pub async fn fence_apps(app_network: &str, docker_host: Option<&str>) -> Result<
 /// A node starts clean: containers it made in an earlier life are removed (their data is in
 /// their volume); containers without its label are never touched.
 async fn remove_leftovers(runtime: &dyn ContainerRuntime, node_id: &str) -> Result<(), RunError> {
-    for c in runtime.list_labelled(start::LABEL_NODE, node_id).await? {
+    for c in runtime
+        .list_labelled(lifecycle::start::LABEL_NODE, node_id)
+        .await?
+    {
         tracing::info!(container = %c.name, "removing a container this node left behind");
         if let Err(e) = runtime
             .stop_and_remove(&c.id, std::time::Duration::from_secs(5))

@@ -7,7 +7,7 @@ use shadow_common::{
     node::{Heartbeat, NodeRegistration},
 };
 
-use crate::apps::Apps;
+use crate::lifecycle::Apps;
 
 pub async fn heartbeat_loop(
     master: MasterClient,

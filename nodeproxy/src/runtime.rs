@@ -222,6 +222,13 @@ pub trait ContainerRuntime: Send + Sync {
     /// A container that is already gone is not an error.
     async fn stop_and_remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
 
+    /// Freezes every process of the container (the cgroup freezer): its memory stays, it gets
+    /// no CPU, and it answers nothing until [`ContainerRuntime::unpause`].
+    async fn pause(&self, id: &str) -> Result<(), RuntimeError>;
+
+    /// Thaws a paused container; one that is not paused is not an error.
+    async fn unpause(&self, id: &str) -> Result<(), RuntimeError>;
+
     /// The containers, in any state, that carry the label `key=value`.
     async fn list_labelled(
         &self,
@@ -245,6 +252,12 @@ pub trait ContainerRuntime: Send + Sync {
 
     /// The container's state, or `None` when there is no such container.
     async fn inspect(&self, id: &str) -> Result<Option<ContainerStatus>, RuntimeError>;
+
+    /// Whether the app answers HTTP at `addr` (its published port) within `timeout`: any
+    /// answer counts, or a 2xx/3xx from `path` when one is given.
+    async fn probe(&self, addr: SocketAddr, path: Option<&str>, timeout: Duration) -> bool {
+        crate::lifecycle::ready::probe(addr, path, timeout).await
+    }
 
     /// Whether the container exists and is running.
     async fn is_running(&self, id: &str) -> Result<bool, RuntimeError> {

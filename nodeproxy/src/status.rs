@@ -94,6 +94,16 @@ impl StatusBoard {
         });
     }
 
+    /// Paused after its idle timeout; a request thaws it.
+    pub fn frozen(&self, task: &str) {
+        self.update(task, |s| Self::enter(s, AppState::Frozen));
+    }
+
+    /// Thawed by a request: running again (not a new cold start).
+    pub fn thawed(&self, task: &str) {
+        self.update(task, |s| Self::enter(s, AppState::Running));
+    }
+
     pub fn stopping(&self, task: &str) {
         self.update(task, |s| Self::enter(s, AppState::Stopping));
     }

@@ -41,6 +41,8 @@ struct Ledger {
     counted_to_ms: Option<u64>,
     /// The running container and the CPU time of it already counted (ns).
     container: Option<(String, u64)>,
+    /// Paused: its time counts as frozen, not running.
+    frozen: bool,
 }
 
 impl Ledger {
@@ -52,11 +54,17 @@ impl Ledger {
         })
     }
 
-    /// Counts running time up to `now`.
+    /// Counts running (or frozen) time up to `now`.
     fn run_to(&mut self, task: &str, now: u64) {
         if let Some(from) = self.counted_to_ms {
+            let frozen = self.frozen;
             for (hour, ms) in split_by_hour(from, now) {
-                self.hour(task, hour).running_ms += ms;
+                let h = self.hour(task, hour);
+                if frozen {
+                    h.frozen_ms += ms;
+                } else {
+                    h.running_ms += ms;
+                }
             }
             self.counted_to_ms = Some(now.max(from));
         }
@@ -111,6 +119,14 @@ impl UsageMeter {
         l.container = Some((container.to_owned(), 0));
     }
 
+    /// The app was frozen (`true`) or thawed: its time counts as frozen or running from now.
+    pub fn frozen(&self, task: &str, frozen: bool) {
+        let meter = self.app(task);
+        let mut l = meter.ledger.lock().unwrap_or_else(|e| e.into_inner());
+        l.run_to(task, now_ms());
+        l.frozen = frozen;
+    }
+
     /// The app is about to stop: its last CPU and memory figures, before the container goes.
     pub async fn stopping(&self, task: &str) {
         self.sample(task).await;
@@ -123,6 +139,7 @@ impl UsageMeter {
         l.run_to(task, now_ms());
         l.counted_to_ms = None;
         l.container = None;
+        l.frozen = false;
     }
 
     /// Adds the container's CPU time since the last sample, and its memory peak.

@@ -3,8 +3,8 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use shadow_nodeproxy::{
+    lifecycle::start::LABEL_NODE,
     runtime::{docker::DockerRuntime, ContainerInfo, ContainerRuntime},
-    start::LABEL_NODE,
     NodeConfig,
 };
 use tempfile::TempDir;
@@ -29,7 +29,8 @@ pub fn unique_id(prefix: &str) -> String {
     )
 }
 
-/// Starts a node proxy attached to `master`, heartbeating every 100 ms.
+/// Starts a node proxy attached to `master`, heartbeating every 100 ms, stopping idle apps
+/// rather than freezing them unless `tweak` sets `frozen_timeout_s`.
 pub async fn spawn(master: &MasterHandle, tweak: impl FnOnce(&mut NodeConfig)) -> NodeHandle {
     let dir = tempfile::tempdir().expect("temp dir");
     let id = unique_id("node");
@@ -37,6 +38,8 @@ pub async fn spawn(master: &MasterHandle, tweak: impl FnOnce(&mut NodeConfig)) -
     config.api_token = Some(TOKEN.to_string());
     config.heartbeat_interval_ms = 100;
     config.stop_grace_s = 2;
+    // Most tests are about the stop path; those about the frozen tier turn it back on.
+    config.frozen_timeout_s = 0;
     tweak(&mut config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use shadow_nodeproxy::start::LABEL_TASK;
+use shadow_nodeproxy::lifecycle::start::LABEL_TASK;
 use shadow_tests::{
     fixtures::{counter_task, domain},
     http::Client,

@@ -15,7 +15,7 @@ use std::{
 
 use serde_json::json;
 use shadow_common::{follower::Follower, task::Task};
-use shadow_nodeproxy::{runtime::ContainerRuntime, start::LABEL_TASK};
+use shadow_nodeproxy::{lifecycle::start::LABEL_TASK, runtime::ContainerRuntime};
 use shadow_tests::{
     docker_events::{self, Span},
     edge::{self, EdgeHandle},

@@ -488,12 +488,13 @@ async fn stopping_the_node_stops_its_apps() {
 }
 
 #[tokio::test]
-async fn an_app_busy_without_requests_is_not_stopped_half_way() {
+async fn an_app_busy_without_requests_is_neither_frozen_nor_stopped_half_way() {
     counter_image().await.expect("test image builds");
     let m = master::spawn(MasterOptions::default()).await;
     let n = node::spawn(&m, |c| {
         c.busy_cpu_percent = 10.0;
         c.busy_window_ms = 300;
+        c.frozen_timeout_s = 600;
     })
     .await;
     let d = domain("busy");
@@ -512,14 +513,17 @@ async fn an_app_busy_without_requests_is_not_stopped_half_way() {
         s.state == shadow_common::status::AppState::Running
     })
     .await;
-    status_until(&m, &task.id, "the app stops once its work is done", |s| {
-        s.state == shadow_common::status::AppState::Idle
-    })
+    status_until(
+        &m,
+        &task.id,
+        "the app is frozen once its work is done",
+        |s| s.state == shadow_common::status::AppState::Frozen,
+    )
     .await;
     let ran = answered.elapsed();
     assert!(
         ran >= work,
-        "stopped {ran:?} after its last request, while it still worked (for {work:?})"
+        "frozen {ran:?} after its last request, while it still worked (for {work:?})"
     );
     n.stop().await;
 }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use shadow_common::{logs::LogLine, status::AppState};
-use shadow_nodeproxy::start::LABEL_TASK;
+use shadow_nodeproxy::lifecycle::start::LABEL_TASK;
 use shadow_tests::{
     fixtures::{counter_task, domain, status_until},
     http::Client,

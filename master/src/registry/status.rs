@@ -197,7 +197,8 @@ impl Registry {
             })
     }
 
-    /// The nodes where `task` runs or starts, as `(node id, address)`, to put it to sleep.
+    /// The nodes where `task` runs, starts or is frozen, as `(node id, address)`, to put it to
+    /// sleep.
     pub fn awake_on(&self, task: &str) -> Result<Vec<(String, String)>, RegistryError> {
         let g = self.lock();
         if !g.tasks.contains_key(task) {
@@ -209,7 +210,12 @@ impl Registry {
             .get(task)
             .into_iter()
             .flat_map(|m| m.values())
-            .filter(|s| matches!(s.state, AppState::Running | AppState::Starting))
+            .filter(|s| {
+                matches!(
+                    s.state,
+                    AppState::Running | AppState::Starting | AppState::Frozen
+                )
+            })
             .filter_map(|s| g.nodes.get(&s.node))
             .map(|n| (n.reg.id.clone(), n.reg.address.clone()))
             .collect())

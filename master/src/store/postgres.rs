@@ -379,7 +379,10 @@ pub fn listen(url: &str, notify: Arc<tokio::sync::Notify>, stop: Arc<AtomicBool>
     let spawned = std::thread::Builder::new()
         .name("shadow-listen".into())
         .spawn(move || {
-            let mut backoff = Duration::from_millis(100);
+            let mut backoff = shadow_common::backoff::Backoff::new(
+                Duration::from_millis(100),
+                Duration::from_secs(5),
+            );
             while !stop.load(Ordering::Relaxed) {
                 let mut client = match super::pg_connect::open(&url).and_then(|mut c| {
                     c.batch_execute(&format!("LISTEN {CHANNEL}"))
@@ -391,12 +394,11 @@ pub fn listen(url: &str, notify: Arc<tokio::sync::Notify>, stop: Arc<AtomicBool>
                         tracing::warn!(error = %e, "cannot listen for other masters' changes; retrying");
                         // A plain thread, never an async worker.
                         #[allow(clippy::disallowed_methods)]
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        std::thread::sleep(backoff.next_delay());
                         continue;
                     }
                 };
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 notify.notify_one();
                 while !stop.load(Ordering::Relaxed) && !client.is_closed() {
                     let mut n = client.notifications();

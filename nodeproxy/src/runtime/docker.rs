@@ -502,6 +502,26 @@ impl ContainerRuntime for DockerRuntime {
             .collect())
     }
 
+    async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        match self.docker.pause_container(id).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(RuntimeError::NotFound { id: id.to_owned() }),
+            Err(e) => Err(self.fail(format!("pause container {id}"), e)),
+        }
+    }
+
+    async fn unpause(&self, id: &str) -> Result<(), RuntimeError> {
+        match self.docker.unpause_container(id).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(RuntimeError::NotFound { id: id.to_owned() }),
+            // Docker answers 409 for a container that is not paused: already thawed.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            Err(e) => Err(self.fail(format!("unpause container {id}"), e)),
+        }
+    }
+
     async fn stats(&self, id: &str) -> Result<super::ContainerStats, RuntimeError> {
         // One sample, without the second one Docker waits a second for to compute a rate.
         let options = bollard::query_parameters::StatsOptionsBuilder::new()

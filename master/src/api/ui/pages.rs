@@ -107,7 +107,7 @@ pub fn apps(lines: &[AppLine]) -> String {
             .filter(|s| {
                 matches!(
                     s.state,
-                    AppState::Running | AppState::Starting | AppState::Stopping
+                    AppState::Running | AppState::Starting | AppState::Frozen | AppState::Stopping
                 )
             })
             .collect();

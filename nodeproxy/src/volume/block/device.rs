@@ -40,7 +40,7 @@ fn describe(program: &str, args: &[&str], out: &std::process::Output) -> String 
 /// points at. The cloud's API may say "attached" before the kernel shows the disk.
 pub async fn wait_for(candidates: &[PathBuf], limit: Duration) -> Result<PathBuf, String> {
     let deadline = Instant::now() + limit;
-    let mut wait = POLL_FIRST;
+    let mut waits = shadow_common::backoff::Backoff::new(POLL_FIRST, POLL_MAX);
     loop {
         for c in candidates {
             if tokio::fs::metadata(c).await.is_ok() {
@@ -57,8 +57,7 @@ pub async fn wait_for(candidates: &[PathBuf], limit: Duration) -> Result<PathBuf
                 names.join(", ")
             ));
         }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(POLL_MAX);
+        tokio::time::sleep(waits.next_delay()).await;
     }
 }
 

@@ -19,7 +19,7 @@ where
     Fut: Future<Output = Result<Option<T>, E>>,
 {
     let deadline = Instant::now() + limit;
-    let mut wait = FIRST;
+    let mut waits = shadow_common::backoff::Backoff::new(FIRST, MAX);
     loop {
         if let Some(v) = check().await? {
             return Ok(v);
@@ -27,7 +27,6 @@ where
         if Instant::now() >= deadline {
             return Err(timeout(format!("{what} did not happen within {limit:?}")));
         }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(MAX);
+        tokio::time::sleep(waits.next_delay()).await;
     }
 }

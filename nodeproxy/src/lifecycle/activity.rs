@@ -49,7 +49,7 @@ impl Activity {
     }
 
     /// Counts as an exchange that ended now: the app did work of its own (see
-    /// [`crate::busy`]), so its idle time starts again.
+    /// [`super::busy`]), so its idle time starts again.
     pub fn touch(&self) {
         let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.last.fetch_max(now, Ordering::SeqCst);

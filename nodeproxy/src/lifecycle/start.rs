@@ -12,6 +12,7 @@ use std::{
 };
 
 use shadow_common::{
+    backoff::Backoff,
     client::ClientError,
     state::ClusterState,
     status::StartPhase,
@@ -19,64 +20,22 @@ use shadow_common::{
 };
 use tokio::{sync::Notify, time::Instant};
 
-use crate::{
+use super::{
     activity::Activity,
-    apps::AppContext,
-    lease::{AcquireError, Held},
+    context::AppContext,
+    error::StartError,
+    keepalive::{under_lease, RanOut},
     ready,
-    runtime::{ContainerSpec, RunningContainer, RuntimeError},
-    volume::{Attached, VolumeBackend, VolumeError},
+};
+use crate::{
+    lease::{AcquireError, Held},
+    runtime::{ContainerSpec, RunningContainer},
+    volume::{Attached, VolumeBackend},
 };
 
 /// Container labels: which node made it, for which task. A node touches only its own.
 pub const LABEL_NODE: &str = "shadow.node";
 pub const LABEL_TASK: &str = "shadow.task";
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("node {holder} holds the task's volume lease; its requests belong there")]
-    LeaseHeld { holder: String },
-    #[error("cannot take the task's lease: {0}")]
-    Master(#[from] ClientError),
-    #[error("cannot take the task's lease: {0}")]
-    Acquire(#[from] AcquireError),
-    #[error(
-        "the task's lease ran out during the start (the master did not answer renewals in time)"
-    )]
-    LeaseLost,
-    #[error(transparent)]
-    OverBudget(#[from] crate::budget::OverBudget),
-    #[error("this node's policy refuses the task: {0}")]
-    Policy(String),
-    #[error(transparent)]
-    Volume(#[from] VolumeError),
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
-    #[error("the container exited before it answered ({status}); its last log lines:\n{logs}")]
-    Exited { status: String, logs: String },
-    #[error("the app did not answer on port {port} within start_timeout_s ({limit:?}); check that it listens on 0.0.0.0:{port} (the task's port, also in $PORT)")]
-    Timeout { limit: Duration, port: u16 },
-    #[error("moving the app's data to its new volume failed: {0}")]
-    Migration(String),
-    #[error("the app listens on port {listening} but not on port {port}, the task's port (also in $PORT); set the task's port to the one the app uses, or make the app listen on $PORT")]
-    WrongPort { port: u16, listening: String },
-}
-
-impl StartError {
-    /// Whether the app (its image, spec or data) made the start fail, so trying again at once
-    /// would fail the same way: such failures back off. Not so for a lease held elsewhere, an
-    /// unreachable master or a full node.
-    pub fn backs_off(&self) -> bool {
-        !matches!(
-            self,
-            StartError::LeaseHeld { .. }
-                | StartError::Master(_)
-                | StartError::Acquire(_)
-                | StartError::LeaseLost
-                | StartError::OverBudget(_)
-        )
-    }
-}
 
 /// What a start has made so far, for undoing it.
 #[derive(Default)]
@@ -99,8 +58,28 @@ pub struct Running {
     pub replaced: Notify,
     /// Signalled when someone asks the app to sleep now (`shadow apps sleep`).
     pub put_to_sleep: Notify,
-    /// The app's share of the node's memory budget, given back when the app is dropped.
-    pub memory: crate::budget::Reservation,
+    /// Signalled when a request finds the app frozen: thaw it.
+    pub thaw: Notify,
+    /// Signalled when a start needs the frozen app's memory: stop it.
+    pub evict: Notify,
+    /// The app's share of the node's memory budget, given back when the app has stopped.
+    pub memory: Mutex<Option<crate::budget::Reservation>>,
+}
+
+impl Running {
+    /// Gives the app's memory back to the node's budget (its container is gone).
+    pub fn release_memory(&self) {
+        drop(self.memory.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+
+    /// The MiB of the node's budget the app holds.
+    pub fn memory_mb(&self) -> u64 {
+        self.memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(0, crate::budget::Reservation::mb)
+    }
 }
 
 /// Makes container names unique across starts and node restarts.
@@ -140,19 +119,17 @@ fn record<T>(partial: &Mutex<Partial>, f: impl FnOnce(&mut Partial) -> T) -> T {
     f(&mut partial.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
-/// Starts the app. `holder_down` names a node the edge could not reach: if that node holds the
-/// lease, the start waits for the lease to lapse instead of sending the request there.
+/// Starts the app, holding `memory` of the node's budget for it. `holder_down` names a node the
+/// edge could not reach: if that node holds the lease, the start waits for the lease to lapse
+/// instead of sending the request there.
 pub async fn start(
     ctx: &AppContext,
     task: &Arc<Task>,
     partial: &Mutex<Partial>,
     holder_down: Option<&str>,
+    memory: crate::budget::Reservation,
 ) -> Result<Running, StartError> {
     let began = Instant::now();
-    // Cheapest checks first, before anything is taken: a refused start changes nothing.
-    check_policy(&ctx.config, task)?;
-    let memory = ctx.budget.reserve(limits(&ctx.config, task).memory_mb)?;
-
     let mut lease = None;
     ctx.status.phase(&task.id, StartPhase::Lease);
     if task.spec.volume.kind.is_stateful() {
@@ -166,14 +143,9 @@ pub async fn start(
     // slow readiness can each outlast it); if it runs out, the start ends and its clean-up kills
     // whatever was started.
     let fence = ctx.fence(lease.as_deref());
-    let up = bring_up(ctx, task, partial, &fence);
-    let container = match &lease {
-        Some(held) => tokio::select! {
-            r = up => r?,
-            () = held.must_stop() => return Err(StartError::LeaseLost),
-        },
-        None => up.await?,
-    };
+    let container = under_lease(lease.as_deref(), bring_up(ctx, task, partial, &fence))
+        .await
+        .map_err(|RanOut| StartError::LeaseLost)??;
     tracing::info!(
         task = %task.id,
         container = %container.name,
@@ -196,7 +168,9 @@ pub async fn start(
         volume,
         replaced: Notify::new(),
         put_to_sleep: Notify::new(),
-        memory,
+        thaw: Notify::new(),
+        evict: Notify::new(),
+        memory: Mutex::new(Some(memory)),
     })
 }
 
@@ -215,7 +189,7 @@ async fn take_lease(
     task: &Task,
     holder_down: Option<&str>,
 ) -> Result<Held, StartError> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
     let mut waiting = None;
     loop {
         let err = match ctx.leases.acquire(&task.id).await {
@@ -246,8 +220,7 @@ async fn take_lease(
             tracing::warn!(task = %task.id, error = %err, "cannot reach the master for the lease; the start waits for it");
             waiting = Some(Waiting::Master);
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(1));
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 
@@ -271,7 +244,7 @@ async fn bring_up(
     let mut data_mount = None;
     ctx.status.phase(&task.id, StartPhase::Volume);
     if let Some(from) = task.spec.volume.migrating_from {
-        crate::migrate::migrate(ctx, task, from, fence).await?;
+        super::migrate::migrate(ctx, task, from, fence).await?;
     }
     if let Some(backend) = ctx.volumes.backend(task)? {
         let attached = backend.attach(task, fence).await?;
@@ -387,17 +360,21 @@ const WRONG_PORT_GRACE: Duration = Duration::from_secs(5);
 /// Probes until the app answers, failing fast if the container exits meanwhile.
 ///
 /// The first probe goes out at once and the next ones back off from a millisecond
-/// ([`ready::Backoff`]), so an app is seen within a few milliseconds of listening; Docker is
+/// ([`Backoff`] from a millisecond to the health interval), so an app is seen within a few milliseconds of listening; Docker is
 /// asked whether the container still runs only every [`ready::INSPECT_EVERY`], as asking costs
 /// more than a probe.
 async fn wait_ready(ctx: &AppContext, task: &Task, c: &RunningContainer) -> Result<(), StartError> {
     let interval = Duration::from_millis(task.spec.health.interval_ms);
     let path = task.spec.health.path.as_deref();
     let began = Instant::now();
-    let mut delays = ready::Backoff::new(interval);
+    let mut delays = Backoff::new(Duration::from_millis(1), interval);
     let mut inspected = began;
     loop {
-        if ready::probe(c.host_addr, path, interval.max(Duration::from_millis(500))).await {
+        if ctx
+            .runtime
+            .probe(c.host_addr, path, interval.max(Duration::from_millis(500)))
+            .await
+        {
             return Ok(());
         }
         if inspected.elapsed() >= ready::INSPECT_EVERY {
@@ -406,7 +383,7 @@ async fn wait_ready(ctx: &AppContext, task: &Task, c: &RunningContainer) -> Resu
                 // An app that has been listening a while, only on other ports, has the wrong
                 // one: say so now rather than after start_timeout_s.
                 if status.running && began.elapsed() >= WRONG_PORT_GRACE {
-                    if let Some(ports) = status.pid.and_then(crate::ready::listening_ports) {
+                    if let Some(ports) = status.pid.and_then(ready::listening_ports) {
                         if !ports.is_empty() && !ports.contains(&task.spec.port) {
                             let listening = ports
                                 .iter()
@@ -448,7 +425,7 @@ pub async fn clean_up(ctx: &AppContext, task: &Task, partial: Partial) {
     let lease_ok = partial.lease.as_ref().is_none_or(|l| l.is_valid());
     if let Some(container) = &partial.container {
         if !lease_ok {
-            kill(ctx, task, container).await;
+            ctx.kill(task, container).await;
         }
         if let Ok(logs) = ctx.runtime.logs_tail(container, 20).await {
             if !logs.trim().is_empty() {
@@ -456,7 +433,7 @@ pub async fn clean_up(ctx: &AppContext, task: &Task, partial: Partial) {
             }
         }
         if lease_ok {
-            kill(ctx, task, container).await;
+            ctx.kill(task, container).await;
         }
     }
     let mut keep_lease = false;
@@ -476,12 +453,5 @@ pub async fn clean_up(ctx: &AppContext, task: &Task, partial: Partial) {
         if let Err(e) = lease.release().await {
             tracing::warn!(task = %task.id, error = %e, "cannot release the lease; it will lapse by itself");
         }
-    }
-}
-
-/// Kills and removes a container at once (no grace).
-pub async fn kill(ctx: &AppContext, task: &Task, container: &str) {
-    if let Err(e) = ctx.runtime.stop_and_remove(container, Duration::ZERO).await {
-        tracing::error!(task = %task.id, %container, error = %e, "cannot remove the app's container");
     }
 }

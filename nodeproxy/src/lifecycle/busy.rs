@@ -1,7 +1,7 @@
 //! Busy-aware idle: an app that works without requests (a report being generated, a queue
 //! being drained) must not be stopped half-way. While it runs, its container's CPU time is
 //! sampled every busy window; a window in which it used more than `busy_cpu_percent` of one
-//! CPU counts as activity (see [`crate::activity::Activity::touch`]).
+//! CPU counts as activity (see [`super::activity::Activity::touch`]).
 
 use std::time::Duration;
 

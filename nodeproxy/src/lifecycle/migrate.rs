@@ -12,11 +12,8 @@ use std::{path::Path, sync::Arc};
 
 use shadow_common::task::{Task, VolumeKind};
 
-use crate::{
-    apps::AppContext,
-    start::StartError,
-    volume::{Fence, VolumeError},
-};
+use super::{context::AppContext, error::StartError};
+use crate::volume::{Fence, VolumeError};
 
 pub async fn migrate(
     ctx: &AppContext,

@@ -44,30 +44,6 @@ async fn probe_once(addr: SocketAddr, path: Option<&str>) -> bool {
 /// How often a start that is not ready yet asks Docker whether the container still runs.
 pub const INSPECT_EVERY: Duration = Duration::from_millis(100);
 
-/// The waits between readiness probes: 1 ms, then doubling up to the task's health interval.
-/// Most apps listen within tens of milliseconds of their start; probing at the interval alone
-/// (100 ms by default) added on average half of it to every cold start.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub fn new(max: Duration) -> Self {
-        Self {
-            next: Duration::from_millis(1).min(max),
-            max,
-        }
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
-}
-
 /// The TCP ports the process `pid`'s network namespace listens on, from `/proc/<pid>/net/tcp`
 /// and `tcp6`; `None` when they cannot be read (the node may not see the app's processes).
 pub fn listening_ports(pid: u32) -> Option<std::collections::BTreeSet<u16>> {
@@ -98,15 +74,14 @@ fn parse_listening(table: &str) -> impl Iterator<Item = u16> + '_ {
 
 #[cfg(test)]
 mod tests {
+    use shadow_common::backoff::Backoff;
+
     use super::*;
 
     #[test]
     fn probes_start_at_a_millisecond_and_back_off_to_the_interval() {
-        let mut b = Backoff::new(Duration::from_millis(50));
-        let waits: Vec<u64> = (0..9).map(|_| b.next_delay().as_millis() as u64).collect();
-        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 50, 50, 50]);
-        // Within 20 ms of the start an app is probed five times, at 0, 1, 3, 7 and 15 ms.
-        let mut b = Backoff::new(Duration::from_millis(50));
+        // The waits wait_ready uses: within 20 ms of the start an app is probed six times.
+        let mut b = Backoff::new(Duration::from_millis(1), Duration::from_millis(50));
         let mut at = 0;
         let mut probes = vec![0];
         while at < 20 {
@@ -114,8 +89,6 @@ mod tests {
             probes.push(at);
         }
         assert_eq!(probes, [0, 1, 3, 7, 15, 31]);
-        // An interval below a millisecond's start is the cap from the first wait.
-        assert_eq!(Backoff::new(Duration::ZERO).next_delay(), Duration::ZERO);
     }
 
     #[test]

@@ -6,13 +6,14 @@
 
 use std::time::Duration;
 
-use shadow_common::task::Task;
+use shadow_common::{backoff::Backoff, task::Task};
 
-use crate::{
-    apps::{runs_out, AppContext},
-    start::{self, Running},
-    volume::{Attached, VolumeBackend, VolumeError},
+use super::{
+    context::AppContext,
+    keepalive::{under_lease, RanOut},
+    start::Running,
 };
+use crate::volume::{Attached, VolumeBackend, VolumeError};
 
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -27,6 +28,8 @@ pub enum Reason {
     Updated,
     /// Someone asked it to sleep (`POST /tasks/{id}/sleep`).
     Requested,
+    /// It was frozen, and a start on this node needed its memory.
+    Evicted,
 }
 
 pub async fn stop(ctx: &AppContext, running: &Running, reason: Reason) {
@@ -37,22 +40,19 @@ pub async fn stop(ctx: &AppContext, running: &Running, reason: Reason) {
     let mut lost = matches!(reason, Reason::LeaseLost) || lease.is_some_and(|l| !l.is_valid());
     if lost {
         // No grace: a node that lost its lease must stop writing at once.
-        start::kill(ctx, task, container).await;
+        ctx.kill(task, container).await;
     } else {
         let graceful = ctx
             .runtime
             .stop_and_remove(container, ctx.config.stop_grace());
-        let result = match lease {
-            Some(l) => tokio::select! {
-                r = graceful => r,
-                () = l.must_stop() => {
-                    tracing::error!(task = %task.id, "the lease ran out during the stop; killing the app");
-                    start::kill(ctx, task, container).await;
-                    lost = true;
-                    Ok(())
-                }
-            },
-            None => graceful.await,
+        let result = match under_lease(lease, graceful).await {
+            Ok(r) => r,
+            Err(RanOut) => {
+                tracing::error!(task = %task.id, "the lease ran out during the stop; killing the app");
+                ctx.kill(task, container).await;
+                lost = true;
+                Ok(())
+            }
         };
         if let Err(e) = result {
             tracing::error!(task = %task.id, error = %e, "cannot stop the app's container");
@@ -76,6 +76,7 @@ pub async fn stop(ctx: &AppContext, running: &Running, reason: Reason) {
             tracing::warn!(task = %task.id, error = %e, "cannot release the lease; it will lapse by itself");
         }
     }
+    running.release_memory();
     ctx.metrics.stopped();
 }
 
@@ -91,15 +92,12 @@ async fn detach_until_done(
 ) -> bool {
     let task = &running.task;
     let lease = running.lease.as_deref();
-    let mut wait = RETRY_FIRST;
+    let mut waits = Backoff::new(RETRY_FIRST, RETRY_MAX);
     loop {
         let fence = ctx.fence(lease);
-        let result = tokio::select! {
-            r = backend.detach(task, attached, &fence) => r,
-            () = runs_out(lease) => {
-                tracing::error!(task = %task.id, "the lease ran out during the detach; leaving the data");
-                return false;
-            }
+        let Ok(result) = under_lease(lease, backend.detach(task, attached, &fence)).await else {
+            tracing::error!(task = %task.id, "the lease ran out during the detach; leaving the data");
+            return false;
         };
         match result {
             Ok(()) => return true,
@@ -108,16 +106,12 @@ async fn detach_until_done(
                 return false;
             }
             Err(e) => {
-                tracing::error!(task = %task.id, error = %e, retry_in_s = wait.as_secs(), "cannot detach the volume; keeping the lease and retrying");
+                tracing::error!(task = %task.id, error = %e, retry_in_s = waits.peek().as_secs(), "cannot detach the volume; keeping the lease and retrying");
             }
         }
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = runs_out(lease) => {
-                tracing::error!(task = %task.id, "the lease ran out while retrying the detach; leaving the data");
-                return false;
-            }
+        if under_lease(lease, tokio::time::sleep(waits.next_delay())).await == Err(RanOut) {
+            tracing::error!(task = %task.id, "the lease ran out while retrying the detach; leaving the data");
+            return false;
         }
-        wait = (wait * 2).min(RETRY_MAX);
     }
 }
