@@ -9,7 +9,19 @@
       JSON: {"answers": {status: n}, "errors": n, "last_s": seconds to the last answer}.
   bench.py stats N...
       prints "median max" of the numbers.
+  bench.py ttfb ADDR HOST [PATH]
+      one GET on a new connection; prints the ms to the first byte of the answer (non-200 fails).
+  bench.py unpause-ttfb CONTAINER PORT
+      thaws a paused container through Docker's API, then GETs / on 127.0.0.1:PORT; prints the ms
+      from the unpause call to the first byte of the answer.
+  bench.py memory CONTAINER
+      prints the container's memory use (MiB) as its cgroup counts it (Docker's one-shot stats).
+  bench.py stats-cost CONTAINER N
+      N one-shot stats calls, as a node's busy check makes one per running app per window;
+      prints "median_wall_ms dockerd_cpu_ms_per_call".
 """
+
+import socket
 
 import asyncio
 import http.client
@@ -85,6 +97,56 @@ async def herd_async(addr, host, count, path):
     print(json.dumps({"answers": answers, "errors": errors, "last_s": round(last, 3)}))
 
 
+DOCKER_SOCK = "/var/run/docker.sock"
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__("localhost")
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.path)
+
+
+def docker(method, path):
+    c = UnixHTTPConnection(DOCKER_SOCK)
+    c.request(method, path)
+    r = c.getresponse()
+    body = r.read()
+    c.close()
+    if r.status >= 300:
+        sys.exit(f"docker {method} {path}: {r.status} {body[:200]!r}")
+    return body
+
+
+def first_byte(addr, host, path="/"):
+    """GET on a new connection; returns the seconds to the answer's first byte."""
+    h, p = addr.split(":")
+    began = time.perf_counter()
+    c = http.client.HTTPConnection(h, int(p), timeout=30)
+    c.request("GET", path, headers={"Host": host})
+    r = c.getresponse()
+    at = time.perf_counter() - began
+    r.read()
+    c.close()
+    if r.status != 200:
+        sys.exit(f"GET {path} with Host {host} on {addr}: {r.status}")
+    return at
+
+
+def dockerd_cpu_s():
+    for pid in filter(str.isdigit, __import__("os").listdir("/proc")):
+        try:
+            if open(f"/proc/{pid}/comm").read().strip() == "dockerd":
+                f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+                return (int(f[11]) + int(f[12])) / __import__("os").sysconf("SC_CLK_TCK")
+        except OSError:
+            continue
+    return float("nan")
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "register":
@@ -92,6 +154,26 @@ def main():
                  int(args[5]) if len(args) > 5 else 16)
     elif cmd == "herd":
         asyncio.run(herd_async(args[0], args[1], int(args[2]), args[3] if len(args) > 3 else "/"))
+    elif cmd == "ttfb":
+        print(f"{first_byte(args[0], args[1], args[2] if len(args) > 2 else '/') * 1000:.1f}")
+    elif cmd == "unpause-ttfb":
+        began = time.perf_counter()
+        docker("POST", f"/containers/{args[0]}/unpause")
+        unpaused = time.perf_counter()
+        at = unpaused + first_byte(f"127.0.0.1:{args[1]}", "localhost")
+        print(f"{(at - began) * 1000:.1f}")
+    elif cmd == "memory":
+        stats = json.loads(docker("GET", f"/containers/{args[0]}/stats?stream=false&one-shot=true"))
+        print(f"{stats['memory_stats'].get('usage', 0) / 1048576:.1f}")
+    elif cmd == "stats-cost":
+        n, walls = int(args[1]), []
+        cpu0 = dockerd_cpu_s()
+        for _ in range(n):
+            t = time.perf_counter()
+            docker("GET", f"/containers/{args[0]}/stats?stream=false&one-shot=true")
+            walls.append((time.perf_counter() - t) * 1000)
+        cpu = (dockerd_cpu_s() - cpu0) * 1000 / n
+        print(f"{statistics.median(walls):.2f} {cpu:.2f}")
     elif cmd == "stats":
         xs = [float(x) for x in args]
         print(f"{statistics.median(xs):g} {max(xs):g}")

@@ -62,10 +62,11 @@ stop_stack() {
   [ -z "${NODE_ID:-}" ] || docker ps -aq --filter "label=shadow.node=$NODE_ID" | xargs -r docker rm -f >/dev/null
 }
 
-# register NAME DOMAIN VOLUME_KIND IDLE_S: prints the new task's id.
+# register NAME DOMAIN VOLUME_KIND IDLE_S [FROZEN_S]: prints the new task's id. FROZEN_S defaults
+# to 0: the app is stopped when idle, never frozen (the parts that measure stops and cold starts).
 register() {
   curl -sf -H "Authorization: Bearer $TOKEN" \
-    -d "{\"name\":\"$1\",\"domains\":[\"$2\"],\"image\":\"$IMAGE\",\"volume\":{\"kind\":\"$3\"},\"idle_timeout_s\":$4}" \
+    -d "{\"name\":\"$1\",\"domains\":[\"$2\"],\"image\":\"$IMAGE\",\"volume\":{\"kind\":\"$3\"},\"idle_timeout_s\":$4,\"frozen_timeout_s\":${5:-0}}" \
     "http://127.0.0.1:$MPORT/tasks/" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'
 }
 

@@ -5,13 +5,14 @@
 #   contrib/bench/run.sh            # full: release binaries, writes docs/benchmarks.md (minutes)
 #   contrib/bench/run.sh --short    # CI: debug binaries, small sizes, seconds per part; writes a
 #                                   # temp file (or --out FILE); fails if a part breaks
-#   contrib/bench/run.sh --only warm,herd   # some parts: warm coldstart volume herd reap scale failover
+#   contrib/bench/run.sh --only warm,herd   # some parts: warm coldstart volume herd reap scale failover frozen
 #
 # Parts, one file each under contrib/bench/: warm.sh (1. warm path: wrk direct / node / edge+node /
 # nginx+nginx), coldstart.sh (2. cold start vs docker run), volume.sh (3. S3 restore/persist vs
 # raw GET/PUT), herd.sh (4. thundering herd), reap.sh (5. reap precision), scale.sh (6. memory
 # with many idle tasks, routing lookup), failover.sh (7. kill -9 failover, cut links, a stopped
-# master: the lease fault tests; not in --short, where CI runs those tests anyway). Timing goals live here, never in timed tests; the short
+# master: the lease fault tests; not in --short, where CI runs those tests anyway), frozen.sh (8. thaw
+# on request vs Docker's unpause + request, memory per frozen app, the busy check's cost). Timing goals live here, never in timed tests; the short
 # mode checks only correctness (herd: one container, every answer 200).
 #
 # Needs: cargo, Docker Engine, python3, curl; wrk and nginx (installed from Debian's packages if
@@ -21,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 
-SHORT=0; OUT=""; ONLY="warm,coldstart,volume,herd,reap,scale,failover"
+SHORT=0; OUT=""; ALL="warm,coldstart,volume,herd,reap,scale,failover,frozen"; ONLY=$ALL
 while [ $# -gt 0 ]; do
   case $1 in
     --short) SHORT=1 ;;
@@ -35,13 +36,13 @@ done
 
 if [ "$SHORT" = 1 ]; then
   PROFILE=debug WRK_THREADS=1 WRK_CONNS=8 WARM_SECONDS=1 WARM_ROUNDS=1 COLD_PAIRS=2 VOLUME_SIZES_MIB=1 VOLUME_REPEAT=1
-  HERD_N=1000 REAP_RUNS=1 REAP_IDLE_S=1 SCALE_COUNTS="1000" LOOKUP_TASKS="1000"
+  HERD_N=1000 REAP_RUNS=1 REAP_IDLE_S=1 SCALE_COUNTS="1000" LOOKUP_TASKS="1000" FROZEN_PAIRS=2 FROZEN_STATS_CALLS=5
 else
   PROFILE=release WRK_THREADS=2 WRK_CONNS=64 WARM_SECONDS=5 WARM_ROUNDS=3 COLD_PAIRS=10 VOLUME_SIZES_MIB=10,100,1024 VOLUME_REPEAT=5
-  HERD_N=1000 REAP_RUNS=10 REAP_IDLE_S=5 SCALE_COUNTS="10000 100000" LOOKUP_TASKS="10000 100000"
+  HERD_N=1000 REAP_RUNS=10 REAP_IDLE_S=5 SCALE_COUNTS="10000 100000" LOOKUP_TASKS="10000 100000" FROZEN_PAIRS=10 FROZEN_STATS_CALLS=50
 fi
 # Every knob can be overridden from the environment, e.g. COLD_PAIRS=20 contrib/bench/run.sh.
-for v in WRK_THREADS WRK_CONNS WARM_SECONDS WARM_ROUNDS COLD_PAIRS VOLUME_SIZES_MIB VOLUME_REPEAT HERD_N REAP_RUNS REAP_IDLE_S SCALE_COUNTS LOOKUP_TASKS; do
+for v in WRK_THREADS WRK_CONNS WARM_SECONDS WARM_ROUNDS COLD_PAIRS VOLUME_SIZES_MIB VOLUME_REPEAT HERD_N REAP_RUNS REAP_IDLE_S SCALE_COUNTS LOOKUP_TASKS FROZEN_PAIRS FROZEN_STATS_CALLS; do
   o=BENCH_$v; [ -z "${!o:-}" ] || printf -v "$v" '%s' "${!o}"
 done
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -53,7 +54,7 @@ OUT_MD=$WORK/benchmarks.md
 NGINX_PIDS=()
 # shellcheck source=contrib/bench/lib.sh
 source contrib/bench/lib.sh
-for part in warm coldstart volume herd reap scale failover; do
+for part in warm coldstart volume herd reap scale failover frozen; do
   # shellcheck disable=SC1090
   source "contrib/bench/$part.sh"
 done
@@ -82,7 +83,7 @@ want() { [[ ",$ONLY," == *",$1,"* ]]; }
 began=$(date +%s)
 flag=()
 # Part 7 builds and runs its own tests; the others need the release programs and the image.
-if want warm || want coldstart || want volume || want herd || want reap || want scale; then
+if want warm || want coldstart || want volume || want herd || want reap || want scale || want frozen; then
   log "building the three programs ($PROFILE) and the test image $IMAGE"
   [ "$PROFILE" = release ] && flag=(--release)
   # SKIP_BUILD=1 uses the binaries and image as they are (e.g. built just before).
@@ -107,9 +108,9 @@ run_part() {
   "part_$1"
   TOOK[$1]=$(( $(date +%s) - t ))
 }
-if want warm || want coldstart || want herd || want reap; then
+if want warm || want coldstart || want herd || want reap || want frozen; then
   start_stack main
-  for part in warm coldstart herd reap; do
+  for part in warm coldstart herd reap frozen; do
     if want $part; then run_part $part; fi
   done
   stop_stack
@@ -121,16 +122,16 @@ if want scale; then
   stop_stack
 fi
 if want failover && [ "$SHORT" = 0 ]; then run_part failover; fi
-# The sections in the issue's order: 1 warm, 2 cold start, 3 volume, 4 herd, 5 reap, 6 scale.
+# The sections in order: 1 warm, 2 cold start, 3 volume, 4 herd, 5 reap, 6 scale, 7 failover, 8 frozen.
 OUT_MD=$WORK/benchmarks.md
-for part in warm coldstart volume herd reap scale failover; do
+for part in warm coldstart volume herd reap scale failover frozen; do
   [ ! -f "$WORK/section-$part.md" ] || cat "$WORK/section-$part.md" >>"$OUT_MD"
 done
 
 # --- the page -----------------------------------------------------------------------------------
 mode="full"; cmd="contrib/bench/run.sh"
 [ "$SHORT" = 0 ] || { mode="short (CI)"; cmd="contrib/bench/run.sh --short"; }
-[ "$ONLY" = "warm,coldstart,volume,herd,reap,scale,failover" ] || cmd="$cmd --only $ONLY"
+[ "$ONLY" = "$ALL" ] || cmd="$cmd --only $ONLY"
 took=""; for p in "${!TOOK[@]}"; do took="$took $p ${TOOK[$p]} s,"; done
 {
   echo "# Benchmarks"
@@ -154,6 +155,7 @@ took=""; for p in "${!TOOK[@]}"; do took="$took $p ${TOOK[$p]} s,"; done
   [ -z "${COLD_RATIO:-}" ] || echo "| cold start: Shadow / bare docker run (median) | ≤ 1.15 | $COLD_RATIO |"
   [ -z "${VOLUME_WORST:-}" ] || echo "| volume: Shadow / raw S3 throughput (worst case) | ≥ 0.8 | $VOLUME_WORST |"
   [ -z "${FAILOVER_MEDIAN:-}" ] || echo "| failover: a dead node's stateful app answers again (median) | ≤ 6000 ms | $FAILOVER_MEDIAN ms |"
+  [ -z "${FROZEN_MEDIAN:-}" ] || echo "| resume from frozen: first byte through edge + node (median) | ≤ 20 ms | $FROZEN_MEDIAN ms |"
   echo
   cat "$OUT_MD"
   # Hand-written notes (profiles, proposed fixes): kept in contrib/bench/notes.md, not measured here.
