@@ -28,6 +28,11 @@ if [[ -z "$BIN_DIR" ]]; then
   cargo build --release --workspace --bins
   BIN_DIR="${CARGO_TARGET_DIR:-target}/release"
 fi
+# The sandbox's process (docs/operations.md, "Sandboxes"), static so the node can make its image
+# FROM scratch: its own build, whatever --bin-dir says (it is tiny).
+HOST_TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
+RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release -p shadow-pause --target "$HOST_TRIPLE"
+PAUSE_BIN="${CARGO_TARGET_DIR:-target}/$HOST_TRIPLE/release/shadow-pause"
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 ARCH=$(dpkg --print-architecture)
 mkdir -p "$OUT"
@@ -42,6 +47,7 @@ package() {
   trap 'rm -rf "$root"' RETURN
   [[ -x "$BIN_DIR/$bin" ]] || { echo "$BIN_DIR/$bin is missing: build it first (cargo build --release)" >&2; exit 1; }
   install -D -m 0755 "$BIN_DIR/$bin" "$root/usr/bin/$bin"
+  [[ "$bin" != shadow-nodeproxy ]] || install -D -m 0755 "$PAUSE_BIN" "$root/usr/lib/shadow/shadow-pause"
   install -d "$root/DEBIAN" "$root/usr/share/doc/$name"
   printf 'Shadow %s: %s\ndocs/operations.md in Shadow'"'"'s source explains every setting.\n' \
     "$VERSION" "$summary" > "$root/usr/share/doc/$name/README"

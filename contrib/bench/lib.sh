@@ -39,6 +39,7 @@ start_stack() {
   wait_http "http://127.0.0.1:$MPORT/healthz" x || fail "the master did not come up ($dir/master.log)"
   "$BIN_DIR/shadow-nodeproxy" --listen 127.0.0.1:"$NPORT" --master "http://127.0.0.1:$MPORT" \
     --node-id "$NODE_ID" --data-dir "$dir/node" --heartbeat-interval-ms 200 --stop-grace-s 2 \
+    --pause-binary "$PAUSE_BIN" \
     >>"$dir/node.log" 2>&1 &
   NODE_PID=$!; STACK_PIDS+=("$NODE_PID")
   "$BIN_DIR/shadow-edgeproxy" --listen 127.0.0.1:"$EPORT" --master "http://127.0.0.1:$MPORT" \

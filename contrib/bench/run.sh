@@ -90,12 +90,15 @@ if want warm || want coldstart || want volume || want herd || want reap || want 
   if [ -z "${SKIP_BUILD:-}" ]; then
     cargo build -q "${flag[@]}" -p shadow-master -p shadow-nodeproxy -p shadow-edgeproxy --bins
     HOST_TRIPLE=$(rustc -vV | sed -n 's/^host: //p')  # x86_64 or aarch64, whatever this machine is
-    RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release -p shadow-counter --target "$HOST_TRIPLE"
+    RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release -p shadow-counter -p shadow-pause --target "$HOST_TRIPLE"
     ctx=$(mktemp -d -p "$WORK")
     cp "$TARGET_DIR/$HOST_TRIPLE/release/counter" contrib/apps/counter/Dockerfile "$ctx"
     DOCKER_BUILDKIT=0 docker build --quiet -t "$IMAGE" "$ctx" >/dev/null
   fi
   for b in master nodeproxy edgeproxy; do [ -x "$BIN_DIR/shadow-$b" ] || fail "no $BIN_DIR/shadow-$b"; done
+  # The sandboxes' process, static (the node makes its image FROM scratch).
+  PAUSE_BIN=$TARGET_DIR/$(rustc -vV | sed -n 's/^host: //p')/release/shadow-pause
+  [ -x "$PAUSE_BIN" ] || fail "no $PAUSE_BIN"
 fi
 
 # --- the parts ----------------------------------------------------------------------------------
@@ -152,7 +155,7 @@ took=""; for p in "${!TOOK[@]}"; do took="$took $p ${TOOK[$p]} s,"; done
   echo "| goal | target | this run |"
   echo "| --- | --- | --- |"
   [ -z "${WARM_RATIO_NGINX:-}" ] || echo "| warm path: Shadow's two hops / nginx's two hops (req/s) | ≥ 1.3 | $WARM_RATIO_NGINX |"
-  [ -z "${COLD_RATIO:-}" ] || echo "| cold start: Shadow / bare docker run (median) | ≤ 1.15 | $COLD_RATIO |"
+  [ -z "${COLD_RATIO:-}" ] || echo "| cold start: Shadow (sandbox pool) / bare docker run + poll (median) | ≤ 0.6 | $COLD_RATIO |"
   [ -z "${VOLUME_WORST:-}" ] || echo "| volume: Shadow / raw S3 throughput (worst case) | ≥ 0.8 | $VOLUME_WORST |"
   [ -z "${FAILOVER_MEDIAN:-}" ] || echo "| failover: a dead node's stateful app answers again (median) | ≤ 6000 ms | $FAILOVER_MEDIAN ms |"
   [ -z "${FROZEN_MEDIAN:-}" ] || echo "| resume from frozen: first byte through edge + node (median) | ≤ 20 ms | $FROZEN_MEDIAN ms |"

@@ -109,6 +109,16 @@ pub struct Cli {
     #[arg(long, env = "SHADOW_REGISTRY_AUTH_FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub registry_auth_file: Option<PathBuf>,
+    /// Sandboxes kept ready for cold starts (a network namespace and a published port each,
+    /// made ahead); 0 = off [default: 2].
+    #[arg(long, env = "SHADOW_SANDBOX_POOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox_pool: Option<usize>,
+    /// The static shadow-pause binary the node makes its sandbox image from [default:
+    /// /usr/lib/shadow/shadow-pause].
+    #[arg(long, env = "SHADOW_PAUSE_BINARY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_binary: Option<PathBuf>,
     /// Bytes of each app's output kept on the node (twice this at most, in two files) [default: 1048576].
     #[arg(long, env = "SHADOW_APP_LOG_BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -296,6 +306,10 @@ pub struct NodeConfig {
     pub usage_report_s: u64,
     #[serde(default)]
     pub registry_auth_file: Option<PathBuf>,
+    #[serde(default = "default_sandbox_pool")]
+    pub sandbox_pool: usize,
+    #[serde(default)]
+    pub pause_binary: Option<PathBuf>,
     #[serde(default = "default_memory_mb")]
     pub default_memory_mb: u64,
     #[serde(default = "default_cpus")]
@@ -400,6 +414,10 @@ fn default_frozen_timeout_s() -> u64 {
     600
 }
 
+fn default_sandbox_pool() -> usize {
+    2
+}
+
 fn default_checkpoint_s() -> u64 {
     300
 }
@@ -447,6 +465,8 @@ impl NodeConfig {
             app_log_bytes: default_app_log_bytes(),
             usage_report_s: default_usage_report_s(),
             registry_auth_file: None,
+            sandbox_pool: default_sandbox_pool(),
+            pause_binary: None,
             default_memory_mb: default_memory_mb(),
             default_cpus: default_cpus(),
             default_pids: default_pids(),
@@ -490,6 +510,13 @@ impl NodeConfig {
         }
         Ok(crate::lease::LeaseTiming::new(ttl, margin))
     }
+    /// The static binary of the sandboxes' process: the setting, else where the package puts it.
+    pub fn pause_binary(&self) -> PathBuf {
+        self.pause_binary
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/usr/lib/shadow/shadow-pause"))
+    }
+
     /// The memory the apps' limits may add up to: the setting, else 90 % of the machine's.
     pub fn memory_budget_mb(&self) -> u64 {
         if self.memory_budget_mb > 0 {

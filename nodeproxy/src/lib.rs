@@ -116,6 +116,8 @@ pub async fn run_with(
             .clone()
             .report_forever(master.clone(), config.usage_report_interval()),
     );
+    let sandboxes =
+        lifecycle::sandbox::SandboxPool::start(runtime.clone(), &config, metrics.clone()).await;
     let budget = budget::MemoryBudget::new(config.memory_budget_mb());
     tracing::info!(memory_budget_mb = config.memory_budget_mb(), network = %config.app_network, "app limits");
     let apps = Apps::new(Arc::new(AppContext {
@@ -134,6 +136,7 @@ pub async fn run_with(
         status: status.clone(),
         logs: logs.clone(),
         usage: usage.clone(),
+        sandboxes: sandboxes.clone(),
     }));
     let reg = NodeRegistration {
         id: config.node_id.clone(),
@@ -173,6 +176,7 @@ pub async fn run_with(
     .await;
     tracing::info!("shutting down: stopping every app");
     apps.stop_all().await;
+    sandboxes.close().await;
     usage_reporter.abort();
     // The last figures (the stops just now), sent once more before the process ends.
     let report = usage.report(&master_for_usage);

@@ -16,6 +16,7 @@ pub struct Metrics {
     start_failures: IntCounter,
     stops: IntCounter,
     running: IntGauge,
+    sandboxes: IntGauge,
 }
 
 fn buckets() -> Vec<f64> {
@@ -38,7 +39,7 @@ impl Metrics {
         let cold_starts = HistogramVec::new(
             HistogramOpts::new(
                 "shadow_node_cold_start_seconds",
-                "Cold start duration by phase (total = the whole start)",
+                "Cold start duration by phase (total = the whole start); also checkpoint, pause, freeze (pause + checkpoint) and thaw",
             )
             .buckets(buckets()),
             &["phase"],
@@ -56,12 +57,18 @@ impl Metrics {
         .expect("static metric definition");
         let running = IntGauge::new("shadow_node_running_containers", "Containers running now")
             .expect("static metric definition");
+        let sandboxes = IntGauge::new(
+            "shadow_node_sandboxes_ready",
+            "Sandboxes ready for cold starts now",
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(cold_starts.clone()),
             Box::new(start_failures.clone()),
             Box::new(stops.clone()),
             Box::new(running.clone()),
+            Box::new(sandboxes.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -72,6 +79,7 @@ impl Metrics {
             start_failures,
             stops,
             running,
+            sandboxes,
         }
     }
 
@@ -100,6 +108,10 @@ impl Metrics {
     pub fn stopped(&self) {
         self.stops.inc();
         self.running.dec();
+    }
+
+    pub fn sandboxes_ready(&self, n: usize) {
+        self.sandboxes.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub fn render(&self) -> String {

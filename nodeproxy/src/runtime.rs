@@ -59,6 +59,17 @@ pub struct ContainerSpec {
     pub network: Option<String>,
     /// Limit on the number of processes and threads (no limit when `None`).
     pub pids: Option<i64>,
+    /// A sandbox whose network namespace (and published port) the container joins instead of
+    /// getting its own; `network` and `container_port` are then the sandbox's.
+    pub sandbox: Option<Sandbox>,
+}
+
+/// A container made ahead to hold a network namespace and a published port for one app run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    pub id: String,
+    /// Where its port 8000 is published, on 127.0.0.1.
+    pub host_addr: SocketAddr,
 }
 
 impl ContainerSpec {
@@ -76,6 +87,7 @@ impl ContainerSpec {
             cpus: None,
             pids: None,
             network: None,
+            sandbox: None,
             user: None,
             read_only: false,
         }
@@ -212,6 +224,10 @@ pub trait ContainerRuntime: Send + Sync {
         &self,
         spec: &ContainerSpec,
     ) -> Result<RunningContainer, RuntimeError>;
+
+    /// Makes the image `tag` from `context` (a tar holding a Dockerfile and its files) unless
+    /// this node has it: for the images the node makes itself, which no registry has.
+    async fn ensure_built(&self, tag: &str, context: Vec<u8>) -> Result<(), RuntimeError>;
 
     /// Makes sure the bridge network `name` exists, with traffic between its containers
     /// disabled (inter-container communication off): apps on it cannot reach each other.

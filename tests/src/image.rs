@@ -65,41 +65,55 @@ fn build_counter_image() -> Result<String, ImageError> {
     // Called through the trait: std's own `File::lock` is newer than the workspace's rust-version.
     fs4::FileExt::lock(&lock)
         .map_err(|e| ImageError(format!("cannot lock {}: {e}", lock_path.display())))?;
-    let binary = build_binary()?;
+    let binary = build_binary("shadow-counter", "counter")?;
     build_image(&binary)?;
     // Closing `lock` releases it.
     drop(lock);
     Ok(COUNTER_IMAGE.to_owned())
 }
 
-/// Runs cargo for the static binary and returns its path, as cargo reports it.
-fn build_binary() -> Result<PathBuf, ImageError> {
+/// Builds the static `shadow-pause` (the sandboxes' process, which the node makes its own image
+/// from) and returns its path, for nodes' `pause_binary`.
+pub async fn pause_binary() -> Result<PathBuf, ImageError> {
+    static BUILT: OnceCell<PathBuf> = OnceCell::const_new();
+    BUILT
+        .get_or_try_init(|| async {
+            tokio::task::spawn_blocking(|| {
+                let lock_path = std::env::temp_dir().join("shadow-test-pause.lock");
+                let lock = File::create(&lock_path)
+                    .map_err(|e| ImageError(format!("cannot open {}: {e}", lock_path.display())))?;
+                fs4::FileExt::lock(&lock)
+                    .map_err(|e| ImageError(format!("cannot lock {}: {e}", lock_path.display())))?;
+                build_binary("shadow-pause", "shadow-pause")
+            })
+            .await
+            .map_err(|e| ImageError(format!("the build task failed: {e}")))?
+        })
+        .await
+        .cloned()
+}
+
+/// Runs cargo for a static binary and returns its path, as cargo reports it.
+fn build_binary(package: &str, bin: &str) -> Result<PathBuf, ImageError> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
         .current_dir(workspace_root())
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "shadow-counter",
-            "--target",
-            &target(),
-        ])
+        .args(["build", "--release", "-p", package, "--target", &target()])
         .arg("--message-format=json-render-diagnostics")
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         // Takes precedence over RUSTFLAGS, and `cargo test` may have set it for us.
         .env_remove("CARGO_ENCODED_RUSTFLAGS");
-    let output = run(&mut command, "cargo build -p shadow-counter")?;
+    let output = run(&mut command, &format!("cargo build -p {package}"))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     stdout
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|message| {
-            message["reason"] == "compiler-artifact" && message["target"]["name"] == "counter"
+            message["reason"] == "compiler-artifact" && message["target"]["name"] == bin
         })
         .find_map(|message| message["executable"].as_str().map(PathBuf::from))
-        .ok_or_else(|| ImageError("cargo built no `counter` executable".to_owned()))
+        .ok_or_else(|| ImageError(format!("cargo built no `{bin}` executable")))
 }
 
 /// Builds the image from a directory holding only the binary and the app's Dockerfile.

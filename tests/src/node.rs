@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use shadow_nodeproxy::{
-    lifecycle::start::LABEL_NODE,
+    lifecycle::{sandbox::LABEL_SANDBOX, start::LABEL_NODE},
     runtime::{docker::DockerRuntime, ContainerInfo, ContainerRuntime},
     NodeConfig,
 };
@@ -38,8 +38,10 @@ pub async fn spawn(master: &MasterHandle, tweak: impl FnOnce(&mut NodeConfig)) -
     config.api_token = Some(TOKEN.to_string());
     config.heartbeat_interval_ms = 100;
     config.stop_grace_s = 2;
-    // Most tests are about the stop path; those about the frozen tier turn it back on.
+    // Most tests are about the stop path; those about the frozen tier turn it back on. The
+    // sandbox pool's tests turn it on with the static pause binary they build.
     config.frozen_timeout_s = 0;
+    config.sandbox_pool = 0;
     tweak(&mut config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -92,7 +94,22 @@ impl NodeHandle {
     }
 
     /// This node's containers, in any state.
+    /// The node's app containers, in any state (not its sandboxes).
     pub async fn containers(&self) -> Vec<ContainerInfo> {
+        let mut all = self.everything().await;
+        all.retain(|c| !c.labels.contains_key(LABEL_SANDBOX));
+        all
+    }
+
+    /// The node's ready and used sandboxes.
+    pub async fn sandboxes(&self) -> Vec<ContainerInfo> {
+        let mut all = self.everything().await;
+        all.retain(|c| c.labels.contains_key(LABEL_SANDBOX));
+        all
+    }
+
+    /// Every container with the node's label.
+    pub async fn everything(&self) -> Vec<ContainerInfo> {
         self.runtime
             .list_labelled(LABEL_NODE, &self.id)
             .await

@@ -88,6 +88,7 @@ pub async fn spawn_node(
         .env("SHADOW_HEARTBEAT_INTERVAL_MS", "100")
         // Most tests are about the stop path; those about the frozen tier turn it back on.
         .env("SHADOW_FROZEN_TIMEOUT_S", "0")
+        .env("SHADOW_SANDBOX_POOL", "0")
         .env(
             "SHADOW_LOG",
             std::env::var("SHADOW_LOG").unwrap_or_else(|_| "warn".into()),

@@ -3,9 +3,12 @@
 //! sampled every busy window; a window in which it used more than `busy_cpu_percent` of one
 //! CPU counts as activity (see [`super::activity::Activity::touch`]).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tokio::time::Instant;
+
+use super::activity::Activity;
+use crate::runtime::ContainerRuntime;
 
 /// One reading of a container's CPU time.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +33,39 @@ pub fn was_busy(before: Sample, after: Sample, threshold_percent: f64) -> bool {
 
 /// A window never shorter than this, so sampling costs little however it is configured.
 pub const MIN_WINDOW: Duration = Duration::from_millis(100);
+
+/// Samples `container`'s CPU time every `window` and touches `activity` after each busy window,
+/// until dropped. Runs beside the app's supervisor, never inside it: a stats call can take
+/// Docker a second, and the supervisor must act on a lost lease at once.
+pub async fn watch(
+    runtime: Arc<dyn ContainerRuntime>,
+    container: String,
+    activity: Arc<Activity>,
+    window: Duration,
+    threshold_percent: f64,
+) {
+    let sample = || async {
+        let stats = runtime.stats(&container).await.ok()?;
+        Some(Sample {
+            cpu_ns: stats.cpu_ns,
+            at: Instant::now(),
+        })
+    };
+    let window = window.max(MIN_WINDOW);
+    let mut ticks = tokio::time::interval_at(Instant::now() + window, window);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut before = sample().await;
+    loop {
+        ticks.tick().await;
+        let now = sample().await;
+        if let (Some(b), Some(a)) = (before, now) {
+            if was_busy(b, a, threshold_percent) {
+                activity.touch();
+            }
+        }
+        before = now.or(before);
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -34,6 +34,8 @@ pub struct AppContext {
     pub logs: Arc<crate::logs::LogStore>,
     /// What each app uses, reported to the master hour by hour.
     pub usage: Arc<crate::usage::UsageMeter>,
+    /// Network namespaces made ahead for cold starts.
+    pub sandboxes: Arc<super::sandbox::SandboxPool>,
 }
 
 impl AppContext {

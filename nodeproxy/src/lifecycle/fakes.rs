@@ -162,6 +162,10 @@ impl ContainerRuntime for FakeRuntime {
         })
     }
 
+    async fn ensure_built(&self, _tag: &str, _context: Vec<u8>) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
     async fn ensure_network(&self, name: &str) -> Result<String, RuntimeError> {
         Ok(name.to_owned())
     }
@@ -435,7 +439,8 @@ impl Node {
             master: MasterClient::new("http://127.0.0.1:9", None),
             status: crate::status::StatusBoard::new("n1"),
             logs: crate::logs::LogStore::new(dir.path(), 1 << 20),
-            usage: crate::usage::UsageMeter::new("n1", rt),
+            usage: crate::usage::UsageMeter::new("n1", rt.clone()),
+            sandboxes: super::sandbox::SandboxPool::off(rt, crate::metrics::Metrics::new()),
             config: Arc::new(cfg),
         });
         Node {

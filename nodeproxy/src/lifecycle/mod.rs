@@ -5,7 +5,7 @@
 //!   reconcile, stop all);
 //! - [`run`]: one run of an app, its start task and its supervisor; [`slot`]: an app's state;
 //! - [`start`], [`freeze`], [`stop`]: the phases; [`migrate`], [`ready`], [`busy`],
-//!   [`activity`]: what they use;
+//!   [`activity`], [`sandbox`] (network namespaces made ahead): what they use;
 //! - [`context`]: what every phase needs; [`keepalive`]: how every phase races the lease;
 //!   [`error`]: why a start failed.
 //!
@@ -22,6 +22,7 @@ pub mod keepalive;
 pub mod migrate;
 pub mod ready;
 mod run;
+pub mod sandbox;
 mod slot;
 pub mod start;
 pub mod stop;

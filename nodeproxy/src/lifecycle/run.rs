@@ -299,14 +299,15 @@ impl Shared {
         let checkpointing = !every.is_zero() && running.volume.is_some();
         // Busy-aware idle: CPU time sampled every window counts as activity when high enough.
         let busy_percent = ctx.config.busy_cpu_percent;
-        let window = ctx.config.busy_window().max(super::busy::MIN_WINDOW);
-        let mut busy_ticks = tokio::time::interval_at(Instant::now() + window, window);
-        busy_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut cpu = if busy_percent > 0.0 {
-            self.cpu_sample(running).await
-        } else {
-            None
-        };
+        let _busy = (busy_percent > 0.0).then(|| {
+            AbortOnDrop(tokio::spawn(super::busy::watch(
+                ctx.runtime.clone(),
+                running.container.id.clone(),
+                running.activity.clone(),
+                ctx.config.busy_window(),
+                busy_percent,
+            )))
+        });
         let stop = |reason| {
             slot.set_now(State::Stopping);
             Next::Stop {
@@ -316,15 +317,6 @@ impl Shared {
         };
         loop {
             tokio::select! {
-                _ = busy_ticks.tick(), if busy_percent > 0.0 => {
-                    let now = self.cpu_sample(running).await;
-                    if let (Some(before), Some(after)) = (cpu, now) {
-                        if super::busy::was_busy(before, after, busy_percent) {
-                            running.activity.touch();
-                        }
-                    }
-                    cpu = now.or(cpu);
-                }
                 _ = checkpoints.tick(), if checkpointing => {
                     // A failed checkpoint is tried again at the next tick; a fenced one stops.
                     if freeze::checkpoint(ctx, running).await == Err(Reason::LeaseLost) {
@@ -416,15 +408,6 @@ impl Shared {
         }
     }
 
-    /// The app's container's CPU time now, if Docker answers.
-    async fn cpu_sample(&self, running: &Running) -> Option<super::busy::Sample> {
-        let stats = self.ctx.runtime.stats(&running.container.id).await.ok()?;
-        Some(super::busy::Sample {
-            cpu_ns: stats.cpu_ns,
-            at: Instant::now(),
-        })
-    }
-
     /// Records a failed start: the back-off before the next (for failures of the app's own),
     /// and the status with the reason.
     fn record_failure(&self, slot: &Slot, task: &Task, error: Arc<StartError>, logs: &str) {
@@ -449,6 +432,15 @@ impl Shared {
             tokio::time::sleep(wait).await;
             status.backoff_over(&id);
         });
+    }
+}
+
+/// Ends a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -44,6 +44,8 @@ pub struct Partial {
     pub volume: Option<(Arc<dyn VolumeBackend>, Attached)>,
     /// Set before the create call, so a start cut off mid-create still removes it by name.
     pub container: Option<String>,
+    /// The sandbox the container was to join, removed with it.
+    pub sandbox: Option<crate::runtime::Sandbox>,
 }
 
 /// A running app.
@@ -54,6 +56,8 @@ pub struct Running {
     /// The task's lease, for stateful tasks.
     pub lease: Option<Arc<Held>>,
     pub volume: Option<(Arc<dyn VolumeBackend>, Attached)>,
+    /// The sandbox it runs in, removed when it stops.
+    pub sandbox: Option<crate::runtime::Sandbox>,
     /// Signalled when a request brings a changed spec: stop, so the next start uses it.
     pub replaced: Notify,
     /// Signalled when someone asks the app to sleep now (`shadow apps sleep`).
@@ -154,11 +158,11 @@ pub async fn start(
         "app started"
     );
 
-    let volume = record(partial, |p| {
+    let (volume, sandbox) = record(partial, |p| {
         // The start succeeded: the running app owns these now, not the clean-up.
         p.lease = None;
         p.container = None;
-        p.volume.take()
+        (p.volume.take(), p.sandbox.take())
     });
     Ok(Running {
         task: task.clone(),
@@ -166,6 +170,7 @@ pub async fn start(
         activity: Activity::new(),
         lease,
         volume,
+        sandbox,
         replaced: Notify::new(),
         put_to_sleep: Notify::new(),
         thaw: Notify::new(),
@@ -264,9 +269,27 @@ async fn bring_up(
     let l = limits(cfg, task);
     (spec.memory_mb, spec.cpus, spec.pids) = (Some(l.memory_mb), Some(l.cpus), Some(l.pids));
     spec.network = Some(cfg.app_network.clone());
-    record(partial, |p| p.container = Some(spec.name.clone()));
+    spec.sandbox = ctx.sandboxes.take(task.spec.port);
+    record(partial, |p| {
+        p.container = Some(spec.name.clone());
+        p.sandbox = spec.sandbox.clone();
+    });
     ctx.status.phase(&task.id, StartPhase::Container);
-    let container = ctx.runtime.create_and_start(&spec).await?;
+    let container = match ctx.runtime.create_and_start(&spec).await {
+        Ok(c) => c,
+        // A sandbox that died while it waited (killed, out of memory) is not the app's fault:
+        // start the app with its own namespace instead.
+        Err(e) if spec.sandbox.is_some() => {
+            tracing::warn!(task = %task.id, error = %e, "cannot start the app in its sandbox; starting it without one");
+            if let Some(sandbox) = record(partial, |p| p.sandbox.take()) {
+                ctx.kill(task, &spec.name).await;
+                ctx.sandboxes.discard(&sandbox).await;
+            }
+            spec.sandbox = None;
+            ctx.runtime.create_and_start(&spec).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
     record(partial, |p| p.container = Some(container.id.clone()));
     ctx.logs.collect(
         ctx.runtime.clone(),
@@ -435,6 +458,9 @@ pub async fn clean_up(ctx: &AppContext, task: &Task, partial: Partial) {
         if lease_ok {
             ctx.kill(task, container).await;
         }
+    }
+    if let Some(sandbox) = &partial.sandbox {
+        ctx.sandboxes.discard(sandbox).await;
     }
     let mut keep_lease = false;
     if let Some((backend, attached)) = &partial.volume {

@@ -76,6 +76,10 @@ pub async fn stop(ctx: &AppContext, running: &Running, reason: Reason) {
             tracing::warn!(task = %task.id, error = %e, "cannot release the lease; it will lapse by itself");
         }
     }
+    if let Some(sandbox) = &running.sandbox {
+        // One app run per sandbox: namespaces are never shared, not even one after the other.
+        ctx.sandboxes.discard(sandbox).await;
+    }
     running.release_memory();
     ctx.metrics.stopped();
 }

@@ -229,7 +229,7 @@ impl DockerRuntime {
         &self,
         id: &str,
         port: u16,
-    ) -> Result<(Option<SocketAddr>, Option<String>), RuntimeError> {
+    ) -> Result<(Option<SocketAddr>, bool, Option<String>), RuntimeError> {
         let inspect = self
             .docker
             .inspect_container(
@@ -239,6 +239,11 @@ impl DockerRuntime {
             .await
             .map_err(|e| self.fail(format!("inspect container {id}"), e))?;
         let image = inspect.image.clone();
+        let running = inspect
+            .state
+            .as_ref()
+            .and_then(|s| s.running)
+            .unwrap_or(false);
         let bindings = inspect
             .network_settings
             .and_then(|n| n.ports)
@@ -254,7 +259,7 @@ impl DockerRuntime {
             let port = binding.host_port.as_deref()?.parse().ok()?;
             Some(SocketAddr::new(ip, port))
         });
-        Ok((addr, image))
+        Ok((addr, running, image))
     }
 }
 
@@ -330,13 +335,19 @@ impl ContainerRuntime for DockerRuntime {
             });
         }
 
-        // The port is assigned at start; it is gone again once the container has exited.
-        let (addr, image_digest) = match self.published_addr(&id, spec.container_port).await {
-            Ok(found) => found,
-            Err(e) => {
-                self.discard(&id, &name).await;
-                return Err(e);
-            }
+        // The port is assigned at start; it is gone again once the container has exited. In a
+        // sandbox the port is the sandbox's, there while the app's container runs.
+        let (addr, running, image_digest) =
+            match self.published_addr(&id, spec.container_port).await {
+                Ok(found) => found,
+                Err(e) => {
+                    self.discard(&id, &name).await;
+                    return Err(e);
+                }
+            };
+        let addr = match &spec.sandbox {
+            Some(sandbox) => running.then_some(sandbox.host_addr),
+            None => addr,
         };
         let Some(host_addr) = addr else {
             let exit_code = self
@@ -363,6 +374,33 @@ impl ContainerRuntime for DockerRuntime {
             host_addr,
             image_digest,
         })
+    }
+
+    async fn ensure_built(&self, tag: &str, context: Vec<u8>) -> Result<(), RuntimeError> {
+        match self.docker.inspect_image(tag).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(self.fail(format!("look up the image {tag}"), e)),
+        }
+        let options = bollard::query_parameters::BuildImageOptionsBuilder::new()
+            .dockerfile("Dockerfile")
+            .t(tag)
+            .rm(true)
+            .build();
+        let mut build =
+            self.docker
+                .build_image(options, None, Some(bollard::body_full(context.into())));
+        while let Some(item) = build.next().await {
+            let info = item.map_err(|e| self.fail(format!("build the image {tag}"), e))?;
+            if let Some(message) = info.error_detail.and_then(|d| d.message).or(info.error) {
+                return Err(RuntimeError::Docker {
+                    action: format!("build the image {tag}"),
+                    message,
+                });
+            }
+        }
+        info!(image = tag, "built the image");
+        Ok(())
     }
 
     async fn ensure_network(&self, name: &str) -> Result<String, RuntimeError> {
@@ -686,20 +724,29 @@ fn container_config(spec: &ContainerSpec) -> Result<ContainerCreateBody, Runtime
             }
         })
         .transpose()?;
+    // In a sandbox, the network and the published port are the sandbox's.
+    let (network_mode, ports, exposed) = match &spec.sandbox {
+        Some(sandbox) => (Some(format!("container:{}", sandbox.id)), None, None),
+        None => (
+            spec.network.clone(),
+            // Loopback only and an ephemeral port: the node proxy is the app's only way in.
+            Some(HashMap::from([(
+                port_key.clone(),
+                Some(vec![PortBinding {
+                    host_ip: Some(Ipv4Addr::LOCALHOST.to_string()),
+                    host_port: Some(String::new()),
+                }]),
+            )])),
+            Some(HashMap::from([(port_key, HashMap::new())])),
+        ),
+    };
     let host_config = HostConfig {
-        // Loopback only and an ephemeral port: the node proxy is the app's only way in.
-        port_bindings: Some(HashMap::from([(
-            port_key.clone(),
-            Some(vec![PortBinding {
-                host_ip: Some(Ipv4Addr::LOCALHOST.to_string()),
-                host_port: Some(String::new()),
-            }]),
-        )])),
+        port_bindings: ports,
         mounts,
         memory,
         nano_cpus,
         pids_limit: spec.pids,
-        network_mode: spec.network.clone(),
+        network_mode,
         readonly_rootfs: Some(spec.read_only),
         // With a read-only root, scratch space the app may need, neither executable nor setuid.
         tmpfs: spec.read_only.then(|| {
@@ -719,7 +766,7 @@ fn container_config(spec: &ContainerSpec) -> Result<ContainerCreateBody, Runtime
         cmd: spec.command.clone(),
         env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         labels: Some(spec.labels.clone().into_iter().collect()),
-        exposed_ports: Some(HashMap::from([(port_key, HashMap::new())])),
+        exposed_ports: exposed,
         host_config: Some(host_config),
         ..Default::default()
     })
