@@ -16,9 +16,10 @@
       from the unpause call to the first byte of the answer.
   bench.py memory CONTAINER
       prints the container's memory use (MiB) as its cgroup counts it (Docker's one-shot stats).
-  bench.py stats-cost CONTAINER N
-      N one-shot stats calls, as a node's busy check makes one per running app per window;
-      prints "median_wall_ms dockerd_cpu_ms_per_call".
+  bench.py busy-cost CONTAINER N
+      what one busy-check sample costs: N reads of the container's cgroup CPU counter (what the
+      node reads) and N one-shot Docker stats calls (its fallback); prints
+      "cgroup_read_us docker_wall_ms dockerd_cpu_ms_per_call" (medians; cgroup "nan" if unseen).
 """
 
 import socket
@@ -165,15 +166,30 @@ def main():
     elif cmd == "memory":
         stats = json.loads(docker("GET", f"/containers/{args[0]}/stats?stream=false&one-shot=true"))
         print(f"{stats['memory_stats'].get('usage', 0) / 1048576:.1f}")
-    elif cmd == "stats-cost":
-        n, walls = int(args[1]), []
+    elif cmd == "busy-cost":
+        cid, n = args[0], int(args[1])
+        cid = json.loads(docker("GET", f"/containers/{cid}/json"))["Id"]
+        paths = [f"/sys/fs/cgroup/{d}/docker/{cid}/cpuacct.usage" for d in ("cpuacct", "cpu,cpuacct")]
+        paths += [f"/sys/fs/cgroup/{d}/system.slice/docker-{cid}.scope/cpuacct.usage"
+                  for d in ("cpuacct", "cpu,cpuacct")]
+        paths += [f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat",
+                  f"/sys/fs/cgroup/docker/{cid}/cpu.stat"]
+        path = next((p for p in paths if __import__("os").path.exists(p)), None)
+        reads = []
+        for _ in range(n if path else 0):
+            t = time.perf_counter()
+            with open(path) as f:
+                f.read()
+            reads.append((time.perf_counter() - t) * 1e6)
+        walls = []
         cpu0 = dockerd_cpu_s()
         for _ in range(n):
             t = time.perf_counter()
-            docker("GET", f"/containers/{args[0]}/stats?stream=false&one-shot=true")
+            docker("GET", f"/containers/{cid}/stats?stream=false&one-shot=true")
             walls.append((time.perf_counter() - t) * 1000)
         cpu = (dockerd_cpu_s() - cpu0) * 1000 / n
-        print(f"{statistics.median(walls):.2f} {cpu:.2f}")
+        read = f"{statistics.median(reads):.1f}" if reads else "nan"
+        print(f"{read} {statistics.median(walls):.2f} {cpu:.2f}")
     elif cmd == "stats":
         xs = [float(x) for x in args]
         print(f"{statistics.median(xs):g} {max(xs):g}")

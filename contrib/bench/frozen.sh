@@ -42,13 +42,13 @@ part_frozen() {
     shadow+=("$s_ms"); direct+=("$b_ms")
   done
   [ "$(containers_of "$id")" = "$cid" ] || fail "frozen: the thaws did not keep the same container"
-  local sm sx bm bx mm mx cost wall cpu
+  local sm sx bm bx mm mx cost cg wall cpu
   read -r sm sx <<<"$(stats "${shadow[@]}")"
   read -r bm bx <<<"$(stats "${direct[@]}")"
   read -r mm mx <<<"$(stats "${mem[@]}")"
   FROZEN_MEDIAN=$sm
-  cost=$(python3 "$BENCH_PY" stats-cost "$bare" "$FROZEN_STATS_CALLS")
-  read -r wall cpu <<<"$cost"
+  cost=$(python3 "$BENCH_PY" busy-cost "$bare" "$FROZEN_STATS_CALLS")
+  read -r cg wall cpu <<<"$cost"
   docker rm -f "$bare" >/dev/null
 
   md "## 8. Frozen tier"
@@ -62,6 +62,6 @@ part_frozen() {
   md ""
   md "- Median ratio Shadow / unpause + request: **$(ratio "$sm" "$bm")**; target ≤ 20 ms median: $(awk -v r="$sm" 'BEGIN { print (r <= 20 ? "met" : "**missed**") }')"
   md "- Memory a frozen app holds (the counter app, its cgroup's count while paused): median $mm MiB, max $mx MiB. It stays within its task's memory limit, which the node's memory budget keeps reserved until the app is stopped (a start short of memory stops frozen apps, least recently used first)."
-  md "- The busy check's cost: one one-shot Docker stats call per running app per \`SHADOW_BUSY_WINDOW_MS\` (5 s). Over $FROZEN_STATS_CALLS calls: median $wall ms wall per call, $cpu ms of dockerd CPU per call, so about $(awk -v c="$cpu" 'BEGIN { printf "%.3f", c / 5000 * 100 }') % of one CPU per running app."
+  md "- The busy check's cost: one read of the app's cgroup CPU counter per running app per \`SHADOW_BUSY_WINDOW_MS\` (5 s), in its own task beside the app's supervisor: median $cg µs per read over $FROZEN_STATS_CALLS reads. Where the node cannot see the cgroup it asks Docker (one-shot stats): median $wall ms wall and $cpu ms of dockerd CPU per call here, about $(awk -v c="$cpu" 'BEGIN { printf "%.3f", c / 5000 * 100 }') % of one CPU per running app."
   md ""
 }

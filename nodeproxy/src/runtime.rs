@@ -266,6 +266,12 @@ pub trait ContainerRuntime: Send + Sync {
     /// The CPU time and memory the container has used so far.
     async fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError>;
 
+    /// The CPU time the container has used so far, in nanoseconds: what the busy check samples
+    /// every window, so implementations answer it as cheaply as they can.
+    async fn cpu_ns(&self, id: &str) -> Result<u64, RuntimeError> {
+        Ok(self.stats(id).await?.cpu_ns)
+    }
+
     /// The container's state, or `None` when there is no such container.
     async fn inspect(&self, id: &str) -> Result<Option<ContainerStatus>, RuntimeError>;
 

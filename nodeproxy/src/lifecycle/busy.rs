@@ -45,9 +45,9 @@ pub async fn watch(
     threshold_percent: f64,
 ) {
     let sample = || async {
-        let stats = runtime.stats(&container).await.ok()?;
+        let cpu_ns = runtime.cpu_ns(&container).await.ok()?;
         Some(Sample {
-            cpu_ns: stats.cpu_ns,
+            cpu_ns,
             at: Instant::now(),
         })
     };
