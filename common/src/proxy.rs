@@ -46,6 +46,7 @@ mod host;
 mod request_id;
 mod serve;
 mod upgrade;
+mod upstream;
 mod workers;
 
 pub use body::{empty, full, ProxyBody};

@@ -152,6 +152,72 @@ mod proxy {
         .await;
     }
 
+    // ---- upstream connections ------------------------------------------------------------------
+
+    /// A backend that answers `/small` with the port of the connection the request came on
+    /// (one per upstream connection the proxy made), `/big` with 64 MiB, and `/close` with
+    /// `Connection: close`.
+    async fn port_backend() -> SocketAddr {
+        start(|req, peer| async move {
+            match req.uri().path() {
+                "/big" => Response::new(http_body_util::BodyExt::boxed(
+                    PatternBody::new(64 * MIB, true).map_err(|never| match never {}),
+                )),
+                "/close" => Response::builder()
+                    .header(header::CONNECTION, "close")
+                    .body(full(peer.port().to_string()))
+                    .expect("response"),
+                _ => Response::new(full(peer.port().to_string())),
+            }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_carries_the_next_exchange_unless_its_body_was_cut() {
+        within("kept connections", async {
+            let proxy = start_proxy(port_backend().await).await.0;
+            let mut ports = vec![];
+            for _ in 0..5 {
+                let r = send(proxy, get("/small").body(no_body()).expect("req")).await;
+                assert_eq!(r.status(), StatusCode::OK);
+                ports.push(text(r.into_body()).await);
+            }
+            assert!(
+                ports.iter().all(|p| *p == ports[0]),
+                "one connection: {ports:?}"
+            );
+            // A response the client stops reading half-way: that connection is not reused (its
+            // unread rest would be the next exchange's answer).
+            let r = send(proxy, get("/big").body(no_body()).expect("req")).await;
+            let mut body = r.into_body();
+            let first = body.frame().await.expect("a frame").expect("data");
+            assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
+            drop(body);
+            let after = send(proxy, get("/small").body(no_body()).expect("req")).await;
+            assert_eq!(after.status(), StatusCode::OK);
+            let port = text(after.into_body()).await;
+            assert_ne!(port, ports[0], "a new connection after the cut one");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closes_is_not_reused() {
+        within("closed connections", async {
+            let proxy = start_proxy(port_backend().await).await.0;
+            let mut ports = vec![];
+            for _ in 0..3 {
+                let r = send(proxy, get("/close").body(no_body()).expect("req")).await;
+                assert_eq!(r.status(), StatusCode::OK);
+                ports.push(text(r.into_body()).await);
+            }
+            ports.dedup();
+            assert_eq!(ports.len(), 3, "each on a new connection: {ports:?}");
+        })
+        .await;
+    }
+
     // ---- headers -------------------------------------------------------------------------------
 
     /// A backend that reports each request's headers and answers with `response_headers`.

@@ -21,7 +21,7 @@ start_stack cpu
 id=$(register warm warm.bench.test none 3600)
 wait_known warm.bench.test
 curl -sf -o /dev/null -H 'Host: warm.bench.test' "http://127.0.0.1:$EPORT/"
-cid=$(containers_of "$id"); cport=$(published_port "$cid")
+cid=$(containers_of "$id"); cport=$(app_port "$cid")
 n1=$(free_port); n2=$(free_port)
 nginx_conf "$WORK/nginx-node" "$n2" "$cport"; nginx_conf "$WORK/nginx-edge" "$n1" "$n2"
 nginx -e stderr -p "$WORK/nginx-node" -c "$WORK/nginx-node/nginx.conf" -g 'daemon off;' 2>/dev/null &

@@ -84,4 +84,10 @@ wait_known() {
 
 containers_of() { docker ps -aq --filter "label=shadow.task=$1"; }
 published_port() { docker port "$1" 8000/tcp | head -1 | sed 's/.*://'; }
+# app_port CONTAINER: where an app's port 8000 is published: its own, or, for an app started
+# in a sandbox (NetworkMode container:<id>), the sandbox's.
+app_port() {
+  local mode; mode=$(docker inspect -f '{{.HostConfig.NetworkMode}}' "$1")
+  case $mode in container:*) published_port "${mode#container:}" ;; *) published_port "$1" ;; esac
+}
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }

@@ -77,7 +77,7 @@ part_warm() {
   wait_known "$domain"
   curl -sf -o /dev/null -H "Host: $domain" "http://127.0.0.1:$EPORT/" || fail "warm: the app does not answer through the edge"
   cid=$(containers_of "$id"); [ -n "$cid" ] || fail "warm: no container for the task"
-  cport=$(published_port "$cid")
+  cport=$(app_port "$cid")
   # The backend every path ends in: the app's process and the docker-proxy of its port.
   BACKEND_PIDS="$(docker inspect -f '{{.State.Pid}}' "$cid") $({ pgrep -f "docker-proxy.*-host-port $cport( |$)" || true; } | tr '\n' ' ')"
 

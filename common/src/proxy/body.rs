@@ -45,13 +45,16 @@ pub fn empty() -> ProxyBody {
 ///
 /// The guard goes as soon as the last frame is produced or the body fails; if the client goes
 /// away first, hyper drops the body and the guard with it.
-pub(crate) struct Guarded<B> {
+pub(crate) struct Guarded<B: Body> {
     inner: B,
     guard: Option<ActivityGuard>,
     counts: Option<Arc<ByteCounts>>,
+    /// The upstream connection the body comes from, given back for the next exchange once the
+    /// body has ended.
+    lent: Option<super::upstream::Lent>,
 }
 
-impl<B> Guarded<B> {
+impl<B: Body> Guarded<B> {
     pub(crate) fn new(
         inner: B,
         guard: Option<ActivityGuard>,
@@ -61,6 +64,24 @@ impl<B> Guarded<B> {
             inner,
             guard,
             counts,
+            lent: None,
+        }
+    }
+
+    /// Gives `lent` back to its pool when the body has ended.
+    pub(crate) fn with_connection(mut self, lent: super::upstream::Lent) -> Self {
+        self.lent = Some(lent);
+        self
+    }
+}
+
+impl<B: Body> Drop for Guarded<B> {
+    fn drop(&mut self) {
+        // hyper may drop a body it knows has ended without polling it to the end.
+        if let Some(lent) = self.lent.take() {
+            if self.inner.is_end_stream() {
+                lent.give_back();
+            }
         }
     }
 }
@@ -84,10 +105,25 @@ where
             }
         }
         match &polled {
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.guard = None,
+            Poll::Ready(None) => {
+                self.guard = None;
+                if let Some(lent) = self.lent.take() {
+                    lent.give_back();
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                self.guard = None;
+                // A broken exchange: the connection is not reused.
+                self.lent = None;
+            }
             // hyper may stop polling once `is_end_stream` says so; release the guard with the
             // last frame instead of waiting for the body to be dropped.
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.guard = None,
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => {
+                self.guard = None;
+                if let Some(lent) = self.lent.take() {
+                    lent.give_back();
+                }
+            }
             _ => {}
         }
         polled

@@ -1,5 +1,5 @@
-//! The [`Forwarder`]: sends one client request to one upstream over a pooled HTTP/1.1 client and
-//! turns the answer into the client's response.
+//! The [`Forwarder`]: sends one client request to one upstream over a kept HTTP/1.1 connection
+//! (this worker thread's [`upstream::Pool`]) and turns the answer into the client's response.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -7,16 +7,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::{PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::uri::PathAndQuery;
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use thread_local::ThreadLocal;
 use tokio::sync::oneshot;
 
 use super::body::{self, ClientBodyFailure, Guarded, Outbound};
+use super::upstream::{self, SendError};
 use super::{addr_text, headers, upgrade, ForwardContext, ProxyBody, ProxyError};
 
 /// Tuning of the [`Forwarder`]'s client.
@@ -43,17 +41,17 @@ impl Default for ForwarderConfig {
     }
 }
 
-/// Forwards requests to upstreams over pooled keep-alive HTTP/1.1 connections.
+/// Forwards requests to upstreams over kept HTTP/1.1 connections.
 ///
-/// Cheap to clone: clones share their pools. There is one pool per thread: hyper's client
-/// drives each pooled connection from a task it spawns on the runtime that opened it, so a
-/// request on one of the proxy's [`Workers`](super::Workers) reusing a connection opened on
-/// another would cross threads twice per exchange. There is no response timeout on purpose (SSE
-/// and long polls); bound the wait at the caller if a route needs one.
+/// Cheap to clone: clones share their pools. There is one pool per thread: each connection is
+/// driven by a task on the runtime that opened it, so a request on one of the proxy's
+/// [`Workers`](super::Workers) reusing a connection opened on another would cross threads twice
+/// per exchange. There is no response timeout on purpose (SSE and long polls); bound the wait at
+/// the caller if a route needs one.
 #[derive(Clone)]
 pub struct Forwarder {
     config: ForwarderConfig,
-    clients: Arc<ThreadLocal<Client<HttpConnector, Outbound>>>,
+    pools: Arc<ThreadLocal<Arc<upstream::Pool>>>,
 }
 
 impl fmt::Debug for Forwarder {
@@ -100,25 +98,19 @@ impl Forwarder {
     pub fn new(config: &ForwarderConfig) -> Self {
         Self {
             config: config.clone(),
-            clients: Arc::new(ThreadLocal::new()),
+            pools: Arc::new(ThreadLocal::new()),
         }
     }
 
-    /// This thread's client (and pool), made on first use.
-    fn client(&self) -> &Client<HttpConnector, Outbound> {
-        self.clients.get_or(|| Self::build_client(&self.config))
-    }
-
-    fn build_client(config: &ForwarderConfig) -> Client<HttpConnector, Outbound> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        Client::builder(TokioExecutor::new())
-            // The timer is what makes the idle timeout fire.
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .build(connector)
+    /// This thread's pool, made on first use.
+    fn pool(&self) -> &Arc<upstream::Pool> {
+        self.pools.get_or(|| {
+            Arc::new(upstream::Pool::new(
+                self.config.connect_timeout,
+                self.config.pool_idle_timeout,
+                self.config.pool_max_idle_per_host,
+            ))
+        })
     }
 
     /// Forwards `req` to `upstream` and returns the response to send to the client.
@@ -163,6 +155,16 @@ impl Forwarder {
         // upgrade needs their `OnUpgrade` extension once the upstream agrees.
         let mut headers = parts.headers.clone();
         headers::prepare_request(&mut headers, &ctx, upgrade);
+        if !headers.contains_key(header::HOST) {
+            // An HTTP/2 client names the host in the request target, not a header.
+            let host = match parts.uri.authority() {
+                Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+                None => HeaderValue::from_str(addr_text::authority(upstream).as_str()).ok(),
+            };
+            if let Some(host) = host {
+                headers.insert(header::HOST, host);
+            }
+        }
         let (reclaim_tx, mut reclaim_rx) = oneshot::channel();
         let client_failed = Arc::new(ClientBodyFailure::default());
         let mut outbound = Request::new(Outbound::new(
@@ -178,10 +180,11 @@ impl Forwarder {
         *outbound.version_mut() = Version::HTTP_11;
         *outbound.headers_mut() = headers;
 
-        let mut response = match self.client().request(outbound).await {
-            Ok(response) => response,
-            Err(error) if error.is_connect() => {
-                // hyper-util drops the request before returning, so an untouched body is back.
+        let (mut response, lent) = match self.pool().send(upstream, outbound).await {
+            Ok(sent) => sent,
+            Err(SendError::Connect(error, unsent_request)) => {
+                // Dropping the request sends its untouched body back.
+                drop(unsent_request);
                 let unsent = reclaim_rx.try_recv().ok().map(|body| Unsent {
                     request: Request::from_parts(parts, body),
                     ctx,
@@ -195,7 +198,7 @@ impl Forwarder {
                     answer: None,
                 });
             }
-            Err(error) => {
+            Err(SendError::Exchange(error)) => {
                 let cause = error.into();
                 let error = if client_failed.stalled.load(Ordering::Relaxed) {
                     ProxyError::ClientBodyStalled { upstream, cause }
@@ -221,6 +224,8 @@ impl Forwarder {
                 });
             }
             let upstream_io = hyper::upgrade::on(&mut response);
+            // The connection is the tunnel's now: never back in the pool.
+            drop(lent);
             let client_io = hyper::upgrade::on(Request::from_parts(parts, ()));
             let (mut head, _empty) = response.into_parts();
             headers::prepare_response(&mut head.headers, true);
@@ -256,13 +261,15 @@ impl Forwarder {
         headers::prepare_response(&mut head.headers, false);
         // hyper answers an HTTP/1.0 client in kind; 1.1 here only says "the server's default".
         head.version = Version::HTTP_11;
-        let body = ProxyBody::new(Guarded::new(body, ctx.activity, ctx.byte_counts));
+        let body =
+            ProxyBody::new(Guarded::new(body, ctx.activity, ctx.byte_counts).with_connection(lent));
         Ok(Response::from_parts(head, body))
     }
 }
 
-/// `http://<upstream><path?query>`; an absolute-form target from the client keeps only its path.
-fn upstream_uri(upstream: SocketAddr, target: &Uri) -> Result<Uri, ProxyError> {
+/// The target sent upstream: the path and query only (origin form), whatever form the client
+/// used; an absolute-form target keeps only its path.
+fn upstream_uri(_upstream: SocketAddr, target: &Uri) -> Result<Uri, ProxyError> {
     let path = match target.path_and_query() {
         Some(pq) if pq.as_str().starts_with('/') => pq.clone(),
         None => PathAndQuery::from_static("/"),
@@ -273,8 +280,6 @@ fn upstream_uri(upstream: SocketAddr, target: &Uri) -> Result<Uri, ProxyError> {
         }
     };
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(addr_text::authority(upstream));
     parts.path_and_query = Some(path);
     Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest {
         reason: "the request target is not a valid path",
@@ -291,20 +296,12 @@ mod tests {
         let from_origin = upstream_uri(upstream, &Uri::from_static("/a/b?c=d"));
         assert_eq!(
             from_origin.map(|u| u.to_string()).ok().as_deref(),
-            Some("http://127.0.0.1:8000/a/b?c=d")
+            Some("/a/b?c=d")
         );
         let from_absolute = upstream_uri(upstream, &Uri::from_static("http://evil.example/x"));
         assert_eq!(
             from_absolute.map(|u| u.to_string()).ok().as_deref(),
-            Some("http://127.0.0.1:8000/x")
-        );
-        let v6 = upstream_uri(
-            "[::1]:9".parse().unwrap_or(upstream),
-            &Uri::from_static("/"),
-        );
-        assert_eq!(
-            v6.map(|u| u.to_string()).ok().as_deref(),
-            Some("http://[::1]:9/")
+            Some("/x")
         );
         assert!(upstream_uri(upstream, &Uri::from_static("*")).is_err());
     }

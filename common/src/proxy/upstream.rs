@@ -1,0 +1,169 @@
+//! One worker thread's connections to its upstreams: HTTP/1.1 keep-alive connections, each
+//! carrying one exchange at a time and kept for the next once its response has been read to
+//! the end.
+//!
+//! This replaces hyper-util's pooled client on the proxies' hot path. That client is built for
+//! any executor and any thread (a shared pool behind a mutex, checkout futures, keys made from
+//! URIs, a background idle sweep); here each worker is a single-threaded runtime with its own
+//! pool, so a checkout is a pop from a short list and a return is a push.
+//!
+//! A connection goes back to the pool only when its response body ended; one whose body was
+//! dropped half-read, that was upgraded (101), or that the upstream closed is not reused.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use hyper::{body::Incoming, client::conn::http1, Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpStream, time::Instant};
+
+use super::body::Outbound;
+
+type Sender = http1::SendRequest<Outbound>;
+
+/// Why an exchange failed.
+pub(crate) enum SendError {
+    /// No connection could be made: the request never left, and is handed back.
+    Connect(std::io::Error, Box<Request<Outbound>>),
+    /// The exchange failed after the request was (or may have been) sent.
+    Exchange(hyper::Error),
+}
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// One thread's connections, by upstream.
+pub(crate) struct Pool {
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+}
+
+/// A connection lent to one exchange; given back with [`Lent::give_back`] once the response
+/// body has ended, dropped (and the connection with it) otherwise.
+pub(crate) struct Lent {
+    pool: Arc<Pool>,
+    upstream: SocketAddr,
+    sender: Sender,
+}
+
+impl Lent {
+    /// The exchange is over and the connection can carry the next one.
+    pub(crate) fn give_back(self) {
+        let Lent {
+            pool,
+            upstream,
+            sender,
+        } = self;
+        if sender.is_closed() {
+            return;
+        }
+        // Not checked for readiness here: the connection's task may not have seen the end of
+        // the exchange yet. The checkout takes only ready ones.
+        let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(upstream).or_default();
+        if list.len() < pool.max_idle {
+            list.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+impl Pool {
+    pub(crate) fn new(connect_timeout: Duration, idle_timeout: Duration, max_idle: usize) -> Self {
+        Self {
+            idle: Mutex::new(HashMap::new()),
+            connect_timeout,
+            idle_timeout,
+            max_idle,
+        }
+    }
+
+    /// The most recently used connection to `upstream` that can take a request now. One given
+    /// back a moment ago may not be ready yet (its task has not seen the end of the exchange):
+    /// it stays for the next checkout. Closed ones and ones idle too long are dropped (the node
+    /// proxy closes idle connections after 30 s: not worth the race).
+    fn checkout(&self, upstream: SocketAddr) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(&upstream)?;
+        list.retain(|c| !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout);
+        let i = list.iter().rposition(|c| c.sender.is_ready())?;
+        Some(list.remove(i).sender)
+    }
+
+    async fn connect(&self, upstream: SocketAddr) -> std::io::Result<Sender> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(upstream))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection within {:?}", self.connect_timeout),
+                )
+            })??;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        // On this worker's own runtime: the connection's task and its requests share a thread.
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(sender)
+    }
+
+    /// Sends `req` to `upstream` on a kept connection, or a new one. A kept connection found
+    /// closed before the request left is replaced by a new one, as often as it takes.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        upstream: SocketAddr,
+        mut req: Request<Outbound>,
+    ) -> Result<(Response<Incoming>, Lent), SendError> {
+        loop {
+            let (mut sender, fresh) = match self.checkout(upstream) {
+                Some(s) => (s, false),
+                None => match self.connect(upstream).await {
+                    Ok(s) => (s, true),
+                    Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+                },
+            };
+            if fresh && sender.ready().await.is_err() {
+                return Err(SendError::Connect(
+                    std::io::Error::other("the upstream closed the new connection"),
+                    Box::new(req),
+                ));
+            }
+            match sender.try_send_request(req).await {
+                Ok(response) => {
+                    let lent = Lent {
+                        pool: self.clone(),
+                        upstream,
+                        sender,
+                    };
+                    return Ok((response, lent));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never sent: a kept connection went away under us. Try another.
+                    Some(unsent) if !fresh => req = unsent,
+                    // Never sent on a new one: as good as a failed connect (safe to retry).
+                    Some(unsent) => {
+                        return Err(SendError::Connect(
+                            std::io::Error::other(e.into_error()),
+                            Box::new(unsent),
+                        ))
+                    }
+                    None => return Err(SendError::Exchange(e.into_error())),
+                },
+            }
+        }
+    }
+}
