@@ -23,6 +23,12 @@ fn network_mode(container: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// The network mode of each of the node's app containers.
+async fn app_network_modes(n: &NodeHandle) -> Vec<String> {
+    let apps = n.containers().await;
+    apps.iter().map(|c| network_mode(&c.id)).collect()
+}
+
 /// The ids of the node's sandboxes (ready and in use), once its pool has `ready` ready ones
 /// (its `/metrics`, within 30 s).
 async fn sandboxes(n: &NodeHandle, ready: u32) -> Vec<String> {
@@ -82,12 +88,7 @@ async fn cold_starts_join_sandboxes_made_ahead_one_app_run_each() {
     let r = c.post(&second, "/count", "").await.expect("request");
     sandboxes(&n, 1).await;
     assert_eq!(r.status, 200, "{r:?}");
-    let modes: Vec<String> = n
-        .containers()
-        .await
-        .iter()
-        .map(|c| network_mode(&c.id))
-        .collect();
+    let modes = app_network_modes(&n).await;
     assert!(
         modes.contains(&format!("container:{}", fresh[0])),
         "the second app has the new sandbox, not the first one's: {modes:?}"
@@ -112,12 +113,7 @@ async fn cold_starts_join_sandboxes_made_ahead_one_app_run_each() {
     counter_task(&m, &other, "local", |s| s["port"] = json!(8081)).await;
     let r = c.get(&other, "/").await.expect("request");
     assert_eq!(r.status, 200, "{r:?}");
-    let modes: Vec<String> = n
-        .containers()
-        .await
-        .iter()
-        .map(|c| network_mode(&c.id))
-        .collect();
+    let modes = app_network_modes(&n).await;
     assert_eq!(
         modes
             .iter()
