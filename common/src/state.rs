@@ -16,7 +16,8 @@ pub struct ClusterState {
     pub revision: u64,
     tasks: HashMap<String, Arc<Task>>,
     by_domain: HashMap<String, String>,
-    nodes: HashMap<String, NodeStatus>,
+    /// Shared, so a request path can hold one without copying its list of running tasks.
+    nodes: HashMap<String, Arc<NodeStatus>>,
     leases: HashMap<String, Lease>,
     /// ACME records by key (`certs/<domain>`, `challenges/<token>`, `status/<domain>`).
     acme: HashMap<String, Arc<AcmeRecord>>,
@@ -57,7 +58,7 @@ impl ClusterState {
                 }
             }
             WatchEvent::NodePut { node } => {
-                self.nodes.insert(node.id.clone(), node.clone());
+                self.nodes.insert(node.id.clone(), Arc::new(node.clone()));
             }
             WatchEvent::NodeDeleted { id } => {
                 self.nodes.remove(id);
@@ -102,10 +103,10 @@ impl ClusterState {
     pub fn tasks(&self) -> impl Iterator<Item = &Arc<Task>> {
         self.tasks.values()
     }
-    pub fn node(&self, id: &str) -> Option<&NodeStatus> {
+    pub fn node(&self, id: &str) -> Option<&Arc<NodeStatus>> {
         self.nodes.get(id)
     }
-    pub fn nodes(&self) -> impl Iterator<Item = &NodeStatus> {
+    pub fn nodes(&self) -> impl Iterator<Item = &Arc<NodeStatus>> {
         self.nodes.values()
     }
     pub fn lease(&self, task_id: &str) -> Option<&Lease> {

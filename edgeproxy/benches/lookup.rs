@@ -33,7 +33,8 @@ fn state(tasks: usize) -> ClusterState {
                 id: format!("node-{n}"),
                 address: format!("10.0.0.{n}:7071"),
                 capacity: 100,
-                running: vec![],
+                // A full node: what it runs is in every heartbeat, so in every copy of it.
+                running: (0..100).map(|k| format!("{:032x}", n * 100 + k)).collect(),
                 load: (n as f64) / 20.0,
                 last_heartbeat_ms: Some(0),
                 healthy: true,

@@ -291,7 +291,8 @@ fn mark_holder_down(
             .lease(task_id)
             .filter(|l| l.node != target)
             .filter(|l| {
-                unreachable.contains(&l.node) || !state.node(&l.node).is_some_and(usable(edge))
+                unreachable.contains(&l.node)
+                    || !state.node(&l.node).is_some_and(|n| usable(edge)(n))
             })
             .and_then(|l| HeaderValue::from_str(&l.node).ok())
     };

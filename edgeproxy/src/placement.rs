@@ -2,7 +2,10 @@
 //! sent it to, else weighted rendezvous hashing over the healthy nodes
 //! ([`shadow_common::placement`], the ranking the master uses too).
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use shadow_common::{
     node::NodeStatus,
@@ -18,11 +21,13 @@ pub struct Sticky {
 
 impl Sticky {
     pub fn get(&self, task: &str) -> Option<String> {
-        self.chosen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(task)
-            .cloned()
+        self.with(task, |node| node.map(str::to_owned))
+    }
+
+    /// `f` of the node chosen for `task`, without copying its id (the request path).
+    pub fn with<R>(&self, task: &str, f: impl FnOnce(Option<&str>) -> R) -> R {
+        let chosen = self.chosen.lock().unwrap_or_else(|e| e.into_inner());
+        f(chosen.get(task).map(String::as_str))
     }
     /// Forgets the choices of tasks `keep` refuses (deleted ones).
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
@@ -45,9 +50,9 @@ pub fn candidates(
     sticky: &Sticky,
     task: &str,
     usable: impl Fn(&NodeStatus) -> bool,
-) -> Vec<NodeStatus> {
-    let mut out: Vec<NodeStatus> = Vec::new();
-    let push = |n: Option<&NodeStatus>, out: &mut Vec<NodeStatus>| {
+) -> Vec<Arc<NodeStatus>> {
+    let mut out: Vec<Arc<NodeStatus>> = Vec::new();
+    let push = |n: Option<&Arc<NodeStatus>>, out: &mut Vec<Arc<NodeStatus>>| {
         if let Some(n) = n {
             if usable(n) && !out.iter().any(|o| o.id == n.id) {
                 out.push(n.clone());
@@ -60,7 +65,7 @@ pub fn candidates(
     if let Some(id) = sticky.get(task) {
         push(state.node(&id), &mut out);
     }
-    let healthy: Vec<&NodeStatus> = state.nodes().filter(|n| usable(n)).collect();
+    let healthy: Vec<&Arc<NodeStatus>> = state.nodes().filter(|n| usable(n)).collect();
     for id in rendezvous(task, healthy.iter().map(|n| (n.id.as_str(), weight(n)))) {
         push(state.node(&id), &mut out);
     }
@@ -68,21 +73,20 @@ pub fn candidates(
 }
 
 /// The node to try first for `task`: the head of [`candidates`], without ranking every node
-/// or cloning more than one (the request path needs the rest only when this one fails).
+/// or copying anything but a pointer (the request path needs the rest only when this one fails).
 pub fn first_choice(
     state: &ClusterState,
     sticky: &Sticky,
     task: &str,
     usable: impl Fn(&NodeStatus) -> bool,
-) -> Option<NodeStatus> {
+) -> Option<Arc<NodeStatus>> {
     let holder = state.lease(task).and_then(|l| state.node(&l.node));
     if let Some(n) = holder.filter(|n| usable(n)) {
         return Some(n.clone());
     }
-    if let Some(n) = sticky.get(task).and_then(|id| state.node(&id)) {
-        if usable(n) {
-            return Some(n.clone());
-        }
+    let chosen = sticky.with(task, |id| id.and_then(|id| state.node(id)).cloned());
+    if let Some(n) = chosen.filter(|n| usable(n)) {
+        return Some(n);
     }
     // The best of the rendezvous order: highest score, then the smallest id, as `rendezvous`
     // sorts.
@@ -139,7 +143,7 @@ mod tests {
             let all = candidates(&state, &sticky, &task, |n| n.healthy);
             let first = first_choice(&state, &sticky, &task, |n| n.healthy);
             assert_eq!(
-                first.map(|n| n.id),
+                first.map(|n| n.id.clone()),
                 all.first().map(|n| n.id.clone()),
                 "{task}"
             );

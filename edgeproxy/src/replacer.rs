@@ -233,7 +233,11 @@ pub struct MasterCluster {
 #[async_trait]
 impl Cluster for MasterCluster {
     fn nodes(&self) -> Vec<NodeStatus> {
-        self.follower.read().nodes().cloned().collect()
+        self.follower
+            .read()
+            .nodes()
+            .map(|n| (**n).clone())
+            .collect()
     }
     fn changes(&self) -> watch::Receiver<u64> {
         self.follower.changes()
