@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use shadow_common::status::{AppState, TaskStatus};
 use shadow_tests::{
@@ -16,6 +17,7 @@ use shadow_tests::{
     procs, s3,
 };
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
 /// Whether Docker has the container paused.
 fn paused(id: &str) -> bool {
@@ -70,6 +72,41 @@ async fn an_idle_app_is_frozen_and_a_request_thaws_the_same_container_with_its_d
         "a thaw is not a cold start: {s:?}"
     );
     assert_eq!(on_node(&s), AppState::Running);
+    n.stop().await;
+}
+
+#[tokio::test]
+async fn an_open_websocket_keeps_the_app_from_freezing() {
+    counter_image().await.expect("test image builds");
+    let m = master::spawn(MasterOptions::default()).await;
+    let n = node::spawn(&m, |c| c.frozen_timeout_s = 600).await;
+    let d = domain("wsfreeze");
+    let task = counter_task(&m, &d, "local", |s| s["idle_timeout_s"] = json!(1)).await;
+    let stream = tokio::net::TcpStream::connect(n.addr)
+        .await
+        .expect("connect");
+    let req = format!("ws://{d}/ws")
+        .into_client_request()
+        .expect("ws request");
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, stream)
+        .await
+        .expect("upgrade through the node");
+    assert_eq!(resp.status(), 101);
+    // Three idle timeouts with the socket open and silent: still running, never paused.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = m.client.task_status(&task.id).await.expect("status");
+    assert_eq!(on_node(&s), AppState::Running, "{s:?}");
+    assert!(!paused(&n.containers().await[0].id));
+    ws.send(Message::text("still there")).await.expect("send");
+    let echoed = ws.next().await.expect("a reply").expect("ok");
+    assert_eq!(echoed.into_text().expect("text").as_str(), "still there");
+    // Closed, the app is idle and freezes.
+    ws.close(None).await.expect("close");
+    drop(ws);
+    status_until(&m, &task.id, "frozen once the socket closed", |s| {
+        on_node(s) == AppState::Frozen
+    })
+    .await;
     n.stop().await;
 }
 
