@@ -92,6 +92,14 @@ impl Browser {
 
     /// Sends a DevTools command and answers its result (events meanwhile are skipped).
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        match self.try_call(method, params).await {
+            Ok(result) => result,
+            Err(error) => panic!("{method}: {error}"),
+        }
+    }
+
+    /// Sends a DevTools command; its result, or the error DevTools answered.
+    async fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let msg = json!({"id": id, "method": method, "params": params}).to_string();
         self.ws
@@ -111,8 +119,27 @@ impl Browser {
         })
         .await
         .unwrap_or_else(|_| panic!("{method} answered within 30 s"));
-        assert!(answer["error"].is_null(), "{method}: {answer}");
-        answer["result"].clone()
+        if answer["error"].is_null() {
+            Ok(answer["result"].clone())
+        } else {
+            Err(answer["error"].clone())
+        }
+    }
+
+    /// Like [`Browser::eval`], but `None` when the page navigated while the expression ran
+    /// (a redirect): the caller looks again.
+    async fn eval_unless_navigating(&mut self, expression: &str) -> Option<Value> {
+        let params = json!({"expression": expression, "returnByValue": true, "awaitPromise": true});
+        match self.try_call("Runtime.evaluate", params).await {
+            Ok(r) => Some(r["result"]["value"].clone()),
+            Err(e) => {
+                let message = e["message"].as_str().unwrap_or_default();
+                let navigated = message.contains("navigated or closed")
+                    || message.contains("context was destroyed");
+                assert!(navigated, "Runtime.evaluate: {e}");
+                None
+            }
+        }
     }
 
     pub async fn navigate(&mut self, url: &str) {
@@ -134,7 +161,10 @@ impl Browser {
     pub async fn wait_for(&mut self, expression: &str, what: &str) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if self.eval(&format!("!!({expression})")).await == json!(true) {
+            let seen = self
+                .eval_unless_navigating(&format!("!!({expression})"))
+                .await;
+            if seen == Some(json!(true)) {
                 return;
             }
             if tokio::time::Instant::now() >= deadline {
