@@ -79,3 +79,21 @@ pub async fn status_until(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A WebSocket to the counter app's `/ws` at `domain`, through the proxy listening at `addr`,
+/// after checking the proxy answered the upgrade with 101.
+pub async fn open_websocket(
+    addr: std::net::SocketAddr,
+    domain: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("ws://{domain}/ws")
+        .into_client_request()
+        .expect("ws request");
+    let (ws, resp) = tokio_tungstenite::client_async(req, stream)
+        .await
+        .expect("upgrade through the proxy");
+    assert_eq!(resp.status(), 101);
+    ws
+}

@@ -9,7 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use shadow_common::status::{AppState, TaskStatus};
 use shadow_tests::{
-    fixtures::{counter_task, domain, status_until},
+    fixtures::{counter_task, domain, open_websocket, status_until},
     http::Client,
     image::counter_image,
     master::{self, MasterOptions},
@@ -17,7 +17,7 @@ use shadow_tests::{
     procs, s3,
 };
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+use tokio_tungstenite::tungstenite::Message;
 
 /// Whether Docker has the container paused.
 fn paused(id: &str) -> bool {
@@ -82,16 +82,7 @@ async fn an_open_websocket_keeps_the_app_from_freezing() {
     let n = node::spawn(&m, |c| c.frozen_timeout_s = 600).await;
     let d = domain("wsfreeze");
     let task = counter_task(&m, &d, "local", |s| s["idle_timeout_s"] = json!(1)).await;
-    let stream = tokio::net::TcpStream::connect(n.addr)
-        .await
-        .expect("connect");
-    let req = format!("ws://{d}/ws")
-        .into_client_request()
-        .expect("ws request");
-    let (mut ws, resp) = tokio_tungstenite::client_async(req, stream)
-        .await
-        .expect("upgrade through the node");
-    assert_eq!(resp.status(), 101);
+    let mut ws = open_websocket(n.addr, &d).await;
     // Three idle timeouts with the socket open and silent: still running, never paused.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let s = m.client.task_status(&task.id).await.expect("status");

@@ -8,13 +8,13 @@ use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, StreamBody};
 use serde_json::{json, Value};
 use shadow_tests::{
-    fixtures::{counter_task, domain, status_until, until_released},
+    fixtures::{counter_task, domain, open_websocket, status_until, until_released},
     http::{empty, Client},
     image::counter_image,
     master::{self, MasterHandle, MasterOptions},
     node::{self, NodeHandle},
 };
-use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+use tokio_tungstenite::tungstenite::Message;
 
 async fn setup() -> (MasterHandle, NodeHandle) {
     counter_image().await.expect("test image builds");
@@ -162,16 +162,7 @@ async fn websocket_and_sse_pass_through_and_an_open_socket_keeps_the_app_alive()
     let d = domain("ws");
     let task = counter_task(&m, &d, "local", |s| s["idle_timeout_s"] = json!(1)).await;
 
-    let stream = tokio::net::TcpStream::connect(n.addr)
-        .await
-        .expect("connect");
-    let req = format!("ws://{d}/ws")
-        .into_client_request()
-        .expect("ws request");
-    let (mut ws, resp) = tokio_tungstenite::client_async(req, stream)
-        .await
-        .expect("upgrade through the proxy");
-    assert_eq!(resp.status(), 101);
+    let mut ws = open_websocket(n.addr, &d).await;
     ws.send(Message::text("hello")).await.expect("send");
     let echoed = ws.next().await.expect("a reply").expect("ok");
     assert_eq!(echoed.into_text().expect("text").as_str(), "hello");
