@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECONDS_=${1:-5}
 BIN_DIR=${BIN_DIR:-${CARGO_TARGET_DIR:-$PWD/target}/release} IMAGE=${IMAGE:-shadow-test/counter:latest}
+PAUSE_BIN=${PAUSE_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/$(rustc -vV | sed -n 's/^host: //p')/release/shadow-pause}
 WORK=$(mktemp -d /tmp/shadow-cpu.XXXXXX) OUT_MD=/dev/null
 NGINX_PIDS=()
 # shellcheck source=contrib/bench/lib.sh

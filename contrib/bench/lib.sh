@@ -37,12 +37,15 @@ start_stack() {
     --heartbeat-interval-ms 200 >>"$dir/master.log" 2>&1 &
   MASTER_PID=$!; STACK_PIDS+=("$MASTER_PID")
   wait_http "http://127.0.0.1:$MPORT/healthz" x || fail "the master did not come up ($dir/master.log)"
-  "$BIN_DIR/shadow-nodeproxy" --listen 127.0.0.1:"$NPORT" --master "http://127.0.0.1:$MPORT" \
+  # NODE_WRAP / EDGE_WRAP: a command to run the program under (callgrind-warm.sh uses valgrind).
+  # shellcheck disable=SC2086
+  ${NODE_WRAP:-} "$BIN_DIR/shadow-nodeproxy" --listen 127.0.0.1:"$NPORT" --master "http://127.0.0.1:$MPORT" \
     --node-id "$NODE_ID" --data-dir "$dir/node" --heartbeat-interval-ms 200 --stop-grace-s 2 \
     --pause-binary "$PAUSE_BIN" \
     >>"$dir/node.log" 2>&1 &
   NODE_PID=$!; STACK_PIDS+=("$NODE_PID")
-  "$BIN_DIR/shadow-edgeproxy" --listen 127.0.0.1:"$EPORT" --master "http://127.0.0.1:$MPORT" \
+  # shellcheck disable=SC2086
+  ${EDGE_WRAP:-} "$BIN_DIR/shadow-edgeproxy" --listen 127.0.0.1:"$EPORT" --master "http://127.0.0.1:$MPORT" \
     --admin-listen 127.0.0.1:"$APORT" --edge-id "bench-$1" \
     --client-max-per-ip 100000 --client-max-total 100000 >>"$dir/edge.log" 2>&1 &
   # Every benchmark client is 127.0.0.1: the per-address cap would refuse the herd.
