@@ -90,12 +90,13 @@ pub struct SessionRenewed {
 
 /// The node's answer header naming the node that holds a stateful task's lease, so the edge can
 /// send the request there.
-pub const HOLDER_HEADER: &str = "x-shadow-lease-holder";
+pub const HOLDER_HEADER: http::HeaderName = http::HeaderName::from_static("x-shadow-lease-holder");
 
 /// The edge's request header naming a node it cannot reach that holds (or held) the task's
 /// lease: the receiving node then waits for that lease to lapse instead of sending the request
 /// back. The edge drops it from what clients send.
-pub const HOLDER_DOWN_HEADER: &str = "x-shadow-holder-down";
+pub const HOLDER_DOWN_HEADER: http::HeaderName =
+    http::HeaderName::from_static("x-shadow-holder-down");
 
 /// Bounds on a lease's time to live: long enough to renew, short enough to fail over.
 pub const MIN_TTL_MS: u64 = 100;

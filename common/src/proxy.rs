@@ -17,7 +17,7 @@
 //!
 //! ```text
 //!  client ──▶ serve() ──▶ caller's handler ──▶ Forwarder::forward ──▶ upstream
-//!                          (routing, waking)     │ headers::prepare_request
+//!                          (routing, waking)     │ headers::request_headers
 //!                                                │ body: streamed, ActivityGuard held
 //!                                                └ 101: upgrade::spawn_tunnel (copy_bidirectional)
 //! ```

@@ -1,6 +1,10 @@
 //! A local copy of the master's state, built from watch events, for lookups on the request path.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
+
+// Read on every request (host -> task, node records): a fast hasher. Keys are the master's,
+// not a client's, so no flooding of one bucket from outside.
+use foldhash::HashMap;
 
 use crate::{
     acme::{AcmeRecord, CertStatus, Challenge, StoredCert},

@@ -3,10 +3,12 @@
 //! back after `passes` successes in a row.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
+
+// Read on every request; keyed by node ids from the master.
+use foldhash::HashMap;
 
 use shadow_common::follower::Follower;
 
@@ -26,7 +28,7 @@ pub struct Health {
 impl Health {
     pub fn new(fails: u32, passes: u32) -> Arc<Self> {
         Arc::new(Self {
-            nodes: Mutex::new(HashMap::new()),
+            nodes: Mutex::default(),
             fails: fails.max(1),
             passes: passes.max(1),
         })

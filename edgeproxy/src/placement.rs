@@ -2,10 +2,10 @@
 //! sent it to, else weighted rendezvous hashing over the healthy nodes
 //! ([`shadow_common::placement`], the ranking the master uses too).
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
+
+// Read and written on every request; keyed by task ids from the master.
+use foldhash::HashMap;
 
 use shadow_common::{
     node::NodeStatus,

@@ -101,7 +101,7 @@ async fn serve_app(
 ) -> Response<ProxyBody> {
     if task.spec.cold_start == ColdStart::Page && req.method() == http::Method::GET {
         if req.headers().contains_key(pages::LOADING_HEADER) {
-            return loading_poll(node, &task).await;
+            return Box::pin(loading_poll(node, &task)).await;
         }
         // Only a browser's page load gets the page; any other request (a form POST, an API
         // call) waits for the start, so nothing it sends is lost.

@@ -3,13 +3,18 @@
 //! Every change of state (a start's phases, running, stopping, idle, a failure and its
 //! back-off) marks the app dirty and wakes the reporter, which sends the newest status of each
 //! dirty app (`PUT /nodes/{node}/apps/{task}`): a burst of changes costs one call per app. The
-//! time of the last request is kept without waking anyone and goes along every few seconds.
+//! time of the last request is kept without waking anyone and goes along every few seconds:
+//! the request path stores it in the app's [`RequestClock`], an atomic, with no lock and no
+//! lookup (it was two mutexes and two hashed lookups per request).
 //! A report that fails is retried; a master that restarted gets everything again on the next
 //! full round (every minute), since it keeps statuses in memory only.
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -23,9 +28,24 @@ pub struct StatusBoard {
     node: String,
     apps: Mutex<HashMap<String, AppStatus>>,
     dirty: Mutex<HashSet<String>>,
-    /// Apps whose last request changed since it was last reported.
-    touched: Mutex<HashSet<String>>,
+    /// Each app's last request; locked after `apps` when both are.
+    clocks: Mutex<HashMap<String, Arc<RequestClock>>>,
     wake: Notify,
+}
+
+/// When an app last served a request (unix ms; 0: not yet), set on the request path.
+#[derive(Debug, Default)]
+pub struct RequestClock(AtomicU64);
+
+impl RequestClock {
+    /// A request was served now.
+    pub fn tick(&self) {
+        self.0.store(now_ms(), Ordering::Relaxed);
+    }
+
+    fn read(&self) -> Option<u64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|&ms| ms != 0)
+    }
 }
 
 /// How often the time of the last request is sent along.
@@ -39,7 +59,7 @@ impl StatusBoard {
             node: node.into(),
             apps: Mutex::default(),
             dirty: Mutex::default(),
-            touched: Mutex::default(),
+            clocks: Mutex::default(),
             wake: Notify::new(),
         })
     }
@@ -153,45 +173,71 @@ impl StatusBoard {
         });
     }
 
-    /// A request was served; reported with the next round, not at once.
-    pub fn request(&self, task: &str) {
-        let now = now_ms();
-        let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = apps.get_mut(task) {
-            s.last_request_ms = Some(now);
-            drop(apps);
-            let mut touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
-            // On the request path: no allocation once the app is marked.
-            if !touched.contains(task) {
-                touched.insert(task.to_owned());
-            }
-        }
+    /// The clock the request path ticks for `task` (reported with the next round, not at
+    /// once); the same one until the task is forgotten.
+    pub fn request_clock(&self, task: &str) -> Arc<RequestClock> {
+        self.clocks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(task.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// A task that is gone from the master is forgotten here too.
     pub fn forget(&self, task: &str) {
-        self.apps
+        let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
+        apps.remove(task);
+        self.clocks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(task);
     }
 
     pub fn get(&self, task: &str) -> Option<AppStatus> {
-        self.apps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(task)
-            .cloned()
+        let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
+        let clocks = self.clocks.lock().unwrap_or_else(|e| e.into_inner());
+        let status = apps.get_mut(task)?;
+        Self::read_clock(&clocks, status);
+        Some(status.clone())
     }
 
-    fn take(&self, set: &Mutex<HashSet<String>>) -> Vec<AppStatus> {
-        let ids: Vec<String> = set
+    /// Copies the app's clock into its status; whether it moved.
+    fn read_clock(clocks: &HashMap<String, Arc<RequestClock>>, status: &mut AppStatus) -> bool {
+        let at = clocks.get(&status.task_id).and_then(|c| c.read());
+        if at.is_some() && at != status.last_request_ms {
+            status.last_request_ms = at;
+            return true;
+        }
+        false
+    }
+
+    /// The dirty apps' statuses, with their last requests.
+    fn take_dirty(&self) -> Vec<AppStatus> {
+        let ids: Vec<String> = self
+            .dirty
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .drain()
             .collect();
-        let apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
-        ids.iter().filter_map(|id| apps.get(id).cloned()).collect()
+        let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
+        let clocks = self.clocks.lock().unwrap_or_else(|e| e.into_inner());
+        ids.iter()
+            .filter_map(|id| {
+                let status = apps.get_mut(id)?;
+                Self::read_clock(&clocks, status);
+                Some(status.clone())
+            })
+            .collect()
+    }
+
+    /// The statuses of apps that served a request since their last report (`all`: every app).
+    fn take_requested(&self, all: bool) -> Vec<AppStatus> {
+        let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
+        let clocks = self.clocks.lock().unwrap_or_else(|e| e.into_inner());
+        apps.values_mut()
+            .filter_map(|status| (Self::read_clock(&clocks, status) || all).then(|| status.clone()))
+            .collect()
     }
 
     /// Sends changes to the master until the process ends.
@@ -202,9 +248,9 @@ impl StatusBoard {
         full.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let batch = tokio::select! {
-                () = self.wake.notified() => self.take(&self.dirty),
-                _ = requests.tick() => self.take(&self.touched),
-                _ = full.tick() => self.apps.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect(),
+                () = self.wake.notified() => self.take_dirty(),
+                _ = requests.tick() => self.take_requested(false),
+                _ = full.tick() => self.take_requested(true),
             };
             for status in batch {
                 if let Err(e) = master.report_app(&status).await {
@@ -219,5 +265,40 @@ impl StatusBoard {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_is_reported_once_with_its_time_and_forgotten_with_the_task() {
+        let board = StatusBoard::new("n1");
+        board.phase("t1", StartPhase::Image);
+        board.phase("t2", StartPhase::Image);
+        let clock = board.request_clock("t1");
+        assert!(Arc::ptr_eq(&clock, &board.request_clock("t1")));
+        assert!(board.take_requested(false).is_empty(), "no request yet");
+
+        clock.tick();
+        let reported = board.take_requested(false);
+        assert_eq!(reported.len(), 1);
+        assert_eq!(reported[0].task_id, "t1");
+        let at = reported[0].last_request_ms.expect("the request's time");
+        assert_eq!(board.get("t1").and_then(|s| s.last_request_ms), Some(at));
+        assert!(
+            board.take_requested(false).is_empty(),
+            "reported already: not again until the next request"
+        );
+        assert_eq!(
+            board.take_requested(true).len(),
+            2,
+            "a full round sends all"
+        );
+
+        board.forget("t1");
+        assert!(board.get("t1").is_none());
+        assert!(!Arc::ptr_eq(&clock, &board.request_clock("t1")));
     }
 }

@@ -7,8 +7,8 @@
 //! Each thread keeps what it formatted, up to [`LIMIT`] entries (then starts over), so there is
 //! no lock and no unbounded growth.
 
+use foldhash::{HashMap, HashMapExt};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use http::uri::Authority;

@@ -153,8 +153,7 @@ impl Forwarder {
 
         // The original parts stay here untouched: a retry needs them as they came, and an
         // upgrade needs their `OnUpgrade` extension once the upstream agrees.
-        let mut headers = parts.headers.clone();
-        headers::prepare_request(&mut headers, &ctx, upgrade);
+        let mut headers = headers::request_headers(&parts.headers, &ctx, upgrade);
         if !headers.contains_key(header::HOST) {
             // An HTTP/2 client names the host in the request target, not a header.
             let host = match parts.uri.authority() {

@@ -1,15 +1,22 @@
 //! Header rewriting: what a proxy must drop, add and keep (RFC 9110 §7.6).
 //!
 //! Hop-by-hop headers describe one connection and must not travel past it; everything else is
-//! end-to-end and is kept value by value (the map is edited in place, never rebuilt with
-//! `insert`, so repeated headers such as `Set-Cookie` all survive).
+//! end-to-end and is kept value by value (copied or kept with `append`, never `insert`, so
+//! repeated headers such as `Set-Cookie` all survive).
+//!
+//! This runs on every request through both proxies: it looks at what a message carries rather
+//! than removing every name that might be there (a hashed lookup each), and copies no header
+//! name or value it can share.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use bytes::Bytes;
+use http::header::{self, GetAll, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Scheme;
 
 use super::{addr_text, ForwardContext};
 
-/// Headers that belong to one connection only, dropped in both directions.
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// Headers that belong to one connection only, dropped in both directions. A `static`: a
+/// `const` array would be built and dropped again at every use.
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -27,30 +34,47 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// The comma-separated tokens of every `Connection` header, lower-cased.
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(|token| token.trim().to_ascii_lowercase())
-        .filter(|token| !token.is_empty())
+/// Whether `name` is one of the fixed hop-by-hop headers.
+fn is_fixed_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
+/// Whether the `Connection` header values `connection` name `name` (compared without copying:
+/// header names are lower-case already, tokens may be any case). `Host` is never named: it is
+/// end-to-end whatever a client says (routing depends on it).
+fn named_by_connection(connection: &GetAll<'_, HeaderValue>, name: &HeaderName) -> bool {
+    *name != header::HOST
+        && connection
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
 }
 
 /// Whether the headers ask to switch protocols: `Connection: upgrade` and an `Upgrade` header.
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_tokens(headers).any(|t| t == "upgrade")
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
 /// Removes the hop-by-hop headers: the fixed list and every header the `Connection` header names,
-/// except `Host`, which is end-to-end whatever a client says (routing depends on it).
+/// except `Host`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
-        .filter(|name| *name != header::HOST)
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    // Look first: most messages carry none, and a removal costs a hash and a probe per name.
+    let doomed: Vec<HeaderName> = {
+        let connection = headers.get_all(header::CONNECTION);
+        headers
+            .keys()
+            .filter(|name| is_fixed_hop_by_hop(name) || named_by_connection(&connection, name))
+            .cloned()
+            .collect()
+    };
+    for name in &doomed {
         headers.remove(name);
     }
 }
@@ -72,62 +96,110 @@ fn strip_keeping_upgrade(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// Rewrites the client's request headers for the upstream.
+/// The headers to send upstream for a client request with headers `src`.
 ///
-/// From an untrusted client (the edge's default), every forwarding header it sent is dropped and
-/// set afresh (`X-Forwarded-For`, `-Proto`, `-Host`, `Forwarded`; `X-Real-IP` is dropped), so
-/// an app can believe them. Behind a trusted hop they are kept and the peer is appended.
-pub(crate) fn prepare_request(headers: &mut HeaderMap, ctx: &ForwardContext, upgrade: bool) {
-    strip_keeping_upgrade(headers, upgrade);
-    crate::telemetry::inject(headers);
-    if !ctx.trust_forwarded {
-        for name in [&X_FORWARDED_FOR, &header::FORWARDED, &X_REAL_IP] {
-            headers.remove(name);
-        }
-        set_forwarded(headers, ctx);
-    }
-    append_forwarded_for(headers, ctx);
-
-    if !(ctx.trust_forwarded && headers.contains_key(X_FORWARDED_PROTO)) {
-        if let Ok(proto) = HeaderValue::from_str(ctx.scheme.as_str()) {
-            headers.insert(X_FORWARDED_PROTO, proto);
-        }
-    }
-    if !(ctx.trust_forwarded && headers.contains_key(X_FORWARDED_HOST)) {
-        match headers.get(header::HOST).cloned() {
-            Some(host) => headers.insert(X_FORWARDED_HOST, host),
-            // An untrusted client's own value must not pass for ours.
-            None => headers.remove(X_FORWARDED_HOST),
-        };
-    }
+/// Built in one pass into a new map, leaving `src` as it came (a retry needs it). From an
+/// untrusted client (the edge's default), every forwarding header it sent is dropped and set
+/// afresh (`X-Forwarded-For`, `-Proto`, `-Host`, `Forwarded`; `X-Real-IP` is dropped), so an app
+/// can believe them. Behind a trusted hop they are kept and the peer is appended to
+/// `X-Forwarded-For`. Hop-by-hop headers are dropped, but an upgrade keeps `Connection: upgrade`
+/// and its `Upgrade` values.
+pub(crate) fn request_headers(src: &HeaderMap, ctx: &ForwardContext, upgrade: bool) -> HeaderMap {
+    let connection = src.get_all(header::CONNECTION);
+    let has_connection = src.contains_key(header::CONNECTION);
+    let dropped = |name: &HeaderName| {
+        is_fixed_hop_by_hop(name) || (has_connection && named_by_connection(&connection, name))
+    };
+    let trusted = ctx.trust_forwarded;
+    // A trusted hop's value counts only if this hop's `Connection` did not name it away.
+    let kept = |name: &HeaderName| trusted && src.contains_key(name) && !dropped(name);
+    let keep_proto = kept(&X_FORWARDED_PROTO);
+    let keep_host = kept(&X_FORWARDED_HOST);
     // The id the proxy logs under: the client's when it was usable, else a new one that
     // replaces what the client sent. A trusted hop's id is kept.
-    let keep_trusted = ctx.trust_forwarded && headers.contains_key(X_REQUEST_ID);
-    if !ctx.request_id.is_empty() && !keep_trusted {
-        if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
-            headers.insert(X_REQUEST_ID, id);
+    let our_id = if ctx.request_id.is_empty() || kept(&X_REQUEST_ID) {
+        None
+    } else {
+        HeaderValue::from_str(&ctx.request_id).ok()
+    };
+    let earlier_for = kept(&X_FORWARDED_FOR);
+
+    let mut out = HeaderMap::with_capacity(src.keys_len() + 6);
+    for (name, value) in src {
+        let replaced = *name == X_FORWARDED_FOR
+            || (*name == X_FORWARDED_PROTO && !keep_proto)
+            || (*name == X_FORWARDED_HOST && !keep_host)
+            || (*name == X_REQUEST_ID && our_id.is_some())
+            || (!trusted && (*name == header::FORWARDED || *name == X_REAL_IP));
+        if !replaced && !dropped(name) {
+            out.append(name.clone(), value.clone());
         }
+    }
+    if upgrade {
+        out.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        for protocol in src.get_all(header::UPGRADE) {
+            out.append(header::UPGRADE, protocol.clone());
+        }
+    }
+    if !trusted {
+        set_forwarded(&mut out, ctx);
+    }
+    let earlier = earlier_for.then(|| src.get_all(&X_FORWARDED_FOR));
+    append_forwarded_for(&mut out, earlier, ctx);
+    if !keep_proto {
+        out.insert(X_FORWARDED_PROTO, scheme_value(&ctx.scheme));
+    }
+    if !keep_host {
+        if let Some(host) = src.get(header::HOST) {
+            out.insert(X_FORWARDED_HOST, host.clone());
+        }
+    }
+    if let Some(id) = our_id {
+        out.insert(X_REQUEST_ID, id);
+    }
+    crate::telemetry::inject(&mut out);
+    out
+}
+
+/// `X-Forwarded-Proto`'s value for `scheme`, without a copy for the two usual ones.
+fn scheme_value(scheme: &Scheme) -> HeaderValue {
+    if *scheme == Scheme::HTTPS {
+        HeaderValue::from_static("https")
+    } else if *scheme == Scheme::HTTP {
+        HeaderValue::from_static("http")
+    } else {
+        HeaderValue::from_str(scheme.as_str()).unwrap_or(HeaderValue::from_static("http"))
     }
 }
 
 /// `Forwarded: for=…;proto=…;host=…` (RFC 7239), from what this proxy saw itself.
 fn set_forwarded(headers: &mut HeaderMap, ctx: &ForwardContext) {
-    let ip = ctx.peer.ip();
-    let for_ = match ip {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut value = format!("for={for_};proto={}", ctx.scheme.as_str());
-    if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+    let ip = addr_text::forwarded_ip(ctx.peer.ip());
+    let host = headers
+        .get(header::HOST)
+        .map(HeaderValue::as_bytes)
         // A host is a token or a quoted string; quote it so a port's ':' is allowed.
-        if host
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-        {
-            value.push_str(&format!(";host=\"{host}\""));
-        }
+        .filter(|h| {
+            h.iter()
+                .all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        });
+    let mut value = Vec::with_capacity(64);
+    value.extend_from_slice(b"for=");
+    if ctx.peer.ip().to_canonical().is_ipv6() {
+        value.extend_from_slice(b"\"[");
+        value.extend_from_slice(ip.as_bytes());
+        value.extend_from_slice(b"]\"");
+    } else {
+        value.extend_from_slice(ip.as_bytes());
     }
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    value.extend_from_slice(b";proto=");
+    value.extend_from_slice(ctx.scheme.as_str().as_bytes());
+    if let Some(host) = host {
+        value.extend_from_slice(b";host=\"");
+        value.extend_from_slice(host);
+        value.push(b'"');
+    }
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
         headers.insert(header::FORWARDED, v);
     }
 }
@@ -137,10 +209,14 @@ pub(crate) fn prepare_response(headers: &mut HeaderMap, upgrade: bool) {
     strip_keeping_upgrade(headers, upgrade);
 }
 
-/// Joins every `X-Forwarded-For` value and appends the peer's IP: `a, b, <peer>`.
-fn append_forwarded_for(headers: &mut HeaderMap, ctx: &ForwardContext) {
+/// Sets `X-Forwarded-For` to the `earlier` values joined and the peer's IP: `a, b, <peer>`.
+fn append_forwarded_for(
+    headers: &mut HeaderMap,
+    earlier: Option<GetAll<'_, HeaderValue>>,
+    ctx: &ForwardContext,
+) {
     let peer = addr_text::forwarded_ip(ctx.peer.ip());
-    let mut earlier = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    let mut earlier = earlier.into_iter().flatten().peekable();
     if earlier.peek().is_none() {
         // The usual case at the edge: nothing to join, the remembered value goes in as it is.
         headers.insert(X_FORWARDED_FOR, peer);
@@ -153,14 +229,13 @@ fn append_forwarded_for(headers: &mut HeaderMap, ctx: &ForwardContext) {
     }
     joined.extend_from_slice(peer.as_bytes());
     // Valid header bytes joined by ", " stay valid; the fallback only guards the impossible.
-    let value = HeaderValue::from_bytes(&joined).unwrap_or(peer);
+    let value = HeaderValue::from_maybe_shared(Bytes::from(joined)).unwrap_or(peer);
     headers.insert(X_FORWARDED_FOR, value);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::uri::Scheme;
 
     fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -201,7 +276,7 @@ mod tests {
             ("sec-websocket-key", "k"),
         ]);
         assert!(is_upgrade_request(&headers));
-        prepare_request(&mut headers, &ctx(), true);
+        headers = request_headers(&headers, &ctx(), true);
         assert_eq!(headers["connection"], "upgrade");
         assert_eq!(headers["upgrade"], "websocket");
         assert_eq!(headers["sec-websocket-key"], "k");
@@ -226,7 +301,7 @@ mod tests {
             ("x-real-ip", "203.0.113.4"),
             ("x-request-id", "client-id"),
         ]);
-        prepare_request(&mut headers, &ctx(), false);
+        headers = request_headers(&headers, &ctx(), false);
         assert_eq!(headers["x-forwarded-for"], "192.0.2.9");
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(headers["x-forwarded-host"], "app.example");
@@ -245,7 +320,7 @@ mod tests {
             ("host", "app.example"),
             ("connection", "close, host, x-forwarded-for"),
         ]);
-        prepare_request(&mut headers, &ctx(), false);
+        headers = request_headers(&headers, &ctx(), false);
         assert_eq!(headers["host"], "app.example");
         assert_eq!(headers["x-forwarded-for"], "192.0.2.9");
     }
@@ -260,7 +335,7 @@ mod tests {
         ]);
         let mut ctx = ctx().trusting_forwarded();
         ctx.scheme = Scheme::HTTP;
-        prepare_request(&mut headers, &ctx, false);
+        headers = request_headers(&headers, &ctx, false);
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(headers["x-forwarded-host"], "public.example");
         assert_eq!(headers["x-request-id"], "from-edge");
@@ -269,5 +344,60 @@ mod tests {
             !headers.contains_key("forwarded"),
             "the edge's, if any, is kept"
         );
+    }
+
+    #[test]
+    fn a_trusted_hop_s_list_is_joined_and_what_connection_names_is_set_afresh() {
+        let mut headers = map(&[
+            ("host", "app.example"),
+            ("connection", "X-Forwarded-Proto"),
+            ("x-forwarded-for", "203.0.113.1"),
+            ("x-forwarded-for", "198.51.100.2"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let ctx = ctx().trusting_forwarded();
+        headers = request_headers(&headers, &ctx, false);
+        assert_eq!(
+            headers["x-forwarded-for"],
+            "203.0.113.1, 198.51.100.2, 192.0.2.9"
+        );
+        // The hop named it as its own: not the edge's word, so this hop says what it saw.
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(headers.get_all("x-forwarded-proto").iter().count(), 1);
+        assert!(!headers.contains_key("connection"));
+    }
+
+    #[test]
+    fn an_ipv6_peer_is_quoted_in_forwarded_and_a_mapped_one_shown_as_ipv4() {
+        let mut ctx = ctx();
+        ctx.peer = "[2001:db8::7]:1".parse().expect("addr");
+        let headers = request_headers(&map(&[("host", "a.example:8443")]), &ctx, false);
+        assert_eq!(
+            headers["forwarded"],
+            "for=\"[2001:db8::7]\";proto=https;host=\"a.example:8443\""
+        );
+        ctx.peer = "[::ffff:192.0.2.1]:1".parse().expect("addr");
+        let headers = request_headers(&map(&[("host", "a.example")]), &ctx, false);
+        assert_eq!(
+            headers["forwarded"],
+            "for=192.0.2.1;proto=https;host=\"a.example\""
+        );
+        assert_eq!(headers["x-forwarded-for"], "192.0.2.1");
+    }
+
+    #[test]
+    fn a_response_keeps_repeated_headers_and_loses_keep_alive() {
+        let mut headers = map(&[
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+            ("content-length", "3"),
+        ]);
+        prepare_response(&mut headers, false);
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "set-cookie"]);
+        assert_eq!(headers.get_all("set-cookie").iter().count(), 2);
     }
 }

@@ -7,7 +7,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The longest client-sent id that is kept; longer ones are replaced.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
@@ -16,7 +18,7 @@ pub const MAX_REQUEST_ID_LEN: usize = 128;
 /// digits, `-`, `_`, `.` and `:` (safe in a log line and a header), else a new one.
 pub fn request_id(headers: &HeaderMap) -> String {
     headers
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
             !v.is_empty()
@@ -36,17 +38,18 @@ pub fn new_request_id() -> String {
         high
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut out = String::with_capacity(32);
-    push_hex(&mut out, prefix);
-    push_hex(&mut out, n);
-    out
-}
-
-fn push_hex(out: &mut String, v: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for shift in (0..16).rev() {
-        out.push(char::from(DIGITS[((v >> (shift * 4)) & 0xf) as usize]));
+    let mut out = [0u8; 32];
+    for (i, digit) in out.iter_mut().enumerate() {
+        let (word, shift) = if i < 16 {
+            (prefix, 15 - i)
+        } else {
+            (n, 31 - i)
+        };
+        *digit = DIGITS[((word >> (shift * 4)) & 0xf) as usize];
     }
+    // Hex digits are ASCII: the conversion cannot fail (and no `fmt` on the request path).
+    String::from_utf8(out.to_vec()).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -11,12 +11,12 @@
 //! dropped half-read, that was upgraded (101), or that the upstream closed is not reused.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
+use foldhash::{HashMap, HashMapExt};
 use hyper::{body::Incoming, client::conn::http1, Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::{net::TcpStream, time::Instant};
@@ -131,7 +131,9 @@ impl Pool {
         loop {
             let (mut sender, fresh) = match self.checkout(upstream) {
                 Some(s) => (s, false),
-                None => match self.connect(upstream).await {
+                // Boxed: connecting is the rare path, and its future would otherwise make
+                // every exchange's future (copied on each `.await` up the chain) larger.
+                None => match Box::pin(self.connect(upstream)).await {
                     Ok(s) => (s, true),
                     Err(e) => return Err(SendError::Connect(e, Box::new(req))),
                 },

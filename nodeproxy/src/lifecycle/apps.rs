@@ -9,7 +9,6 @@
 //! it waits, and thaws it or starts it afresh.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
@@ -73,7 +72,7 @@ impl Apps {
             shared: Arc::new(Shared {
                 ctx,
                 spawner: tokio::runtime::Handle::current(),
-                slots: Mutex::new(HashMap::new()),
+                slots: Mutex::default(),
                 shutdown: watch::channel(false).0,
             }),
         })
@@ -87,7 +86,13 @@ impl Apps {
         }
         slots
             .entry(task_id.to_string())
-            .or_insert_with(|| Arc::new(Slot::new(self.shared.ctx.usage.app(task_id))))
+            .or_insert_with(|| {
+                let ctx = &self.shared.ctx;
+                Arc::new(Slot::new(
+                    ctx.usage.app(task_id),
+                    ctx.status.request_clock(task_id),
+                ))
+            })
             .clone()
     }
 
@@ -118,7 +123,7 @@ impl Apps {
                     State::Running(r)
                         if Arc::ptr_eq(&r.task, task) || r.task.spec.runs_like(&task.spec) =>
                     {
-                        self.shared.ctx.status.request(&task.id);
+                        slot.last_request.tick();
                         slot.meter
                             .requests
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -162,7 +167,13 @@ impl Apps {
             };
             match step {
                 Step::WaitStart(mut rx) => {
-                    match tokio::time::timeout_at(deadline, rx.wait_for(Option::is_some)).await {
+                    // Boxed: the waits are for cold paths, and a large future here is copied
+                    // whole into every request's future (memcpy showed in the warm profile).
+                    let wait = Box::pin(tokio::time::timeout_at(
+                        deadline,
+                        rx.wait_for(Option::is_some),
+                    ));
+                    match wait.await {
                         Err(_) => return Err(Unavailable::StartTimeout(limit)),
                         Ok(Err(_)) => return Err(Unavailable::ShuttingDown),
                         Ok(Ok(outcome)) => {
@@ -173,7 +184,7 @@ impl Apps {
                     }
                 }
                 Step::WaitChange(mut rx) => {
-                    if tokio::time::timeout_at(deadline, rx.changed())
+                    if Box::pin(tokio::time::timeout_at(deadline, rx.changed()))
                         .await
                         .is_err()
                     {

@@ -5,7 +5,6 @@
 //! only change the slot's state or signal it.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -31,7 +30,7 @@ pub struct Shared {
     /// request that happened to need the app (workers end with their listener; an app's life
     /// cycle must not).
     pub spawner: tokio::runtime::Handle,
-    pub slots: Mutex<HashMap<String, Arc<Slot>>>,
+    pub slots: Mutex<foldhash::HashMap<String, Arc<Slot>>>,
     pub shutdown: watch::Sender<bool>,
 }
 
@@ -48,7 +47,7 @@ enum Next {
 }
 
 impl Shared {
-    pub fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Slot>>> {
+    pub fn slots(&self) -> std::sync::MutexGuard<'_, foldhash::HashMap<String, Arc<Slot>>> {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -52,6 +52,8 @@ pub struct Slot {
     failure: Mutex<Option<Failure>>,
     /// The app's usage counters, bumped by every request it serves.
     pub meter: Arc<crate::usage::AppMeter>,
+    /// When it last served a request, for its status.
+    pub last_request: Arc<crate::status::RequestClock>,
 }
 
 /// Starts that failed in a row with one spec: requests are refused until `until`.
@@ -71,13 +73,17 @@ pub fn backoff(failures: u32) -> Duration {
 }
 
 impl Slot {
-    pub fn new(meter: Arc<crate::usage::AppMeter>) -> Self {
+    pub fn new(
+        meter: Arc<crate::usage::AppMeter>,
+        last_request: Arc<crate::status::RequestClock>,
+    ) -> Self {
         Self {
             state: Mutex::new(State::Idle),
             idle: watch::channel(true).0,
             changes: watch::channel(0).0,
             failure: Mutex::new(None),
             meter,
+            last_request,
         }
     }
 
