@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # User-space instructions per warm request, counted by callgrind (valgrind): the node proxy
 # alone, the edge proxy (in front of the node), and one nginx hop with the same upstream
-# keep-alive as part 1 of run.sh. Instruction counts do not move with the machine's load, so a
-# change to the hot path can be judged from one run (a timed benchmark here moves ±5 %).
+# keep-alive as part 1 of run.sh. Instruction counts hardly move with the machine's load (±1 %), so a
+# change to the hot path can be judged from one run (a timed benchmark here moves ±5 % and more).
 # Kernel time is not counted: see cpu-split.sh for that side.
 #   contrib/bench/callgrind-warm.sh [seconds] [out-dir]   (release binaries, image and
 #   static shadow-pause built as run.sh builds them; needs valgrind, wrk, nginx)

@@ -5,30 +5,31 @@
 #   contrib/bench/run.sh            # full: release binaries, writes docs/benchmarks.md (minutes)
 #   contrib/bench/run.sh --short    # CI: debug binaries, small sizes, seconds per part; writes a
 #                                   # temp file (or --out FILE); fails if a part breaks
-#   contrib/bench/run.sh --only warm,herd   # some parts: warm coldstart volume herd reap scale failover frozen
+#   contrib/bench/run.sh --only warm,herd   # some parts: warm coldstart volume herd reap scale failover frozen instructions
 #
 # Parts, one file each under contrib/bench/: warm.sh (1. warm path: wrk direct / node / edge+node /
 # nginx+nginx), coldstart.sh (2. cold start vs docker run), volume.sh (3. S3 restore/persist vs
 # raw GET/PUT), herd.sh (4. thundering herd), reap.sh (5. reap precision), scale.sh (6. memory
 # with many idle tasks, routing lookup), failover.sh (7. kill -9 failover, cut links, a stopped
 # master: the lease fault tests; not in --short, where CI runs those tests anyway), frozen.sh (8. thaw
-# on request vs Docker's unpause + request, memory per frozen app, the busy check's cost). Timing goals live here, never in timed tests; the short
+# on request vs Docker's unpause + request, memory per frozen app, the busy check's cost), instructions.sh (9. user-space
+# instructions per warm request under callgrind, Shadow's proxies and nginx; not in --short). Timing goals live here, never in timed tests; the short
 # mode checks only correctness (herd: one container, every answer 200).
 #
 # Needs: cargo, Docker Engine, python3, curl; wrk and nginx (installed from Debian's packages if
-# absent); s3s-fs for part 3 (`cargo install s3s-fs --version 0.14.1 --features binary`).
+# absent), valgrind for part 9 (likewise); s3s-fs for part 3 (`cargo install s3s-fs --version 0.14.1 --features binary`).
 # Traffic stays on 127.0.0.1; nothing is pulled from a registry.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 
-SHORT=0; OUT=""; ALL="warm,coldstart,volume,herd,reap,scale,failover,frozen"; ONLY=$ALL
+SHORT=0; OUT=""; ALL="warm,coldstart,volume,herd,reap,scale,failover,frozen,instructions"; ONLY=$ALL
 while [ $# -gt 0 ]; do
   case $1 in
     --short) SHORT=1 ;;
     --out) OUT=$2; shift ;;
     --only) ONLY=$2; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -36,13 +37,13 @@ done
 
 if [ "$SHORT" = 1 ]; then
   PROFILE=debug WRK_THREADS=1 WRK_CONNS=8 WARM_SECONDS=1 WARM_ROUNDS=1 COLD_PAIRS=2 VOLUME_SIZES_MIB=1 VOLUME_REPEAT=1
-  HERD_N=1000 REAP_RUNS=1 REAP_IDLE_S=1 SCALE_COUNTS="1000" LOOKUP_TASKS="1000" FROZEN_PAIRS=2 FROZEN_STATS_CALLS=5
+  HERD_N=1000 REAP_RUNS=1 REAP_IDLE_S=1 SCALE_COUNTS="1000" LOOKUP_TASKS="1000" FROZEN_PAIRS=2 FROZEN_STATS_CALLS=5 INSTR_SECONDS=2
 else
   PROFILE=release WRK_THREADS=2 WRK_CONNS=64 WARM_SECONDS=5 WARM_ROUNDS=3 COLD_PAIRS=10 VOLUME_SIZES_MIB=10,100,1024 VOLUME_REPEAT=5
-  HERD_N=1000 REAP_RUNS=10 REAP_IDLE_S=5 SCALE_COUNTS="10000 100000" LOOKUP_TASKS="10000 100000" FROZEN_PAIRS=10 FROZEN_STATS_CALLS=50
+  HERD_N=1000 REAP_RUNS=10 REAP_IDLE_S=5 SCALE_COUNTS="10000 100000" LOOKUP_TASKS="10000 100000" FROZEN_PAIRS=10 FROZEN_STATS_CALLS=50 INSTR_SECONDS=8
 fi
 # Every knob can be overridden from the environment, e.g. COLD_PAIRS=20 contrib/bench/run.sh.
-for v in WRK_THREADS WRK_CONNS WARM_SECONDS WARM_ROUNDS COLD_PAIRS VOLUME_SIZES_MIB VOLUME_REPEAT HERD_N REAP_RUNS REAP_IDLE_S SCALE_COUNTS LOOKUP_TASKS FROZEN_PAIRS FROZEN_STATS_CALLS; do
+for v in WRK_THREADS WRK_CONNS WARM_SECONDS WARM_ROUNDS COLD_PAIRS VOLUME_SIZES_MIB VOLUME_REPEAT HERD_N REAP_RUNS REAP_IDLE_S SCALE_COUNTS LOOKUP_TASKS FROZEN_PAIRS FROZEN_STATS_CALLS INSTR_SECONDS; do
   o=BENCH_$v; [ -z "${!o:-}" ] || printf -v "$v" '%s' "${!o}"
 done
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -54,7 +55,7 @@ OUT_MD=$WORK/benchmarks.md
 NGINX_PIDS=()
 # shellcheck source=contrib/bench/lib.sh
 source contrib/bench/lib.sh
-for part in warm coldstart volume herd reap scale failover frozen; do
+for part in warm coldstart volume herd reap scale failover frozen instructions; do
   # shellcheck disable=SC1090
   source "contrib/bench/$part.sh"
 done
@@ -79,11 +80,17 @@ docker info >/dev/null 2>&1 || fail "Docker Engine is not reachable"
 export PATH=$PATH:${CARGO_HOME:-$HOME/.cargo}/bin
 
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
+if want instructions && [ "$SHORT" = 0 ] && ! command -v valgrind >/dev/null; then
+  log "installing valgrind from Debian's packages"
+  sudo_=(); [ "$(id -u)" = 0 ] || sudo_=(sudo)
+  "${sudo_[@]}" apt-get install -y valgrind >/dev/null 2>&1 \
+    || { "${sudo_[@]}" apt-get update >/dev/null && "${sudo_[@]}" apt-get install -y valgrind >/dev/null; }
+fi
 
 began=$(date +%s)
 flag=()
 # Part 7 builds and runs its own tests; the others need the release programs and the image.
-if want warm || want coldstart || want volume || want herd || want reap || want scale || want frozen; then
+if want warm || want coldstart || want volume || want herd || want reap || want scale || want frozen || want instructions; then
   log "building the three programs ($PROFILE) and the test image $IMAGE"
   [ "$PROFILE" = release ] && flag=(--release)
   # SKIP_BUILD=1 uses the binaries and image as they are (e.g. built just before).
@@ -125,9 +132,11 @@ if want scale; then
   stop_stack
 fi
 if want failover && [ "$SHORT" = 0 ]; then run_part failover; fi
-# The sections in order: 1 warm, 2 cold start, 3 volume, 4 herd, 5 reap, 6 scale, 7 failover, 8 frozen.
+if want instructions && [ "$SHORT" = 0 ]; then run_part instructions; fi
+# The sections in order: 1 warm, 2 cold start, 3 volume, 4 herd, 5 reap, 6 scale, 7 failover, 8 frozen,
+# 9 instructions.
 OUT_MD=$WORK/benchmarks.md
-for part in warm coldstart volume herd reap scale failover frozen; do
+for part in warm coldstart volume herd reap scale failover frozen instructions; do
   [ ! -f "$WORK/section-$part.md" ] || cat "$WORK/section-$part.md" >>"$OUT_MD"
 done
 
@@ -155,6 +164,8 @@ took=""; for p in "${!TOOK[@]}"; do took="$took $p ${TOOK[$p]} s,"; done
   echo "| goal | target | this run |"
   echo "| --- | --- | --- |"
   [ -z "${WARM_RATIO_NGINX:-}" ] || echo "| warm path: Shadow's two hops / nginx's two hops (req/s) | ≥ 1.3 | $WARM_RATIO_NGINX |"
+  [ -z "${WARM_CPU_RATIO:-}" ] || echo "| warm path: nginx's / Shadow's CPU per request, two hops | ≥ 1.0 | $WARM_CPU_RATIO |"
+  [ -z "${INSTR_RATIO:-}" ] || echo "| warm path: nginx's / Shadow's user-space instructions per request, two hops | ≥ 1.0 | $INSTR_RATIO |"
   [ -z "${COLD_RATIO:-}" ] || echo "| cold start: Shadow (sandbox pool) / bare docker run + poll (median) | ≤ 0.6 | $COLD_RATIO |"
   [ -z "${VOLUME_WORST:-}" ] || echo "| volume: Shadow / raw S3 throughput (worst case) | ≥ 0.8 | $VOLUME_WORST |"
   [ -z "${FAILOVER_MEDIAN:-}" ] || echo "| failover: a dead node's stateful app answers again (median) | ≤ 6000 ms | $FAILOVER_MEDIAN ms |"

@@ -129,6 +129,7 @@ PY
   edge=$(awk '$1=="edge+node" {print $2}' "$WORK/warm.txt")
   ngx=$(awk '$1=="nginx+nginx" {print $2}' "$WORK/warm.txt")
   WARM_RATIO_NGINX=$(ratio "$edge" "$ngx")
+  WARM_CPU_RATIO=$(ratio "$(awk '$1=="nginx+nginx" {print $5}' "$WORK/warm.txt")" "$(awk '$1=="edge+node" {print $5}' "$WORK/warm.txt")")
 
   md "## 1. Warm path"
   md ""
@@ -143,7 +144,7 @@ PY
   done <"$WORK/warm.txt"
   md ""
   md "- Shadow (node) / direct: **$(ratio "$node" "$direct")**; Shadow (edge+node) / direct: **$(ratio "$edge" "$direct")**"
-  md "- CPU per request of the two hops, nginx's / Shadow's: **$(ratio "$(awk '$1=="nginx+nginx" {print $5}' "$WORK/warm.txt")" "$(awk '$1=="edge+node" {print $5}' "$WORK/warm.txt")")** (above 1: Shadow spends less)"
+  md "- CPU per request of the two hops, nginx's / Shadow's: **$WARM_CPU_RATIO** (above 1: Shadow spends less)"
   md "- Shadow's two hops / nginx's two hops: **$WARM_RATIO_NGINX** (target ≥ 1.3: $(awk -v r="$WARM_RATIO_NGINX" 'BEGIN { print (r >= 1.3 ? "met" : "**missed**") }'))"
   md ""
 }
