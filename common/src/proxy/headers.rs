@@ -43,23 +43,22 @@ fn is_fixed_hop_by_hop(name: &HeaderName) -> bool {
 /// header names are lower-case already, tokens may be any case). `Host` is never named: it is
 /// end-to-end whatever a client says (routing depends on it).
 fn named_by_connection(connection: &GetAll<'_, HeaderValue>, name: &HeaderName) -> bool {
-    *name != header::HOST
-        && connection
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+    *name != header::HOST && has_token(connection, name.as_str())
+}
+
+/// Whether any of the comma-separated `Connection` values is `token`, in any case.
+fn has_token(connection: &GetAll<'_, HeaderValue>, token: &str) -> bool {
+    connection
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Whether the headers ask to switch protocols: `Connection: upgrade` and an `Upgrade` header.
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+        && has_token(&headers.get_all(header::CONNECTION), "upgrade")
 }
 
 /// Removes the hop-by-hop headers: the fixed list and every header the `Connection` header names,
