@@ -24,7 +24,8 @@
 //!
 //! # Layout
 //! - `context`: [`ForwardContext`] (who asked, how, request id) and the [`ActivityGuard`] token.
-//! - `forward`: the pooled [`Forwarder`] and its [`ForwarderConfig`].
+//! - `forward`: the pooled [`Forwarder`] and its [`ForwarderConfig`]; `upstream`: each worker
+//!   thread's kept connections; `exchange`: a bodiless request's exchange, driven in its own task.
 //! - `headers`: hop-by-hop removal, `X-Forwarded-*`, upgrade detection; `addr_text`: the
 //!   addresses in them, formatted once per thread.
 //! - `request_id`: [`request_id`], the client's `X-Request-Id` (in a safe charset) or a new one.
@@ -40,6 +41,7 @@ mod addr_text;
 mod body;
 mod context;
 mod error;
+mod exchange;
 mod forward;
 mod headers;
 mod host;

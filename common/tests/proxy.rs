@@ -218,6 +218,259 @@ mod proxy {
         .await;
     }
 
+    /// What a scripted upstream does with the next request it reads.
+    #[derive(Clone, Copy)]
+    enum Act {
+        /// Writes these bytes and keeps the connection.
+        Answer(&'static str),
+        /// Writes these bytes and closes the connection.
+        AnswerAndClose(&'static str),
+        /// Closes the connection without a word (a kept connection closed under the request).
+        Close,
+    }
+
+    /// An upstream speaking raw HTTP/1.1 from `script`, one act per request read (heads only:
+    /// these requests carry no body). Reports each request as (connection number, head).
+    async fn scripted(script: &[Act]) -> (SocketAddr, mpsc::UnboundedReceiver<(usize, String)>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let script = Arc::new(Mutex::new(std::collections::VecDeque::from(
+            script.to_vec(),
+        )));
+        let (seen_tx, seen) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for number in 1.. {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (script, seen) = (script.clone(), seen_tx.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let mut head = Vec::new();
+                        while !head.ends_with(b"\r\n\r\n") {
+                            match stream.read_u8().await {
+                                Ok(byte) => head.push(byte),
+                                Err(_) => return,
+                            }
+                        }
+                        let _ = seen.send((number, String::from_utf8_lossy(&head).into_owned()));
+                        let act = script.lock().expect("script").pop_front();
+                        match act {
+                            Some(Act::Answer(bytes)) => {
+                                stream.write_all(bytes.as_bytes()).await.expect("answer");
+                            }
+                            Some(Act::AnswerAndClose(bytes)) => {
+                                stream.write_all(bytes.as_bytes()).await.expect("answer");
+                                return;
+                            }
+                            Some(Act::Close) | None => return,
+                        }
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    /// Sends `method path` through `proxy` on a new client connection: the status and the body
+    /// (or the body's error), or the error that came instead of an answer.
+    async fn try_exchange(
+        proxy: SocketAddr,
+        method: Method,
+        path: &str,
+    ) -> Result<(StatusCode, Result<String, String>), String> {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, "app.example")
+            .header(header::TE, "trailers")
+            .body(no_body())
+            .expect("request");
+        let stream = TcpStream::connect(proxy).await.expect("connect");
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|c| String::from_utf8_lossy(&c.to_bytes()).into_owned())
+            .map_err(|e| e.to_string());
+        Ok((status, body))
+    }
+
+    async fn exchange(
+        proxy: SocketAddr,
+        method: Method,
+        path: &str,
+    ) -> (StatusCode, Result<String, String>) {
+        try_exchange(proxy, method, path).await.expect("an answer")
+    }
+
+    #[tokio::test]
+    async fn bodiless_requests_get_answers_framed_every_way_whole() {
+        let (upstream, mut seen) = scripted(&[
+            Act::Answer("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"),
+            Act::Answer(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
+                 5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\n\r\n",
+            ),
+            Act::Answer(
+                "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
+                 HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhinted",
+            ),
+            Act::Answer("HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"),
+            Act::Answer("HTTP/1.1 204 No Content\r\n\r\n"),
+            Act::AnswerAndClose("HTTP/1.1 200 OK\r\n\r\nuntil the end"),
+            Act::Answer("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext"),
+        ])
+        .await;
+        let (proxy, _) = start_proxy(upstream).await;
+        within("the exchanges", async {
+            let (status, body) = exchange(proxy, Method::GET, "/a?b=c").await;
+            assert_eq!(
+                (status, body.expect("body").as_str()),
+                (StatusCode::OK, "first")
+            );
+            let (_, body) = exchange(proxy, Method::GET, "/chunked").await;
+            // The trailer section is read to its end (the connection is reused below); the
+            // `Trailer` header is dropped as hop-by-hop, so the client gets no trailers.
+            assert_eq!(body.expect("chunked body"), "hello world");
+            let (status, body) = exchange(proxy, Method::GET, "/hints").await;
+            assert_eq!(
+                (status, body.expect("body").as_str()),
+                (StatusCode::OK, "hinted")
+            );
+            let (status, body) = exchange(proxy, Method::HEAD, "/head").await;
+            assert_eq!(
+                (status, body.expect("no body").as_str()),
+                (StatusCode::OK, "")
+            );
+            let (status, _) = exchange(proxy, Method::DELETE, "/gone").await;
+            assert_eq!(status, StatusCode::NO_CONTENT);
+            let (_, body) = exchange(proxy, Method::GET, "/close").await;
+            assert_eq!(body.expect("body"), "until the end");
+            let (_, body) = exchange(proxy, Method::GET, "/after").await;
+            assert_eq!(body.expect("body"), "next");
+
+            let mut heads = vec![];
+            while let Ok(one) = seen.try_recv() {
+                heads.push(one);
+            }
+            let connections: Vec<usize> = heads.iter().map(|(n, _)| *n).collect();
+            // One kept connection until the close-delimited answer, then a new one.
+            assert_eq!(connections, [1, 1, 1, 1, 1, 1, 2], "{heads:?}");
+            assert!(
+                heads[0].1.starts_with("GET /a?b=c HTTP/1.1\r\n"),
+                "{}",
+                heads[0].1
+            );
+            assert!(heads[3].1.starts_with("HEAD /head HTTP/1.1\r\n"));
+            assert!(heads[0].1.contains("\r\nx-forwarded-for: 127.0.0.1\r\n"));
+            assert!(
+                !heads[1].1.to_ascii_lowercase().contains("\r\nte:"),
+                "hop-by-hop TE went up"
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_closed_under_a_get_is_retried_but_a_post_is_not() {
+        let (upstream, mut seen) = scripted(&[
+            Act::Answer("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none"),
+            Act::Close,
+            Act::Answer("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntwo"),
+            Act::Close,
+        ])
+        .await;
+        let (proxy, _) = start_proxy(upstream).await;
+        within("the exchanges", async {
+            assert_eq!(
+                exchange(proxy, Method::GET, "/").await.1.expect("body"),
+                "one"
+            );
+            // The kept connection closes as the GET arrives: sent again on a new one.
+            assert_eq!(
+                exchange(proxy, Method::GET, "/").await.1.expect("body"),
+                "two"
+            );
+            // A POST may have been acted on: not repeated.
+            let (status, _) = exchange(proxy, Method::POST, "/count").await;
+            assert_eq!(status, StatusCode::BAD_GATEWAY);
+            let mut heads = vec![];
+            while let Ok((n, head)) = seen.try_recv() {
+                heads.push((n, head.lines().next().unwrap_or_default().to_owned()));
+            }
+            assert_eq!(
+                heads,
+                [
+                    (1, "GET / HTTP/1.1".to_owned()),
+                    (1, "GET / HTTP/1.1".to_owned()),
+                    (2, "GET / HTTP/1.1".to_owned()),
+                    (2, "POST /count HTTP/1.1".to_owned()),
+                ]
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn smuggling_shaped_and_broken_answers_never_reach_the_next_exchange() {
+        let (upstream, mut seen) = scripted(&[
+            // Both framings: the coding wins, and the connection is not trusted again.
+            Act::Answer(
+                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 3\r\nabc\r\n0\r\n\r\n",
+            ),
+            Act::Answer("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"),
+            Act::AnswerAndClose("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"),
+            Act::Answer("NOT HTTP AT ALL\r\n\r\n"),
+            Act::Answer("HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"),
+            Act::Answer("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        ])
+        .await;
+        let (proxy, _) = start_proxy(upstream).await;
+        within("the exchanges", async {
+            let (status, body) = exchange(proxy, Method::GET, "/both").await;
+            assert_eq!(
+                (status, body.expect("body").as_str()),
+                (StatusCode::OK, "abc")
+            );
+            let (status, _) = exchange(proxy, Method::GET, "/two-lengths").await;
+            assert_eq!(status, StatusCode::BAD_GATEWAY);
+            // Cut short: the client's answer fails (in its body, or whole when the proxy had
+            // not sent its head yet) rather than ending as if whole.
+            let outcome = try_exchange(proxy, Method::GET, "/short").await;
+            assert!(
+                !matches!(outcome, Ok((_, Ok(_)))),
+                "a truncated body passed as whole: {outcome:?}"
+            );
+            let (status, _) = exchange(proxy, Method::GET, "/garbage").await;
+            assert_eq!(status, StatusCode::BAD_GATEWAY);
+            let (status, _) = exchange(proxy, Method::GET, "/switch").await;
+            assert_eq!(status, StatusCode::BAD_GATEWAY);
+            let (status, body) = exchange(proxy, Method::GET, "/fine").await;
+            assert_eq!(
+                (status, body.expect("body").as_str()),
+                (StatusCode::OK, "ok")
+            );
+            let mut connections = vec![];
+            while let Ok((n, _)) = seen.try_recv() {
+                connections.push(n);
+            }
+            // Every answer after the first came on a connection of its own.
+            assert_eq!(connections, [1, 2, 3, 4, 5, 6], "{connections:?}");
+        })
+        .await;
+    }
+
     // ---- headers -------------------------------------------------------------------------------
 
     /// A backend that reports each request's headers and answers with `response_headers`.

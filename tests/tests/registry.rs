@@ -79,7 +79,8 @@ async fn private_images_pull_with_credentials_and_always_follows_a_moved_tag() {
     })
     .await;
     let c = Client::new(with.addr);
-    assert_eq!(c.get(&f, "/").await.expect("answer").status, 200);
+    // A task just created reaches the node through its watch a moment later.
+    assert_eq!(status_once_known(with.addr, &f).await, 200);
     let first = status_until(&m, &t.id, "the expected status", |s| {
         s.state == AppState::Running
     })

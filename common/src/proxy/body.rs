@@ -25,7 +25,7 @@ use super::{
 };
 
 /// A streaming response body, usable as a hyper server response body.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// A body holding `data` whole (for small answers such as errors).
 pub fn full(data: impl Into<Bytes>) -> ProxyBody {

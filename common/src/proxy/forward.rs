@@ -1,5 +1,7 @@
 //! The [`Forwarder`]: sends one client request to one upstream over a kept HTTP/1.1 connection
 //! (this worker thread's [`upstream::Pool`]) and turns the answer into the client's response.
+//! A request without a body goes through [`exchange`] in its own task; one with a body, or an
+//! upgrade, through hyper's client.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -9,11 +11,14 @@ use std::time::Duration;
 
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Incoming};
 use thread_local::ThreadLocal;
 use tokio::sync::oneshot;
 
 use super::body::{self, ClientBodyFailure, Guarded, Outbound};
+use super::error::BoxError;
+use super::exchange::{self, Answer, Failed};
 use super::upstream::{self, SendError};
 use super::{addr_text, headers, upgrade, ForwardContext, ProxyBody, ProxyError};
 
@@ -164,6 +169,14 @@ impl Forwarder {
                 headers.insert(header::HOST, host);
             }
         }
+        if !upgrade && body.is_end_stream() {
+            // Only the exchange's future joins this one's state: the request's parts, body and
+            // context stay where they are (each move into a callee's future is a copy).
+            let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let answer =
+                exchange::exchange(self.pool(), upstream, &parts.method, target, &headers).await;
+            return bodiless_answer(answer, parts, body, upstream, ctx);
+        }
         let (reclaim_tx, mut reclaim_rx) = oneshot::channel();
         let client_failed = Arc::new(ClientBodyFailure::default());
         let mut outbound = Request::new(Outbound::new(
@@ -260,9 +273,83 @@ impl Forwarder {
         headers::prepare_response(&mut head.headers, false);
         // hyper answers an HTTP/1.0 client in kind; 1.1 here only says "the server's default".
         head.version = Version::HTTP_11;
-        let body =
-            ProxyBody::new(Guarded::new(body, ctx.activity, ctx.byte_counts).with_connection(lent));
-        Ok(Response::from_parts(head, body))
+        let body = Guarded::new(body, ctx.activity, ctx.byte_counts).with_connection(lent);
+        Ok(Response::from_parts(
+            head,
+            ProxyBody::new(body.map_err(BoxError::from)),
+        ))
+    }
+}
+
+/// The client's response to a bodiless request's [`exchange`], or why there is none (with the
+/// untouched request for a retry when that is safe).
+// The error is `try_forward`'s own, large because it carries the request back for a retry; it is
+// returned straight from there, so boxing it would only add an allocation per failure.
+#[allow(clippy::result_large_err)]
+fn bodiless_answer(
+    answer: Result<Answer, Failed>,
+    parts: http::request::Parts,
+    body: Incoming,
+    upstream: SocketAddr,
+    ctx: ForwardContext,
+) -> Result<Response<ProxyBody>, ForwardFailure> {
+    match answer {
+        Ok(Answer {
+            mut head,
+            body: answer_body,
+        }) => {
+            if ctx.hand_back_if.is_some_and(|pred| pred(&head)) {
+                let error = ProxyError::HandedBack {
+                    upstream,
+                    status: head.status,
+                };
+                let unsent = Unsent {
+                    request: Request::from_parts(parts, body),
+                    ctx,
+                };
+                return Err(failure(error, Some(unsent), Some(head)));
+            }
+            headers::prepare_response(&mut head.headers, false);
+            head.version = Version::HTTP_11;
+            let body = Guarded::new(answer_body, ctx.activity, ctx.byte_counts);
+            Ok(Response::from_parts(head, ProxyBody::new(body)))
+        }
+        Err(Failed::Connect(cause)) => {
+            let error = ProxyError::Connect {
+                upstream,
+                cause: cause.into(),
+            };
+            let unsent = Unsent {
+                request: Request::from_parts(parts, body),
+                ctx,
+            };
+            Err(failure(error, Some(unsent), None))
+        }
+        Err(Failed::UnexpectedUpgrade) => Err(failure(
+            ProxyError::UnexpectedUpgrade { upstream },
+            None,
+            None,
+        )),
+        Err(Failed::Upstream(cause)) => Err(failure(
+            ProxyError::Upstream {
+                upstream,
+                cause: cause.into(),
+            },
+            None,
+            None,
+        )),
+    }
+}
+
+fn failure(
+    error: ProxyError,
+    unsent: Option<Unsent>,
+    answer: Option<http::response::Parts>,
+) -> ForwardFailure {
+    ForwardFailure {
+        error,
+        unsent,
+        answer,
     }
 }
 

@@ -47,7 +47,7 @@ fn named_by_connection(connection: &GetAll<'_, HeaderValue>, name: &HeaderName) 
 }
 
 /// Whether any of the comma-separated `Connection` values is `token`, in any case.
-fn has_token(connection: &GetAll<'_, HeaderValue>, token: &str) -> bool {
+pub(crate) fn has_token(connection: &GetAll<'_, HeaderValue>, token: &str) -> bool {
     connection
         .iter()
         .filter_map(|value| value.to_str().ok())

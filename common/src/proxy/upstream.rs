@@ -9,6 +9,9 @@
 //!
 //! A connection goes back to the pool only when its response body ended; one whose body was
 //! dropped half-read, that was upgraded (101), or that the upstream closed is not reused.
+//!
+//! Two kinds of connection are kept: hyper's (for requests with a body, and upgrades) and plain
+//! sockets for [`super::exchange`], which drives a bodiless exchange in the request's own task.
 
 use std::{
     net::SocketAddr,
@@ -22,6 +25,7 @@ use hyper_util::rt::TokioIo;
 use tokio::{net::TcpStream, time::Instant};
 
 use super::body::Outbound;
+use super::exchange::Conn;
 
 type Sender = http1::SendRequest<Outbound>;
 
@@ -38,9 +42,16 @@ struct Idle {
     since: Instant,
 }
 
+/// A plain connection waiting for its next exchange.
+struct IdleConn {
+    conn: Conn,
+    since: Instant,
+}
+
 /// One thread's connections, by upstream.
 pub(crate) struct Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    conns: Mutex<HashMap<SocketAddr, Vec<IdleConn>>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
@@ -82,6 +93,7 @@ impl Pool {
     pub(crate) fn new(connect_timeout: Duration, idle_timeout: Duration, max_idle: usize) -> Self {
         Self {
             idle: Mutex::new(HashMap::new()),
+            conns: Mutex::new(HashMap::new()),
             connect_timeout,
             idle_timeout,
             max_idle,
@@ -100,7 +112,41 @@ impl Pool {
         Some(list.remove(i).sender)
     }
 
-    async fn connect(&self, upstream: SocketAddr) -> std::io::Result<Sender> {
+    /// The most recently used plain connection to `upstream` that can take a request now; ones
+    /// idle too long, closed, or with unasked bytes waiting are dropped on the way.
+    pub(crate) fn checkout_conn(&self, upstream: SocketAddr) -> Option<Conn> {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let list = conns.get_mut(&upstream)?;
+        while let Some(idle) = list.pop() {
+            if idle.since.elapsed() < self.idle_timeout && idle.conn.is_usable() {
+                return Some(idle.conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn`, whose last exchange ended cleanly, for the next one to `upstream`.
+    pub(crate) fn give_back_conn(&self, upstream: SocketAddr, conn: Conn) {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let list = conns.entry(upstream).or_default();
+        // The list is a stack: the oldest sit at the bottom, where checkouts rarely reach.
+        // Drop one that expired there, so a quiet upstream's sockets do not linger.
+        if list
+            .first()
+            .is_some_and(|oldest| oldest.since.elapsed() >= self.idle_timeout)
+        {
+            list.remove(0);
+        }
+        if list.len() < self.max_idle {
+            list.push(IdleConn {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// A new TCP connection to `upstream`, within the connect timeout, with Nagle off.
+    pub(crate) async fn connect_tcp(&self, upstream: SocketAddr) -> std::io::Result<TcpStream> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(upstream))
             .await
             .map_err(|_| {
@@ -110,6 +156,11 @@ impl Pool {
                 )
             })??;
         stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    async fn connect(&self, upstream: SocketAddr) -> std::io::Result<Sender> {
+        let stream = self.connect_tcp(upstream).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
