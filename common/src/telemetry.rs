@@ -156,6 +156,11 @@ impl Injector for HeadersMut<'_> {
     }
 }
 
+/// Whether spans are exported (and so forwarded requests carry this process's trace context).
+pub fn is_exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
 /// Makes `span` part of the trace the request's `traceparent` names (when exporting).
 pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
     if !EXPORTING.load(Ordering::Relaxed) {

@@ -38,7 +38,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::error::BoxError;
-use super::headers;
+use super::headers::{self, FieldSink};
 use super::upstream::Pool;
 
 /// The largest answer head (and trailer section) accepted, in bytes. nginx's default is 4 KiB;
@@ -121,14 +121,14 @@ fn is_idempotent(method: &Method) -> bool {
 }
 
 /// Sends a request without a body to `upstream` on this thread's kept connections (or a new one)
-/// and reads the answer's head. `target` is the origin-form path and query; `headers` are sent
-/// as they are (already rewritten for the hop).
+/// and reads the answer's head. `target` is the origin-form path and query; `fields` writes the
+/// header fields (already rewritten for the hop), again for each connection tried.
 pub(crate) async fn exchange(
     pool: &Arc<Pool>,
     upstream: SocketAddr,
     method: &Method,
     target: &str,
-    headers: &HeaderMap,
+    fields: &impl Fn(&mut HeadBytes<'_>),
 ) -> Result<Answer, Failed> {
     let head_only = *method == Method::HEAD;
     loop {
@@ -141,7 +141,7 @@ pub(crate) async fn exchange(
                 Err(e) => return Err(Failed::Connect(e)),
             },
         };
-        encode_head(&mut conn.out, method, target, headers);
+        encode_head(&mut conn.out, method, target, fields);
         if let Err(e) = conn.io.write_all(&conn.out).await {
             if reused {
                 // A kept connection the upstream had closed: it never read this request.
@@ -174,23 +174,42 @@ pub(crate) async fn exchange(
     }
 }
 
+/// A request head's header fields, written as bytes as they come (see [`FieldSink`]).
+pub(crate) struct HeadBytes<'a> {
+    out: &'a mut Vec<u8>,
+    content_length: bool,
+}
+
+impl FieldSink for HeadBytes<'_> {
+    fn field(&mut self, name: &HeaderName, value: &HeaderValue) {
+        self.content_length |= *name == header::CONTENT_LENGTH;
+        self.out.extend_from_slice(name.as_str().as_bytes());
+        self.out.extend_from_slice(b": ");
+        self.out.extend_from_slice(value.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// The request line and header fields, into `out`. A POST, PUT or PATCH without a body says so
 /// with `content-length: 0`, as hyper's client did.
-fn encode_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap) {
+fn encode_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    fields: &impl Fn(&mut HeadBytes<'_>),
+) {
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if matches!(*method, Method::POST | Method::PUT | Method::PATCH)
-        && !headers.contains_key(header::CONTENT_LENGTH)
-    {
+    let mut head = HeadBytes {
+        out: &mut *out,
+        content_length: false,
+    };
+    fields(&mut head);
+    let content_length = head.content_length;
+    if matches!(*method, Method::POST | Method::PUT | Method::PATCH) && !content_length {
         out.extend_from_slice(b"content-length: 0\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -756,16 +775,79 @@ mod tests {
     }
 
     #[test]
+    fn the_head_carries_exactly_the_fields_the_map_would() {
+        use crate::proxy::ForwardContext;
+        let mut src = HeaderMap::new();
+        for (name, value) in [
+            ("host", "app.example:8080"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "dropped"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("forwarded", "for=forged"),
+            ("accept", "text/html"),
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+            ("te", "trailers"),
+        ] {
+            src.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        for trusted in [false, true] {
+            let mut ctx = ForwardContext::new(
+                SocketAddr::from(([192, 0, 2, 7], 4000)),
+                http::uri::Scheme::HTTPS,
+                "req-1",
+            );
+            ctx.trust_forwarded = trusted;
+            let map = headers::request_headers(&src, &ctx, false);
+            let mut out = Vec::new();
+            encode_head(&mut out, &Method::GET, "/", &|head: &mut HeadBytes<'_>| {
+                headers::write_request_fields(&src, &ctx, false, head)
+            });
+            let mut slots = [httparse::EMPTY_HEADER; 32];
+            let mut request = httparse::Request::new(&mut slots);
+            assert!(request.parse(&out).expect("a valid head").is_complete());
+            let written: Vec<(String, Vec<u8>)> = request
+                .headers
+                .iter()
+                .map(|h| (h.name.to_owned(), h.value.to_vec()))
+                .collect();
+            let expected: Vec<(String, Vec<u8>)> = map
+                .iter()
+                .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+                .collect();
+            assert_eq!(written, expected, "trusted: {trusted}");
+            assert!(written.iter().all(|(n, _)| n != "x-hop" && n != "te"));
+        }
+    }
+
+    #[test]
     fn the_request_head_says_what_a_bodiless_post_carries() {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, HeaderValue::from_static("app.example"));
+        fn fields_of(headers: &HeaderMap) -> impl Fn(&mut HeadBytes<'_>) + '_ {
+            move |head| {
+                for (name, value) in headers {
+                    head.field(name, value);
+                }
+            }
+        }
         let mut out = Vec::new();
-        encode_head(&mut out, &Method::POST, "/count?x=1", &headers);
+        encode_head(&mut out, &Method::POST, "/count?x=1", &fields_of(&headers));
         assert_eq!(
             out,
             b"POST /count?x=1 HTTP/1.1\r\nhost: app.example\r\ncontent-length: 0\r\n\r\n"
         );
-        encode_head(&mut out, &Method::GET, "/", &headers);
+        encode_head(&mut out, &Method::GET, "/", &fields_of(&headers));
         assert_eq!(out, b"GET / HTTP/1.1\r\nhost: app.example\r\n\r\n");
+        // A length the client sent is not doubled.
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        encode_head(&mut out, &Method::PUT, "/", &fields_of(&headers));
+        assert_eq!(
+            out,
+            b"PUT / HTTP/1.1\r\nhost: app.example\r\ncontent-length: 0\r\n\r\n"
+        );
     }
 }

@@ -18,9 +18,11 @@ use tokio::sync::oneshot;
 
 use super::body::{self, ClientBodyFailure, Guarded, Outbound};
 use super::error::BoxError;
-use super::exchange::{self, Answer, Failed};
+use super::exchange::{self, Answer, Failed, HeadBytes};
+use super::headers::FieldSink;
 use super::upstream::{self, SendError};
 use super::{addr_text, headers, upgrade, ForwardContext, ProxyBody, ProxyError};
+use crate::telemetry;
 
 /// Tuning of the [`Forwarder`]'s client.
 #[derive(Clone, Debug)]
@@ -145,38 +147,56 @@ impl Forwarder {
     ) -> Result<Response<ProxyBody>, ForwardFailure> {
         let (parts, body) = req.into_parts();
         let upgrade = headers::is_upgrade_request(&parts.headers);
-        let uri = match upstream_uri(upstream, &parts.uri) {
-            Ok(uri) => uri,
-            Err(error) => {
-                return Err(ForwardFailure {
-                    error,
-                    unsent: None,
-                    answer: None,
-                })
+        let target = match origin_target(&parts.uri) {
+            Ok(target) => target,
+            Err(error) => return Err(failure(error, None, None)),
+        };
+        // An HTTP/2 client names the host in the request target, not a header.
+        let missing_host = if parts.headers.contains_key(header::HOST) {
+            None
+        } else {
+            match parts.uri.authority() {
+                Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+                None => HeaderValue::from_str(addr_text::authority(upstream).as_str()).ok(),
             }
         };
+
+        if !upgrade && body.is_end_stream() {
+            // Only the exchange's future joins this one's state: the request's parts, body and
+            // context stay where they are (each move into a callee's future is a copy).
+            let pool = self.pool();
+            let answer = if telemetry::is_exporting() {
+                // The trace context replaces the client's: built as a map, then written.
+                let mut headers = headers::request_headers(&parts.headers, &ctx, false);
+                if let Some(host) = &missing_host {
+                    headers.insert(header::HOST, host.clone());
+                }
+                let fields = |head: &mut HeadBytes<'_>| {
+                    for (name, value) in &headers {
+                        head.field(name, value);
+                    }
+                };
+                exchange::exchange(pool, upstream, &parts.method, target, &fields).await
+            } else {
+                // The usual case: the rewritten fields go straight into the head's bytes.
+                let fields = |head: &mut HeadBytes<'_>| {
+                    headers::write_request_fields(&parts.headers, &ctx, false, head);
+                    if let Some(host) = &missing_host {
+                        head.field(&header::HOST, host);
+                    }
+                };
+                exchange::exchange(pool, upstream, &parts.method, target, &fields).await
+            };
+            return bodiless_answer(answer, parts, body, upstream, ctx);
+        }
 
         // The original parts stay here untouched: a retry needs them as they came, and an
         // upgrade needs their `OnUpgrade` extension once the upstream agrees.
         let mut headers = headers::request_headers(&parts.headers, &ctx, upgrade);
-        if !headers.contains_key(header::HOST) {
-            // An HTTP/2 client names the host in the request target, not a header.
-            let host = match parts.uri.authority() {
-                Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-                None => HeaderValue::from_str(addr_text::authority(upstream).as_str()).ok(),
-            };
-            if let Some(host) = host {
-                headers.insert(header::HOST, host);
-            }
+        if let Some(host) = missing_host {
+            headers.insert(header::HOST, host);
         }
-        if !upgrade && body.is_end_stream() {
-            // Only the exchange's future joins this one's state: the request's parts, body and
-            // context stay where they are (each move into a callee's future is a copy).
-            let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
-            let answer =
-                exchange::exchange(self.pool(), upstream, &parts.method, target, &headers).await;
-            return bodiless_answer(answer, parts, body, upstream, ctx);
-        }
+        let uri = upstream_uri(&parts.uri);
         let (reclaim_tx, mut reclaim_rx) = oneshot::channel();
         let client_failed = Arc::new(ClientBodyFailure::default());
         let mut outbound = Request::new(Outbound::new(
@@ -355,21 +375,26 @@ fn failure(
 
 /// The target sent upstream: the path and query only (origin form), whatever form the client
 /// used; an absolute-form target keeps only its path.
-fn upstream_uri(_upstream: SocketAddr, target: &Uri) -> Result<Uri, ProxyError> {
-    let path = match target.path_and_query() {
-        Some(pq) if pq.as_str().starts_with('/') => pq.clone(),
-        None => PathAndQuery::from_static("/"),
-        Some(_) => {
-            return Err(ProxyError::BadRequest {
-                reason: "the request target is not a path",
-            })
-        }
-    };
+fn origin_target(target: &Uri) -> Result<&str, ProxyError> {
+    match target.path_and_query() {
+        Some(pq) if pq.as_str().starts_with('/') => Ok(pq.as_str()),
+        None => Ok("/"),
+        Some(_) => Err(ProxyError::BadRequest {
+            reason: "the request target is not a path",
+        }),
+    }
+}
+
+/// [`origin_target`] as a URI, for hyper's client; call it on a target `origin_target` took.
+fn upstream_uri(target: &Uri) -> Uri {
     let mut parts = http::uri::Parts::default();
-    parts.path_and_query = Some(path);
-    Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest {
-        reason: "the request target is not a valid path",
-    })
+    parts.path_and_query = Some(
+        target
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 #[cfg(test)]
@@ -377,18 +402,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn upstream_uri_keeps_path_and_query_only() {
-        let upstream = SocketAddr::from(([127, 0, 0, 1], 8000));
-        let from_origin = upstream_uri(upstream, &Uri::from_static("/a/b?c=d"));
+    fn the_target_sent_upstream_is_the_path_and_query_only() {
         assert_eq!(
-            from_origin.map(|u| u.to_string()).ok().as_deref(),
+            origin_target(&Uri::from_static("/a/b?c=d")).ok(),
             Some("/a/b?c=d")
         );
-        let from_absolute = upstream_uri(upstream, &Uri::from_static("http://evil.example/x"));
-        assert_eq!(
-            from_absolute.map(|u| u.to_string()).ok().as_deref(),
-            Some("/x")
-        );
-        assert!(upstream_uri(upstream, &Uri::from_static("*")).is_err());
+        let absolute = Uri::from_static("http://evil.example/x?y");
+        assert_eq!(origin_target(&absolute).ok(), Some("/x?y"));
+        assert_eq!(upstream_uri(&absolute).to_string(), "/x?y");
+        assert!(origin_target(&Uri::from_static("*")).is_err());
     }
 }

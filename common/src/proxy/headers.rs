@@ -95,15 +95,54 @@ fn strip_keeping_upgrade(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// The headers to send upstream for a client request with headers `src`.
+/// Where the header fields of a request going upstream are written: a [`HeaderMap`] (for
+/// hyper's client) or straight into the request head's bytes (the bodiless exchange, which then
+/// builds no map at all). Each name is written once, or repeatedly in a row for a repeated
+/// field; nothing written is replaced later.
+pub(crate) trait FieldSink {
+    /// Adds one field, copying or sharing `name` and `value` as the sink needs.
+    fn field(&mut self, name: &HeaderName, value: &HeaderValue);
+    /// Adds one field the caller no longer needs.
+    fn owned_field(&mut self, name: HeaderName, value: HeaderValue) {
+        self.field(&name, &value);
+    }
+}
+
+impl FieldSink for HeaderMap {
+    fn field(&mut self, name: &HeaderName, value: &HeaderValue) {
+        self.append(name.clone(), value.clone());
+    }
+
+    fn owned_field(&mut self, name: HeaderName, value: HeaderValue) {
+        self.append(name, value);
+    }
+}
+
+/// The headers to send upstream for a client request with headers `src`, as a map; with
+/// telemetry exporting, the current span's `traceparent` replaces the client's.
 ///
-/// Built in one pass into a new map, leaving `src` as it came (a retry needs it). From an
-/// untrusted client (the edge's default), every forwarding header it sent is dropped and set
-/// afresh (`X-Forwarded-For`, `-Proto`, `-Host`, `Forwarded`; `X-Real-IP` is dropped), so an app
-/// can believe them. Behind a trusted hop they are kept and the peer is appended to
-/// `X-Forwarded-For`. Hop-by-hop headers are dropped, but an upgrade keeps `Connection: upgrade`
-/// and its `Upgrade` values.
+/// The rules are [`write_request_fields`]'s.
 pub(crate) fn request_headers(src: &HeaderMap, ctx: &ForwardContext, upgrade: bool) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(src.keys_len() + 6);
+    write_request_fields(src, ctx, upgrade, &mut out);
+    crate::telemetry::inject(&mut out);
+    out
+}
+
+/// Writes the header fields to send upstream for a client request with headers `src`.
+///
+/// One pass, leaving `src` as it came (a retry needs it). From an untrusted client (the edge's
+/// default), every forwarding header it sent is dropped and set afresh (`X-Forwarded-For`,
+/// `-Proto`, `-Host`, `Forwarded`; `X-Real-IP` is dropped), so an app can believe them. Behind a
+/// trusted hop they are kept and the peer is appended to `X-Forwarded-For`. Hop-by-hop headers
+/// are dropped, but an upgrade keeps `Connection: upgrade` and its `Upgrade` values. Telemetry's
+/// `traceparent` is not written here (see [`request_headers`]).
+pub(crate) fn write_request_fields(
+    src: &HeaderMap,
+    ctx: &ForwardContext,
+    upgrade: bool,
+    out: &mut impl FieldSink,
+) {
     let connection = src.get_all(header::CONNECTION);
     let has_connection = src.contains_key(header::CONNECTION);
     let dropped = |name: &HeaderName| {
@@ -123,7 +162,7 @@ pub(crate) fn request_headers(src: &HeaderMap, ctx: &ForwardContext, upgrade: bo
     };
     let earlier_for = kept(&X_FORWARDED_FOR);
 
-    let mut out = HeaderMap::with_capacity(src.keys_len() + 6);
+    // Every name set below is left out here, so the sink never has to replace a field.
     for (name, value) in src {
         let replaced = *name == X_FORWARDED_FOR
             || (*name == X_FORWARDED_PROTO && !keep_proto)
@@ -131,33 +170,31 @@ pub(crate) fn request_headers(src: &HeaderMap, ctx: &ForwardContext, upgrade: bo
             || (*name == X_REQUEST_ID && our_id.is_some())
             || (!trusted && (*name == header::FORWARDED || *name == X_REAL_IP));
         if !replaced && !dropped(name) {
-            out.append(name.clone(), value.clone());
+            out.field(name, value);
         }
     }
     if upgrade {
-        out.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        out.owned_field(header::CONNECTION, HeaderValue::from_static("upgrade"));
         for protocol in src.get_all(header::UPGRADE) {
-            out.append(header::UPGRADE, protocol.clone());
+            out.field(&header::UPGRADE, protocol);
         }
     }
     if !trusted {
-        set_forwarded(&mut out, ctx);
+        set_forwarded(out, src.get(header::HOST), ctx);
     }
     let earlier = earlier_for.then(|| src.get_all(&X_FORWARDED_FOR));
-    append_forwarded_for(&mut out, earlier, ctx);
+    append_forwarded_for(out, earlier, ctx);
     if !keep_proto {
-        out.insert(X_FORWARDED_PROTO, scheme_value(&ctx.scheme));
+        out.owned_field(X_FORWARDED_PROTO, scheme_value(&ctx.scheme));
     }
     if !keep_host {
         if let Some(host) = src.get(header::HOST) {
-            out.insert(X_FORWARDED_HOST, host.clone());
+            out.field(&X_FORWARDED_HOST, host);
         }
     }
     if let Some(id) = our_id {
-        out.insert(X_REQUEST_ID, id);
+        out.owned_field(X_REQUEST_ID, id);
     }
-    crate::telemetry::inject(&mut out);
-    out
 }
 
 /// `X-Forwarded-Proto`'s value for `scheme`, without a copy for the two usual ones.
@@ -172,10 +209,9 @@ fn scheme_value(scheme: &Scheme) -> HeaderValue {
 }
 
 /// `Forwarded: for=…;proto=…;host=…` (RFC 7239), from what this proxy saw itself.
-fn set_forwarded(headers: &mut HeaderMap, ctx: &ForwardContext) {
+fn set_forwarded(out: &mut impl FieldSink, host: Option<&HeaderValue>, ctx: &ForwardContext) {
     let ip = addr_text::forwarded_ip(ctx.peer.ip());
-    let host = headers
-        .get(header::HOST)
+    let host = host
         .map(HeaderValue::as_bytes)
         // A host is a token or a quoted string; quote it so a port's ':' is allowed.
         .filter(|h| {
@@ -199,7 +235,7 @@ fn set_forwarded(headers: &mut HeaderMap, ctx: &ForwardContext) {
         value.push(b'"');
     }
     if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
-        headers.insert(header::FORWARDED, v);
+        out.owned_field(header::FORWARDED, v);
     }
 }
 
@@ -210,7 +246,7 @@ pub(crate) fn prepare_response(headers: &mut HeaderMap, upgrade: bool) {
 
 /// Sets `X-Forwarded-For` to the `earlier` values joined and the peer's IP: `a, b, <peer>`.
 fn append_forwarded_for(
-    headers: &mut HeaderMap,
+    out: &mut impl FieldSink,
     earlier: Option<GetAll<'_, HeaderValue>>,
     ctx: &ForwardContext,
 ) {
@@ -218,7 +254,7 @@ fn append_forwarded_for(
     let mut earlier = earlier.into_iter().flatten().peekable();
     if earlier.peek().is_none() {
         // The usual case at the edge: nothing to join, the remembered value goes in as it is.
-        headers.insert(X_FORWARDED_FOR, peer);
+        out.owned_field(X_FORWARDED_FOR, peer);
         return;
     }
     let mut joined: Vec<u8> = Vec::new();
@@ -229,7 +265,7 @@ fn append_forwarded_for(
     joined.extend_from_slice(peer.as_bytes());
     // Valid header bytes joined by ", " stay valid; the fallback only guards the impossible.
     let value = HeaderValue::from_maybe_shared(Bytes::from(joined)).unwrap_or(peer);
-    headers.insert(X_FORWARDED_FOR, value);
+    out.owned_field(X_FORWARDED_FOR, value);
 }
 
 #[cfg(test)]
