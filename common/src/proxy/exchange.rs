@@ -110,6 +110,8 @@ pub(crate) enum Failed {
 pub(crate) struct Answer {
     pub(crate) head: http::response::Parts,
     pub(crate) body: RawBody,
+    /// Whether the head has hop-by-hop fields to strip before it goes to the client.
+    pub(crate) hop_by_hop: bool,
 }
 
 /// RFC 9110 §9.2.2: the methods a client may repeat with the same effect.
@@ -154,6 +156,7 @@ pub(crate) async fn exchange(
                 parts,
                 framing,
                 reusable,
+                hop_by_hop,
             }) => {
                 if parts.status == StatusCode::SWITCHING_PROTOCOLS {
                     return Err(Failed::UnexpectedUpgrade);
@@ -164,7 +167,11 @@ pub(crate) async fn exchange(
                     reusable,
                     home: Some((pool.clone(), upstream)),
                 };
-                return Ok(Answer { head: parts, body });
+                return Ok(Answer {
+                    head: parts,
+                    body,
+                    hop_by_hop,
+                });
             }
             // The upstream closed a kept connection as the request went out. An idempotent
             // request goes again; anything else may have been acted on.
@@ -234,6 +241,17 @@ struct Head {
     parts: http::response::Parts,
     framing: State,
     reusable: bool,
+    /// Whether the head has a hop-by-hop field (else there is nothing to strip for the client).
+    hop_by_hop: bool,
+}
+
+/// What an answer head's fields include, as far as framing and reuse care.
+#[derive(Default)]
+struct Seen {
+    hop_by_hop: bool,
+    transfer_encoding: bool,
+    content_length: bool,
+    connection: bool,
 }
 
 /// Reads until a final (non-1xx, or 101) answer head is complete.
@@ -291,21 +309,29 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Answe
         _ => Version::HTTP_11,
     };
     let mut map = HeaderMap::with_capacity(response.headers.len());
+    // Noted on the way, so the usual answer (none of these) costs no lookup after.
+    let mut seen = Seen::default();
     for field in response.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| AnswerError::Malformed("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(read.slice_ref(field.value))
             .map_err(|_| AnswerError::Malformed("invalid header value"))?;
+        if headers::is_fixed_hop_by_hop(&name) {
+            seen.hop_by_hop = true;
+            seen.transfer_encoding |= name == header::TRANSFER_ENCODING;
+            seen.connection |= name == header::CONNECTION;
+        }
+        seen.content_length |= name == header::CONTENT_LENGTH;
         map.append(name, value);
     }
     if read.len() > len {
         buf.extend_from_slice(&read[len..]);
     }
-    let (framing, mut reusable) = framing(head_only, status, &mut map)?;
+    let (framing, mut reusable) = framing(head_only, status, &mut map, &seen)?;
     let connection = map.get_all(header::CONNECTION);
     reusable &= match version {
-        Version::HTTP_10 => headers::has_token(&connection, "keep-alive"),
-        _ => !headers::has_token(&connection, "close"),
+        Version::HTTP_10 => seen.connection && headers::has_token(&connection, "keep-alive"),
+        _ => !(seen.connection && headers::has_token(&connection, "close")),
     };
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = status;
@@ -315,6 +341,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Answe
         parts,
         framing,
         reusable,
+        hop_by_hop: seen.hop_by_hop,
     }))
 }
 
@@ -325,6 +352,7 @@ fn framing(
     head_only: bool,
     status: StatusCode,
     headers: &mut HeaderMap,
+    seen: &Seen,
 ) -> Result<(State, bool), AnswerError> {
     if head_only
         || status.is_informational()
@@ -333,7 +361,7 @@ fn framing(
     {
         return Ok((State::Length(0), true));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if seen.transfer_encoding {
         let chunked_last = headers
             .get_all(header::TRANSFER_ENCODING)
             .iter()
@@ -343,12 +371,15 @@ fn framing(
             .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
         // A length beside a coding is a smuggling shape: the coding wins and the connection
         // is not trusted with another exchange.
-        let with_length = headers.remove(header::CONTENT_LENGTH).is_some();
+        let with_length = seen.content_length && headers.remove(header::CONTENT_LENGTH).is_some();
         return Ok(if chunked_last {
             (State::ChunkSize, !with_length)
         } else {
             (State::Close, false)
         });
+    }
+    if !seen.content_length {
+        return Ok((State::Close, false));
     }
     let mut length: Option<u64> = None;
     let mut fields = 0;

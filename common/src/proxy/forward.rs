@@ -317,6 +317,7 @@ fn bodiless_answer(
         Ok(Answer {
             mut head,
             body: answer_body,
+            hop_by_hop,
         }) => {
             if ctx.hand_back_if.is_some_and(|pred| pred(&head)) {
                 let error = ProxyError::HandedBack {
@@ -329,7 +330,9 @@ fn bodiless_answer(
                 };
                 return Err(failure(error, Some(unsent), Some(head)));
             }
-            headers::prepare_response(&mut head.headers, false);
+            if hop_by_hop {
+                headers::prepare_response(&mut head.headers, false);
+            }
             head.version = Version::HTTP_11;
             let body = Guarded::new(answer_body, ctx.activity, ctx.byte_counts);
             Ok(Response::from_parts(head, ProxyBody::new(body)))

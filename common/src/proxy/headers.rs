@@ -35,7 +35,7 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Whether `name` is one of the fixed hop-by-hop headers.
-fn is_fixed_hop_by_hop(name: &HeaderName) -> bool {
+pub(crate) fn is_fixed_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)
 }
 
