@@ -423,6 +423,13 @@ mod proxy {
 
     #[tokio::test]
     async fn smuggling_shaped_and_broken_answers_never_reach_the_next_exchange() {
+        let huge_head: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\nx-big: {}\r\nContent-Length: 2\r\n\r\nok",
+                "v".repeat(70 * 1024)
+            )
+            .into_boxed_str(),
+        );
         let (upstream, mut seen) = scripted(&[
             // Both framings: the coding wins, and the connection is not trusted again.
             Act::Answer(
@@ -432,6 +439,8 @@ mod proxy {
             Act::Answer("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"),
             Act::AnswerAndClose("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"),
             Act::Answer("NOT HTTP AT ALL\r\n\r\n"),
+            // A head that never ends within the limit (64 KiB): refused, not buffered on.
+            Act::Answer(huge_head),
             Act::Answer("HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"),
             Act::Answer("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
         ])
@@ -454,6 +463,8 @@ mod proxy {
             );
             let (status, _) = exchange(proxy, Method::GET, "/garbage").await;
             assert_eq!(status, StatusCode::BAD_GATEWAY);
+            let (status, _) = exchange(proxy, Method::GET, "/huge-head").await;
+            assert_eq!(status, StatusCode::BAD_GATEWAY);
             let (status, _) = exchange(proxy, Method::GET, "/switch").await;
             assert_eq!(status, StatusCode::BAD_GATEWAY);
             let (status, body) = exchange(proxy, Method::GET, "/fine").await;
@@ -466,7 +477,7 @@ mod proxy {
                 connections.push(n);
             }
             // Every answer after the first came on a connection of its own.
-            assert_eq!(connections, [1, 2, 3, 4, 5, 6], "{connections:?}");
+            assert_eq!(connections, [1, 2, 3, 4, 5, 6, 7], "{connections:?}");
         })
         .await;
     }
