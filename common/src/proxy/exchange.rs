@@ -76,6 +76,14 @@ impl Conn {
     }
 }
 
+#[cfg(test)]
+impl Conn {
+    /// Waits until the reactor has seen the socket turn readable (its peer closed it, say).
+    pub(crate) async fn readable(&self) {
+        self.io.readable().await.expect("readiness");
+    }
+}
+
 /// Why an upstream's answer could not be read.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AnswerError {

@@ -52,6 +52,8 @@ struct IdleConn {
 pub(crate) struct Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
     conns: Mutex<HashMap<SocketAddr, Vec<IdleConn>>>,
+    /// When both lists were last swept of expired and closed connections (see [`Pool::sweep`]).
+    swept: Mutex<Instant>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
@@ -86,6 +88,8 @@ impl Lent {
                 since: Instant::now(),
             });
         }
+        drop(idle);
+        pool.sweep_if_due();
     }
 }
 
@@ -94,6 +98,7 @@ impl Pool {
         Self {
             idle: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
+            swept: Mutex::new(Instant::now()),
             connect_timeout,
             idle_timeout,
             max_idle,
@@ -129,20 +134,58 @@ impl Pool {
     pub(crate) fn give_back_conn(&self, upstream: SocketAddr, conn: Conn) {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         let list = conns.entry(upstream).or_default();
-        // The list is a stack: the oldest sit at the bottom, where checkouts rarely reach.
-        // Drop one that expired there, so a quiet upstream's sockets do not linger.
-        if list
-            .first()
-            .is_some_and(|oldest| oldest.since.elapsed() >= self.idle_timeout)
-        {
-            list.remove(0);
-        }
         if list.len() < self.max_idle {
             list.push(IdleConn {
                 conn,
                 since: Instant::now(),
             });
         }
+        drop(conns);
+        self.sweep_if_due();
+    }
+
+    /// [`Pool::sweep`], at most once per idle timeout.
+    fn sweep_if_due(&self) {
+        {
+            let Ok(mut swept) = self.swept.try_lock() else {
+                return;
+            };
+            if swept.elapsed() < self.idle_timeout {
+                return;
+            }
+            *swept = Instant::now();
+        }
+        self.sweep();
+    }
+
+    /// Drops every kept connection that expired or that its upstream closed, and the lists of
+    /// upstreams left with none. Checkouts only look at one upstream's list; without this, the
+    /// connections to an app that stopped (the node gives each run a new port) would stay
+    /// open (in CLOSE_WAIT, holding a descriptor) for as long as the process lives.
+    fn sweep(&self) {
+        let fresh = |since: &Instant| since.elapsed() < self.idle_timeout;
+        {
+            let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+            conns.retain(|_, list| {
+                list.retain(|c| fresh(&c.since) && c.conn.is_usable());
+                !list.is_empty()
+            });
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|_, list| {
+            list.retain(|c| fresh(&c.since) && !c.sender.is_closed());
+            !list.is_empty()
+        });
+    }
+
+    /// How many connections are kept, of both kinds, and for how many upstreams.
+    #[cfg(test)]
+    fn kept(&self) -> (usize, usize) {
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let count = conns.values().map(Vec::len).sum::<usize>()
+            + idle.values().map(Vec::len).sum::<usize>();
+        (count, conns.len() + idle.len())
     }
 
     /// A new TCP connection to `upstream`, within the connect timeout, with Nagle off.
@@ -218,5 +261,56 @@ impl Pool {
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two plain connections to a listener on 127.0.0.1, and the listener's address.
+    async fn two_connections() -> (SocketAddr, Conn, Conn) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let a = TcpStream::connect(addr).await.expect("connect");
+        let b = TcpStream::connect(addr).await.expect("connect");
+        // The accepted ends are dropped with the listener: both connections are closed by
+        // their peer, as an app's are when its container stops.
+        (addr, Conn::new(a), Conn::new(b))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_to_an_upstream_that_went_away_are_swept() {
+        let pool = Pool::new(Duration::from_secs(5), Duration::from_secs(20), 64);
+        let (gone, a, b) = two_connections().await;
+        pool.give_back_conn(gone, a);
+        pool.give_back_conn(gone, b);
+        assert_eq!(pool.kept(), (2, 1));
+
+        // Traffic to another upstream only, past the idle timeout: the first one's list goes,
+        // although nothing asked for it again.
+        tokio::time::advance(Duration::from_secs(21)).await;
+        let (other, c, _d) = two_connections().await;
+        // Its peer closed it too; given back once the reactor has seen that.
+        c.readable().await;
+        pool.give_back_conn(other, c);
+        assert_eq!(
+            pool.kept(),
+            (0, 0),
+            "expired ones and the new closed one swept"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sweep_runs_at_most_once_per_idle_timeout() {
+        let pool = Pool::new(Duration::from_secs(5), Duration::from_secs(20), 64);
+        let (up, a, b) = two_connections().await;
+        pool.give_back_conn(up, a);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        pool.give_back_conn(up, b);
+        // Not due yet: both are kept, whatever their peer did.
+        assert_eq!(pool.kept(), (2, 1));
     }
 }
