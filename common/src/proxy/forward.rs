@@ -239,21 +239,17 @@ impl Forwarder {
                 } else {
                     ProxyError::Upstream { upstream, cause }
                 };
-                return Err(ForwardFailure {
-                    error,
-                    unsent: None,
-                    answer: None,
-                });
+                return Err(failure(error, None, None));
             }
         };
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if !upgrade {
-                return Err(ForwardFailure {
-                    error: ProxyError::UnexpectedUpgrade { upstream },
-                    unsent: None,
-                    answer: None,
-                });
+                return Err(failure(
+                    ProxyError::UnexpectedUpgrade { upstream },
+                    None,
+                    None,
+                ));
             }
             let upstream_io = hyper::upgrade::on(&mut response);
             // The connection is the tunnel's now: never back in the pool.
@@ -364,6 +360,7 @@ fn bodiless_answer(
     }
 }
 
+/// A [`ForwardFailure`] from its three parts.
 fn failure(
     error: ProxyError,
     unsent: Option<Unsent>,
@@ -388,16 +385,14 @@ fn origin_target(target: &Uri) -> Result<&str, ProxyError> {
     }
 }
 
-/// [`origin_target`] as a URI, for hyper's client; call it on a target `origin_target` took.
+/// [`origin_target`] as a URI, for hyper's client.
 fn upstream_uri(target: &Uri) -> Uri {
-    let mut parts = http::uri::Parts::default();
-    parts.path_and_query = Some(
+    Uri::from(
         target
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
+    )
 }
 
 #[cfg(test)]
