@@ -388,6 +388,9 @@ mod proxy {
             Act::Close,
             Act::Answer("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntwo"),
             Act::Close,
+            Act::Answer("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nthree"),
+            // An interim answer says the request was read: a close after it is not retried.
+            Act::AnswerAndClose("HTTP/1.1 100 Continue\r\n\r\n"),
         ])
         .await;
         let (proxy, _) = start_proxy(upstream).await;
@@ -404,6 +407,12 @@ mod proxy {
             // A POST may have been acted on: not repeated.
             let (status, _) = exchange(proxy, Method::POST, "/count").await;
             assert_eq!(status, StatusCode::BAD_GATEWAY);
+            assert_eq!(
+                exchange(proxy, Method::GET, "/").await.1.expect("body"),
+                "three"
+            );
+            let (status, _) = exchange(proxy, Method::GET, "/").await;
+            assert_eq!(status, StatusCode::BAD_GATEWAY);
             let mut heads = vec![];
             while let Ok((n, head)) = seen.try_recv() {
                 heads.push((n, head.lines().next().unwrap_or_default().to_owned()));
@@ -415,6 +424,8 @@ mod proxy {
                     (1, "GET / HTTP/1.1".to_owned()),
                     (2, "GET / HTTP/1.1".to_owned()),
                     (2, "POST /count HTTP/1.1".to_owned()),
+                    (3, "GET / HTTP/1.1".to_owned()),
+                    (3, "GET / HTTP/1.1".to_owned()),
                 ]
             );
         })

@@ -89,6 +89,10 @@ impl Conn {
 pub(crate) enum AnswerError {
     #[error("the upstream closed the connection before its answer's head was complete")]
     ClosedBeforeHead,
+    #[error(
+        "the upstream closed the connection after an interim (1xx) answer, before the final one"
+    )]
+    ClosedAfterInterim,
     #[error("the upstream closed the connection before the end of its answer's body")]
     ClosedInBody,
     #[error("the upstream's answer head is over {MAX_HEAD} bytes")]
@@ -264,6 +268,9 @@ struct Seen {
 
 /// Reads until a final (non-1xx, or 101) answer head is complete.
 async fn read_head(conn: &mut Conn, head_only: bool) -> Result<Head, AnswerError> {
+    // After an interim answer the upstream has read the request: a close is no longer one
+    // that a retry may paper over.
+    let mut interim = false;
     loop {
         if !conn.buf.is_empty() {
             if let Some(head) = parse_head(&mut conn.buf, head_only)? {
@@ -272,6 +279,7 @@ async fn read_head(conn: &mut Conn, head_only: bool) -> Result<Head, AnswerError
                 if !informational {
                     return Ok(head);
                 }
+                interim = true;
                 continue;
             }
             if conn.buf.len() >= MAX_HEAD {
@@ -280,7 +288,11 @@ async fn read_head(conn: &mut Conn, head_only: bool) -> Result<Head, AnswerError
         }
         conn.buf.reserve(READ_CHUNK);
         if conn.io.read_buf(&mut conn.buf).await? == 0 {
-            return Err(AnswerError::ClosedBeforeHead);
+            return Err(if interim {
+                AnswerError::ClosedAfterInterim
+            } else {
+                AnswerError::ClosedBeforeHead
+            });
         }
     }
 }
