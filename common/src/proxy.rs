@@ -34,7 +34,8 @@
 //! - `upgrade`: the tunnel spawned after a `101 Switching Protocols`.
 //! - `error`: [`ProxyError`] and the plain-text [`error_response`].
 //! - `serve`: [`serve`] / [`serve_with`], the accept loop both proxies (and tests) run their
-//!   handler with.
+//!   handler with; `h1`: its lean HTTP/1.1 loop for requests without a body (hyper's server
+//!   takes the rest).
 //! - `workers`: [`Workers`], the single-threaded runtimes connections run on.
 
 mod addr_text;
@@ -43,6 +44,7 @@ mod context;
 mod error;
 mod exchange;
 mod forward;
+mod h1;
 mod headers;
 mod host;
 mod request_id;
@@ -51,7 +53,7 @@ mod upgrade;
 mod upstream;
 mod workers;
 
-pub use body::{empty, full, ProxyBody};
+pub use body::{empty, full, ProxyBody, RequestBody};
 pub use context::{ActivityGuard, BodyStall, ByteCounts, ForwardContext};
 pub use error::{error_response, ProxyError};
 pub use forward::{ForwardFailure, Forwarder, ForwarderConfig, Unsent};

@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use http::{header, uri::Scheme, HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
+use shadow_common::proxy::RequestBody;
 use shadow_common::{
     follower::Follower,
     node::NodeStatus,
@@ -53,7 +53,7 @@ fn acme_challenge<B>(edge: &Edge, req: &Request<B>, host: &str) -> Option<Respon
 /// Serves one request that arrived over `scheme` (http or https).
 pub async fn handle(
     edge: Arc<Edge>,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     peer: SocketAddr,
     scheme: Scheme,
 ) -> Response<ProxyBody> {
@@ -158,7 +158,7 @@ fn usable(edge: &Edge) -> impl Fn(&NodeStatus) -> bool + '_ {
 async fn route(
     edge: &Edge,
     task: Arc<Task>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     peer: SocketAddr,
     request_id: String,
     scheme: Scheme,

@@ -185,6 +185,7 @@ pub async fn run_listeners(
                 drain: None,
                 limits: Some(limits.clone()),
                 http2: true,
+                hyper_only: false,
             };
             Some(tokio::spawn(proxy::serve_with(
                 l,

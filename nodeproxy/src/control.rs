@@ -3,12 +3,12 @@
 //! wake-up and sleep (`POST apps/<task>/wake|sleep`, relaying the same on `/tasks/{id}/`).
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use shadow_common::proxy::ProxyBody;
+use shadow_common::proxy::RequestBody;
 
 use crate::{handler::Node, lifecycle::Kick, pages};
 
-pub fn route(node: &Node, req: &Request<Incoming>, rest: &str) -> Response<ProxyBody> {
+pub fn route(node: &Node, req: &Request<RequestBody>, rest: &str) -> Response<ProxyBody> {
     if let Some(refused) = unauthorized(node, req) {
         return refused;
     }
@@ -47,7 +47,7 @@ pub fn route(node: &Node, req: &Request<Incoming>, rest: &str) -> Response<Proxy
     }
 }
 
-fn unauthorized(node: &Node, req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+fn unauthorized(node: &Node, req: &Request<RequestBody>) -> Option<Response<ProxyBody>> {
     let token = node.api_token.as_ref()?;
     let sent = req
         .headers()
@@ -107,7 +107,7 @@ fn wake(node: &Node, id: &str) -> Response<ProxyBody> {
 }
 
 /// `logs/<task>?tail=N&follow=true`: JSON lines.
-fn logs(node: &Node, req: &Request<Incoming>, task: &str) -> Response<ProxyBody> {
+fn logs(node: &Node, req: &Request<RequestBody>, task: &str) -> Response<ProxyBody> {
     let query = req.uri().query().unwrap_or("");
     let param = |name: &str| {
         query.split('&').find_map(|kv| {

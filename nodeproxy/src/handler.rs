@@ -7,7 +7,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use http::{header, uri::Scheme, HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
+use shadow_common::proxy::RequestBody;
 use shadow_common::{
     follower::Follower,
     proxy::{self, ForwardContext, Forwarder, ProxyBody},
@@ -36,7 +36,7 @@ pub use shadow_common::lease::{HOLDER_DOWN_HEADER, HOLDER_HEADER};
 
 pub async fn handle(
     node: Arc<Node>,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
     let host = match proxy::checked_domain(&mut req) {
@@ -59,7 +59,7 @@ pub async fn handle(
     resp
 }
 
-fn own_route(node: &Node, req: &Request<Incoming>, host: &str) -> Response<ProxyBody> {
+fn own_route(node: &Node, req: &Request<RequestBody>, host: &str) -> Response<ProxyBody> {
     if let Some(rest) = req.uri().path().strip_prefix("/_shadow/") {
         return crate::control::route(node, req, rest);
     }
@@ -85,7 +85,7 @@ fn own_route(node: &Node, req: &Request<Incoming>, host: &str) -> Response<Proxy
     }
 }
 
-fn wants_html(req: &Request<Incoming>) -> bool {
+fn wants_html(req: &Request<RequestBody>) -> bool {
     req.headers()
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -95,7 +95,7 @@ fn wants_html(req: &Request<Incoming>) -> bool {
 async fn serve_app(
     node: &Node,
     task: Arc<Task>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     peer: SocketAddr,
     request_id: String,
 ) -> Response<ProxyBody> {

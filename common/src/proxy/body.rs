@@ -27,6 +27,51 @@ use super::{
 /// A streaming response body, usable as a hyper server response body.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
+/// The body of a request the proxies serve: none (a head the proxies' own HTTP/1.1 loop read,
+/// see `h1`), or hyper's, streaming from the client.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// The request has no body (no `Content-Length` nor `Transfer-Encoding`).
+    Empty,
+    /// The body as hyper's server reads it from the client.
+    Hyper(Incoming),
+}
+
+impl From<Incoming> for RequestBody {
+    fn from(body: Incoming) -> Self {
+        Self::Hyper(body)
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Empty => Poll::Ready(None),
+            Self::Hyper(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Empty => true,
+            Self::Hyper(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Empty => SizeHint::with_exact(0),
+            Self::Hyper(body) => body.size_hint(),
+        }
+    }
+}
+
 /// A body holding `data` whole (for small answers such as errors).
 pub fn full(data: impl Into<Bytes>) -> ProxyBody {
     Full::new(data.into())
@@ -145,9 +190,9 @@ where
 /// elsewhere. `failed` records that an error came from the client's side, not upstream's, and
 /// whether it was a stall (no frame for the stall limit).
 pub(crate) struct Outbound {
-    inner: Option<Incoming>,
+    inner: Option<RequestBody>,
     polled: bool,
-    reclaim: Option<oneshot::Sender<Incoming>>,
+    reclaim: Option<oneshot::Sender<RequestBody>>,
     failed: Arc<ClientBodyFailure>,
     stall: Option<Stall>,
     counts: Option<Arc<ByteCounts>>,
@@ -176,8 +221,8 @@ pub(crate) struct BodyStalled(Duration);
 
 impl Outbound {
     pub(crate) fn new(
-        inner: Incoming,
-        reclaim: oneshot::Sender<Incoming>,
+        inner: RequestBody,
+        reclaim: oneshot::Sender<RequestBody>,
         failed: Arc<ClientBodyFailure>,
         stall: Option<BodyStall>,
         counts: Option<Arc<ByteCounts>>,

@@ -12,11 +12,11 @@ use std::time::Duration;
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use thread_local::ThreadLocal;
 use tokio::sync::oneshot;
 
-use super::body::{self, ClientBodyFailure, Guarded, Outbound};
+use super::body::{self, ClientBodyFailure, Guarded, Outbound, RequestBody};
 use super::error::BoxError;
 use super::exchange::{self, Answer, Failed, HeadBytes};
 use super::headers::FieldSink;
@@ -77,7 +77,7 @@ impl Default for Forwarder {
 #[derive(Debug)]
 pub struct Unsent {
     /// The client's request, as it arrived (headers not yet rewritten, body unread).
-    pub request: Request<Incoming>,
+    pub request: Request<RequestBody>,
     /// The context it came with, activity guard included.
     pub ctx: ForwardContext,
 }
@@ -127,7 +127,7 @@ impl Forwarder {
     /// request is dropped; use [`Forwarder::try_forward`] to get it back for a retry.
     pub async fn forward(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         upstream: SocketAddr,
         ctx: ForwardContext,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -141,7 +141,7 @@ impl Forwarder {
     /// just started listens, or to another upstream).
     pub async fn try_forward(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         upstream: SocketAddr,
         ctx: ForwardContext,
     ) -> Result<Response<ProxyBody>, ForwardFailure> {
@@ -305,7 +305,7 @@ impl Forwarder {
 fn bodiless_answer(
     answer: Result<Answer, Failed>,
     parts: http::request::Parts,
-    body: Incoming,
+    body: RequestBody,
     upstream: SocketAddr,
     ctx: ForwardContext,
 ) -> Result<Response<ProxyBody>, ForwardFailure> {

@@ -26,7 +26,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use super::{ProxyBody, Workers};
+use super::h1::{self, Prefixed, Served};
+use super::{ProxyBody, RequestBody, Workers};
 
 /// How long [`serve`] waits for open connections after shutdown: 10 s.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,6 +41,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 struct How {
     header_timeout: Duration,
     http2: bool,
+    /// Serve bodiless HTTP/1.1 requests with the lean loop (`h1`) first.
+    lean: bool,
 }
 
 /// An HTTP/2 connection is pinged this often; one that does not answer within the header
@@ -70,6 +73,9 @@ pub struct ServeOptions {
     /// Also speak HTTP/2 (ALPN `h2` on TLS, prior knowledge in the clear); HTTP/1.1 only if
     /// false (a node, which only edges talk to).
     pub http2: bool,
+    /// Serve every request with hyper's server, the lean HTTP/1.1 loop for bodiless requests
+    /// off (to compare the two; the loop is on by default).
+    pub hyper_only: bool,
 }
 
 /// Bounds on what clients may hold open, shared by the listeners of one program.
@@ -159,6 +165,7 @@ impl std::fmt::Debug for ServeOptions {
             .field("drain", &self.drain)
             .field("limits", &self.limits)
             .field("http2", &self.http2)
+            .field("hyper_only", &self.hyper_only)
             .finish()
     }
 }
@@ -167,7 +174,7 @@ impl std::fmt::Debug for ServeOptions {
 /// [`DEFAULT_DRAIN_TIMEOUT`]. See [`serve_with`].
 pub async fn serve<H, F>(listener: TcpListener, handler: H, shutdown: impl Future<Output = ()>)
 where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     serve_with(listener, handler, shutdown, ServeOptions::default()).await;
@@ -186,7 +193,7 @@ pub async fn serve_with<H, F>(
     shutdown: impl Future<Output = ()>,
     options: ServeOptions,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let ServeOptions {
@@ -195,6 +202,7 @@ pub async fn serve_with<H, F>(
         drain,
         limits,
         http2,
+        hyper_only,
     } = options;
     let header_timeout = limits
         .as_ref()
@@ -229,6 +237,7 @@ pub async fn serve_with<H, F>(
                         tls: tls.clone(),
                         header_timeout,
                         http2,
+                        lean: !hyper_only,
                         permit,
                     };
                     match &workers {
@@ -288,6 +297,7 @@ struct Accepted<H> {
     tls: Option<tokio_rustls::TlsAcceptor>,
     header_timeout: Duration,
     http2: bool,
+    lean: bool,
     /// Held while the connection is open (counted against the caps).
     permit: Option<Permit>,
 }
@@ -302,7 +312,7 @@ async fn refuse(
 ) {
     debug!(%peer, %status, "connection over the cap");
     let handler = Arc::new(
-        move |_req: Request<Incoming>, _peer: SocketAddr| async move {
+        move |_req: Request<RequestBody>, _peer: SocketAddr| async move {
             let message = if status == StatusCode::TOO_MANY_REQUESTS {
                 "Too many connections from your address; close some and retry."
             } else {
@@ -324,6 +334,7 @@ async fn refuse(
         tls,
         header_timeout: REFUSAL_TIMEOUT,
         http2: true,
+        lean: true,
         permit: None,
     };
     let _ = tokio::time::timeout(REFUSAL_TIMEOUT, accepted.serve(stream)).await;
@@ -331,7 +342,7 @@ async fn refuse(
 
 impl<H, F> Accepted<H>
 where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     async fn serve(self, stream: TcpStream) {
@@ -342,11 +353,13 @@ where
             tls,
             header_timeout,
             http2,
+            lean,
             permit: _permit,
         } = self;
         let how = How {
             header_timeout,
             http2,
+            lean,
         };
         match tls {
             None => serve_connection(stream, peer, handler, stop, how).await,
@@ -356,7 +369,15 @@ where
                     Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) => {
                         debug!(%peer, "answered a TLS-ALPN-01 challenge");
                     }
-                    Ok(Ok(tls)) => serve_connection(tls, peer, handler, stop, how).await,
+                    Ok(Ok(tls)) => {
+                        // HTTP/2 agreed in the handshake is hyper's from the first byte.
+                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let how = How {
+                            lean: how.lean && !h2,
+                            ..how
+                        };
+                        serve_connection(tls, peer, handler, stop, how).await
+                    }
                     Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
                     Err(_) => debug!(%peer, "TLS handshake timed out"),
                 }
@@ -373,12 +394,20 @@ async fn serve_connection<S, H, F>(
     how: How,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    let service = service_fn(move |req| {
+    let stream = if how.lean {
+        match h1::serve(stream, peer, &*handler, &mut stop, how.header_timeout).await {
+            Served::Done => return,
+            Served::Hyper(stream) => stream,
+        }
+    } else {
+        Prefixed::new(bytes::BytesMut::new(), stream)
+    };
+    let service = service_fn(move |req: Request<Incoming>| {
         let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handler(req, peer).await) }
+        async move { Ok::<_, Infallible>(handler(req.map(RequestBody::Hyper), peer).await) }
     });
     // One builder for both protocols: it tells HTTP/2 from HTTP/1.1 by the connection preface
     // (after ALPN `h2` on TLS, or prior knowledge in the clear).

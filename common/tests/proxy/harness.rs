@@ -16,7 +16,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
-use shadow_common::proxy::{serve, ForwardContext, Forwarder, ProxyBody};
+use shadow_common::proxy::{serve, ForwardContext, Forwarder, ProxyBody, RequestBody};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -32,7 +32,7 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
 /// Serves `handler` on a fresh 127.0.0.1 port until the test ends.
 pub async fn start<H, F>(handler: H) -> SocketAddr
 where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -92,7 +92,11 @@ pub fn no_body() -> ClientBody {
     Empty::new().boxed_unsync()
 }
 
-pub async fn text(body: Incoming) -> String {
+pub async fn text<B>(body: B) -> String
+where
+    B: Body,
+    B::Error: std::fmt::Debug,
+{
     let bytes = body.collect().await.expect("body").to_bytes();
     String::from_utf8(bytes.to_vec()).expect("utf-8 body")
 }

@@ -1,0 +1,211 @@
+//! Reading a request head for the lean loop: the requests it serves itself, and the rest left
+//! for hyper untouched.
+
+use std::mem::MaybeUninit;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+
+use crate::proxy::body::RequestBody;
+
+/// The most header fields a head may carry here (hyper's default, which answers 431 past it).
+const MAX_HEADERS: usize = 100;
+
+/// What the buffered bytes hold.
+// Returned once per request and taken apart at once: boxing the head would cost an allocation.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Parsed {
+    /// A whole head of a request this loop serves.
+    Request(Head),
+    /// The head is not complete yet.
+    Partial,
+    /// Anything else (a body, an upgrade, `Expect`, HTTP/1.0, HTTP/2's preface, a malformed
+    /// head): hyper's server takes the connection from these bytes on, with its own answers.
+    Other,
+}
+
+/// A request head the loop serves, and what its answer must know of it.
+pub(super) struct Head {
+    pub(super) request: Request<RequestBody>,
+    /// The client asked to close after this exchange (`Connection: close`).
+    pub(super) close: bool,
+    /// The answer has no body (HEAD).
+    pub(super) head_method: bool,
+}
+
+/// Byte ranges of one field in the head (a connection keeps a list of them to reuse).
+#[derive(Clone, Copy)]
+pub(super) struct Field {
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
+/// Parses the head at the start of `buf`. A [`Parsed::Request`] takes its bytes out of `buf`
+/// (what follows, a pipelined request, stays); otherwise `buf` is left as it was. `fields` is
+/// scratch space.
+pub(super) fn parse(buf: &mut BytesMut, fields: &mut Vec<Field>) -> Parsed {
+    fields.clear();
+    let (len, method, path, close) = {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let len = match httparse::ParserConfig::default()
+            .parse_request_with_uninit_headers(&mut req, buf, &mut slots)
+        {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
+            Err(_) => return Parsed::Other,
+        };
+        if req.version != Some(1) {
+            return Parsed::Other;
+        }
+        let Some(Ok(method)) = req.method.map(|m| Method::from_bytes(m.as_bytes())) else {
+            return Parsed::Other;
+        };
+        if method == Method::CONNECT {
+            return Parsed::Other;
+        }
+        let base = buf.as_ptr() as usize;
+        let offset = |s: &[u8]| s.as_ptr() as usize - base;
+        let Some(path) = req.path.map(|p| (offset(p.as_bytes()), p.len())) else {
+            return Parsed::Other;
+        };
+        let mut close = false;
+        for h in req.headers.iter() {
+            let name = h.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"content-length") {
+                // A declared empty body is no body; any other length is hyper's to read.
+                if h.value != b"0" {
+                    return Parsed::Other;
+                }
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+                || name.eq_ignore_ascii_case(b"upgrade")
+                || name.eq_ignore_ascii_case(b"expect")
+                || name.eq_ignore_ascii_case(b"te")
+            {
+                return Parsed::Other;
+            } else if name.eq_ignore_ascii_case(b"connection") && has_close(h.value) {
+                close = true;
+            }
+            fields.push(Field {
+                name: (offset(name), name.len()),
+                value: (offset(h.value), h.value.len()),
+            });
+        }
+        (len, method, path, close)
+    };
+
+    let head = buf.split_to(len).freeze();
+    match build(&head, method, path, fields) {
+        Some(request) => Parsed::Request(Head {
+            head_method: request.method() == Method::HEAD,
+            request,
+            close,
+        }),
+        None => {
+            // Rare (a target `Uri` refuses): give hyper the bytes back as they were.
+            let mut whole = BytesMut::with_capacity(head.len() + buf.len());
+            whole.extend_from_slice(&head);
+            whole.extend_from_slice(buf);
+            *buf = whole;
+            Parsed::Other
+        }
+    }
+}
+
+/// The request from the head's bytes; its target and field values share them.
+fn build(
+    head: &Bytes,
+    method: Method,
+    path: (usize, usize),
+    fields: &[Field],
+) -> Option<Request<RequestBody>> {
+    let uri = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1)).ok()?;
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for f in fields {
+        let name = HeaderName::from_bytes(&head[f.name.0..f.name.0 + f.name.1]).ok()?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(f.value.0..f.value.0 + f.value.1)).ok()?;
+        headers.append(name, value);
+    }
+    let mut request = Request::new(RequestBody::Empty);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    Some(request)
+}
+
+/// Whether a `Connection` value names `close`.
+pub(super) fn has_close(value: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(raw: &str) -> (Parsed, BytesMut) {
+        let mut buf = BytesMut::from(raw);
+        (parse(&mut buf, &mut Vec::new()), buf)
+    }
+
+    #[test]
+    fn a_bodiless_head_is_read_and_the_pipelined_rest_stays() {
+        let (p, rest) = parsed(
+            "GET /a?b=c HTTP/1.1\r\nHost: x.test\r\nX-A: 1\r\nx-a: 2\r\n\r\nGET /next HTTP/1.1\r\n",
+        );
+        let Parsed::Request(head) = p else {
+            panic!("not served here")
+        };
+        assert_eq!(head.request.uri(), "/a?b=c");
+        assert_eq!(head.request.headers()["host"], "x.test");
+        assert_eq!(head.request.headers().get_all("x-a").iter().count(), 2);
+        assert!(!head.close && !head.head_method);
+        assert_eq!(&rest[..], b"GET /next HTTP/1.1\r\n");
+    }
+
+    #[test]
+    fn close_head_and_an_empty_length_are_noted() {
+        let (p, _) =
+            parsed("HEAD / HTTP/1.1\r\nConnection: keep-alive, Close\r\nContent-Length: 0\r\n\r\n");
+        let Parsed::Request(head) = p else {
+            panic!("not served here")
+        };
+        assert!(head.close && head.head_method);
+    }
+
+    #[test]
+    fn everything_else_is_left_for_hyper_untouched() {
+        for raw in [
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
+            "GET / HTTP/1.1\r\nTE: trailers\r\n\r\n",
+            "GET / HTTP/1.0\r\n\r\n",
+            "CONNECT x.test:443 HTTP/1.1\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            "GET /\x01 HTTP/1.1\r\n\r\n",
+        ] {
+            let (p, rest) = parsed(raw);
+            assert!(matches!(p, Parsed::Other), "served here: {raw:?}");
+            assert_eq!(&rest[..], raw.as_bytes(), "bytes changed: {raw:?}");
+        }
+        let (p, rest) = parsed("GET / HTTP/1.1\r\nHost: x");
+        assert!(matches!(p, Parsed::Partial));
+        assert_eq!(&rest[..], b"GET / HTTP/1.1\r\nHost: x");
+    }
+
+    #[test]
+    fn more_fields_than_hyper_allows_go_to_hyper() {
+        let mut raw = String::from("GET / HTTP/1.1\r\n");
+        for i in 0..=MAX_HEADERS {
+            raw.push_str(&format!("x-{i}: v\r\n"));
+        }
+        raw.push_str("\r\n");
+        assert!(matches!(parsed(&raw).0, Parsed::Other));
+    }
+}
