@@ -3,7 +3,7 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 
 use crate::proxy::body::RequestBody;
@@ -94,21 +94,21 @@ pub(super) fn parse(buf: &mut BytesMut, fields: &mut Vec<Field>) -> Parsed {
         (len, method, path, close)
     };
 
-    let head = buf.split_to(len).freeze();
+    // A copy of the head (small) that the request's target and fields share, rather than a
+    // split of the read buffer: the buffer then stays the connection's own and is reused,
+    // where a split would leave it shared and cost a fresh allocation for the next read.
+    let head = Bytes::copy_from_slice(&buf[..len]);
     match build(&head, method, path, fields) {
-        Some(request) => Parsed::Request(Head {
-            head_method: request.method() == Method::HEAD,
-            request,
-            close,
-        }),
-        None => {
-            // Rare (a target `Uri` refuses): give hyper the bytes back as they were.
-            let mut whole = BytesMut::with_capacity(head.len() + buf.len());
-            whole.extend_from_slice(&head);
-            whole.extend_from_slice(buf);
-            *buf = whole;
-            Parsed::Other
+        Some(request) => {
+            buf.advance(len);
+            Parsed::Request(Head {
+                head_method: request.method() == Method::HEAD,
+                request,
+                close,
+            })
         }
+        // Rare (a target `Uri` refuses): hyper gets the bytes as they were.
+        None => Parsed::Other,
     }
 }
 
