@@ -181,8 +181,6 @@ async fn route(
     let mut plan = vec![first];
     let mut ranked = false;
     let mut req = req;
-    // Only this edge may say a holder is down; nodes trust the header.
-    req.headers_mut().remove(HOLDER_DOWN_HEADER);
     let mut unreachable: Vec<String> = Vec::new();
     let mut followed = false;
     let mut i = 0;
@@ -277,7 +275,9 @@ async fn route(
 
 /// Tells `target` that the task's lease holder is down, when it is another node that this
 /// request could not reach or that is not usable: the target then waits for the lease to lapse
-/// and serves the request, instead of sending it back to a node that cannot answer.
+/// and serves the request, instead of sending it back to a node that cannot answer. Otherwise
+/// the header is removed, a client's own included: only this edge may say a holder is down
+/// (nodes trust the header), and this runs before every attempt.
 fn mark_holder_down(
     edge: &Edge,
     task_id: &str,
