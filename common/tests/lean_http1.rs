@@ -153,7 +153,6 @@ async fn answer(req: Request<RequestBody>) -> Response<ProxyBody> {
             r
         }
     };
-    let _ = parts;
     response
         .headers_mut()
         .insert("x-served", HeaderValue::from_static("yes"));
@@ -363,24 +362,29 @@ async fn a_stalled_head_and_an_idle_connection_are_closed_after_the_header_timeo
         .expect("an idle connection is closed")
         .expect("read");
 
+    // A head dribbled a byte per 100 ms for 4 s: the timeout counts from the head's start, not
+    // from its last byte, so the server closes the connection long before the dribble ends.
     let mut s = TcpStream::connect(server.addr).await.expect("connect");
-    let started = tokio::time::Instant::now();
     let mut closed = false;
-    for byte in b"GET /len HTTP/1.1\r\nHost: t.test\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa" {
+    for byte in b"GET /len HTTP/1.1\r\nHost: t.test\r\nX-Slow: aaaaaaaaaaaaa" {
         if s.write_all(&[*byte]).await.is_err() {
             closed = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut answer = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut answer)).await {
+            Err(_) => continue,
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(n)) => panic!(
+                "a dribbled head was answered: {:?}",
+                String::from_utf8_lossy(&answer[..n])
+            ),
+        }
     }
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
-    assert!(closed || out.is_empty(), "a dribbled head was answered");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "the dribble held the connection for {:?}",
-        started.elapsed()
-    );
+    assert!(closed, "the dribbled head kept its connection for 4 s");
 }
 
 /// Sends on drop: tells when the server dropped the handler's work.

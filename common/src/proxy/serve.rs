@@ -1,6 +1,7 @@
 //! The accept loop both proxies serve their handler with: HTTP/1.1 (and HTTP/2 where asked),
 //! upgrades enabled, the peer's address passed to the handler, client bounds where asked, and a
-//! graceful stop.
+//! graceful stop. Bodiless HTTP/1.1 requests are served by the lean loop in `h1`; hyper's server
+//! takes a connection from the first request the loop does not serve.
 //!
 //! On shutdown it stops accepting at once, asks every open connection to finish its current
 //! request and close (hyper's graceful shutdown: idle keep-alive connections close immediately),
@@ -182,7 +183,8 @@ where
 
 /// Serves `handler` on `listener` until `shutdown` completes.
 ///
-/// Each connection is served by hyper's HTTP/1 server with upgrades enabled; the handler gets
+/// Each connection is served by the lean loop (`h1`) and then, if a request needs it, by
+/// hyper's server with upgrades enabled (HTTP/2 too where asked); the handler gets
 /// every request with the peer's address and always answers (errors are responses too). The
 /// accept loop runs here; each connection runs on the next of `options.workers` (or here).
 /// After `shutdown`, no new connection is accepted and the open ones get the drain timeout to

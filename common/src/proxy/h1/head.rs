@@ -6,6 +6,7 @@ use std::mem::MaybeUninit;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 
+use super::response::has_token;
 use crate::proxy::body::RequestBody;
 
 /// The most header fields a head may carry here (hyper's default, which answers 431 past it).
@@ -83,7 +84,7 @@ pub(super) fn parse(buf: &mut BytesMut, fields: &mut Vec<Field>) -> Parsed {
                 || name.eq_ignore_ascii_case(b"te")
             {
                 return Parsed::Other;
-            } else if name.eq_ignore_ascii_case(b"connection") && has_close(h.value) {
+            } else if name.eq_ignore_ascii_case(b"connection") && has_token(h.value, b"close") {
                 close = true;
             }
             fields.push(Field {
@@ -133,13 +134,6 @@ fn build(
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = headers;
     Some(request)
-}
-
-/// Whether a `Connection` value names `close`.
-pub(super) fn has_close(value: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 #[cfg(test)]

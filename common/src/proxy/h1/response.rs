@@ -292,7 +292,8 @@ fn is_chunked(value: &[u8]) -> bool {
         .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
-fn has_token(value: &[u8], token: &[u8]) -> bool {
+/// Whether a comma-separated field value names `token` (any case).
+pub(super) fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
         .split(|&b| b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
