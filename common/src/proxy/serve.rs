@@ -400,7 +400,7 @@ async fn serve_connection<S, H, F>(
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let stream = if how.lean {
-        match h1::serve(stream, peer, &*handler, &mut stop, how.header_timeout).await {
+        match h1::serve(stream, peer, &*handler, &stop, how.header_timeout).await {
             Served::Done => return,
             Served::Hyper(stream) => stream,
         }

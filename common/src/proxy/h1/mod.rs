@@ -67,7 +67,7 @@ pub(crate) async fn serve<S, H, F>(
     mut io: S,
     peer: SocketAddr,
     handler: &H,
-    stop: &mut watch::Receiver<bool>,
+    stop: &watch::Receiver<bool>,
     header_timeout: Duration,
 ) -> Served<S>
 where
@@ -92,7 +92,7 @@ where
         let waits = Waits {
             header_timeout,
             timer: timer.as_mut(),
-            stop: &*stop,
+            stop,
             stopped: stopped.as_mut(),
         };
         let head = match next_head(&mut io, &mut buf, &mut fields, waits).await {
