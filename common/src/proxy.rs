@@ -27,7 +27,8 @@
 //! - `forward`: the pooled [`Forwarder`] and its [`ForwarderConfig`]; `upstream`: each worker
 //!   thread's kept connections; `exchange`: a bodiless request's exchange, driven in its own task.
 //! - `headers`: hop-by-hop removal, `X-Forwarded-*`, upgrade detection; `addr_text`: the
-//!   addresses in them, formatted once per thread.
+//!   addresses in them, formatted once per thread, and [`parsed_socket_addr`], addresses parsed
+//!   once per thread.
 //! - `request_id`: [`request_id`], the client's `X-Request-Id` (in a safe charset) or a new one.
 //! - `host`: [`checked_domain`], the request's host, refused when ambiguous.
 //! - `body`: the [`ProxyBody`] type and the body wrappers that stream and hold the guard.
@@ -53,8 +54,9 @@ mod upgrade;
 mod upstream;
 mod workers;
 
+pub use addr_text::parsed_socket_addr;
 pub use body::{empty, full, ProxyBody, RequestBody};
-pub use context::{ActivityGuard, BodyStall, ByteCounts, ForwardContext};
+pub use context::{ActivityEnd, ActivityGuard, BodyStall, ByteCounts, ForwardContext};
 pub use error::{error_response, ProxyError};
 pub use forward::{ForwardFailure, Forwarder, ForwarderConfig, Unsent};
 pub use headers::{is_upgrade_request, strip_hop_by_hop};

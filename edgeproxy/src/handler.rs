@@ -160,7 +160,7 @@ async fn route(
     task: Arc<Task>,
     req: Request<RequestBody>,
     peer: SocketAddr,
-    request_id: String,
+    mut request_id: String,
     scheme: Scheme,
 ) -> Response<ProxyBody> {
     // Usually the first node answers: rank the others only if it does not.
@@ -194,7 +194,8 @@ async fn route(
             );
         };
         mark_holder_down(edge, &task.id, &node.id, &unreachable, req.headers_mut());
-        let mut ctx = ForwardContext::new(peer, scheme.clone(), request_id.clone())
+        // The id moves into the context and comes back with an unsent request: no copy per try.
+        let mut ctx = ForwardContext::new(peer, scheme.clone(), std::mem::take(&mut request_id))
             .with_body_stall(edge.body_stall.clone())
             .handing_back_if(|head| {
                 head.status == StatusCode::SERVICE_UNAVAILABLE
@@ -253,6 +254,7 @@ async fn route(
                 match (retry_on, failure.unsent) {
                     (Some(next), Some(unsent)) if i + 1 < MAX_TRIES => {
                         req = unsent.request;
+                        request_id = unsent.ctx.request_id;
                         i += 1;
                         if plan.get(i).map(|n| &n.id) != Some(&next.id) {
                             plan.insert(i, next);
@@ -302,10 +304,10 @@ fn mark_holder_down(
     };
 }
 
-/// Node addresses are `host:port`; most are IPs, names are resolved per request (the system
-/// resolver caches).
+/// Node addresses are `host:port`; most are IPs (parsed once per thread), names are resolved
+/// per request (the system resolver caches).
 async fn resolve(address: &str) -> Option<SocketAddr> {
-    if let Ok(a) = address.parse() {
+    if let Some(a) = proxy::parsed_socket_addr(address) {
         return Some(a);
     }
     tokio::net::lookup_host(address).await.ok()?.next()

@@ -130,10 +130,12 @@ async fn serve_app(
     let ctx = ForwardContext::new(peer, Scheme::HTTP, request_id)
         .trusting_forwarded()
         .counting_bytes(route.meter.bytes.clone())
-        .with_activity(route.token);
-    match node.forwarder.forward(req, route.addr, ctx).await {
+        .with_guard(route.token.into_guard());
+    // `try_forward` rather than `forward`: one future less to build and copy per request.
+    match node.forwarder.try_forward(req, route.addr, ctx).await {
         Ok(resp) => resp,
-        Err(e) => {
+        Err(failure) => {
+            let e = proxy::ProxyError::from(failure);
             tracing::warn!(error = %e, upstream = %route.addr, "forwarding to the app failed");
             e.to_response()
         }

@@ -158,10 +158,17 @@ async fn a_refused_connection_is_retried_on_the_next_node() {
     for i in 0..40 {
         let d = format!("{}-{i}.test", unique_id("retry"));
         task(&m, &d, |_| {}).await;
-        let r = e.client().get(&d, "/").await.expect("answer");
+        let r = e.client().get(&d, "/headers").await.expect("answer");
         assert_eq!(r.status, 200, "{r:?}");
         let metrics = e.metrics().await;
         if metrics.contains("shadow_edge_retries_total{reason=\"connect\"}") {
+            // The retry carries the id the edge gave the request, as a first try does.
+            let seen: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+            let id = seen["x-request-id"].as_str().unwrap_or_default();
+            assert!(
+                id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                "the retried request's id: {seen}"
+            );
             retried = true;
             break;
         }

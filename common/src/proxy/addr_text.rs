@@ -1,5 +1,6 @@
 //! Addresses as the text a forwarded request carries (the upstream URI's authority, the peer's
-//! IP in `X-Forwarded-For`), remembered per thread.
+//! IP in `X-Forwarded-For`), and addresses parsed from text (the edge's node addresses),
+//! remembered per thread.
 //!
 //! A proxy sends most requests to few upstreams and gets them from few peers (a node's peers are
 //! the edges), yet formatting an address costs `fmt` machinery and an allocation on every request:
@@ -20,6 +21,7 @@ const LIMIT: usize = 1024;
 thread_local! {
     static AUTHORITIES: RefCell<HashMap<SocketAddr, Authority>> = RefCell::new(HashMap::new());
     static PEER_IPS: RefCell<HashMap<IpAddr, HeaderValue>> = RefCell::new(HashMap::new());
+    static PARSED: RefCell<HashMap<Box<str>, SocketAddr>> = RefCell::new(HashMap::new());
 }
 
 fn remembered<K: Copy + Eq + std::hash::Hash, V: Clone>(
@@ -55,6 +57,23 @@ pub(crate) fn forwarded_ip(ip: IpAddr) -> HeaderValue {
     })
 }
 
+/// `text` (`ip:port`, `[ip]:port`) as a socket address, or `None` when it is not one (a name to
+/// resolve, say). A lookup costs a fraction of a parse, which the edge did per request.
+pub fn parsed_socket_addr(text: &str) -> Option<SocketAddr> {
+    PARSED.with(|m| {
+        let mut m = m.borrow_mut();
+        if let Some(addr) = m.get(text) {
+            return Some(*addr);
+        }
+        let addr: SocketAddr = text.parse().ok()?;
+        if m.len() >= LIMIT {
+            m.clear();
+        }
+        m.insert(text.into(), addr);
+        Some(addr)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +100,20 @@ mod tests {
             assert_eq!(authority(a).port_u16(), Some(port));
         }
         AUTHORITIES.with(|m| assert!(m.borrow().len() <= LIMIT));
+        for port in 0..(LIMIT as u16 + 10) {
+            let text = format!("10.0.0.1:{port}");
+            assert_eq!(parsed_socket_addr(&text).map(|a| a.port()), Some(port));
+        }
+        PARSED.with(|m| assert!(m.borrow().len() <= LIMIT));
+    }
+
+    #[test]
+    fn parses_like_from_str_and_remembers() {
+        for text in ["127.0.0.1:9000", "[::1]:80", "127.0.0.1:9000"] {
+            assert_eq!(parsed_socket_addr(text), text.parse().ok());
+        }
+        for text in ["node-1.internal:9000", "127.0.0.1", ""] {
+            assert_eq!(parsed_socket_addr(text), None, "{text:?}");
+        }
     }
 }

@@ -3,6 +3,7 @@
 use std::any::Any;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::uri::Scheme;
 
@@ -18,15 +19,39 @@ use http::uri::Scheme;
 /// - for an upgrade, when the tunnel between client and upstream closes;
 /// - on an error, when the error is returned (or, for a retryable connect error, it travels back
 ///   with [`Unsent`](super::Unsent) so the retry keeps it).
-pub struct ActivityGuard(
+pub struct ActivityGuard(Held);
+
+enum Held {
     // Never read: it is held only so that its `Drop` runs at the right moment.
-    #[allow(dead_code)] Box<dyn Any + Send + Sync>,
-);
+    Boxed(#[allow(dead_code)] Box<dyn Any + Send + Sync>),
+    Shared(Arc<dyn ActivityEnd>),
+}
+
+/// A shared record of exchanges in progress, told when one ends (see [`ActivityGuard::shared`]).
+pub trait ActivityEnd: Send + Sync {
+    /// One exchange counted as begun is over.
+    fn end(&self);
+}
 
 impl ActivityGuard {
     /// Wraps any value; its `Drop` marks the end of the activity.
     pub fn new<T: Send + Sync + 'static>(token: T) -> Self {
-        Self(Box::new(token))
+        Self(Held::Boxed(Box::new(token)))
+    }
+
+    /// For an exchange already counted as begun in `activity`: the guard calls
+    /// [`ActivityEnd::end`] when it drops. Unlike [`ActivityGuard::new`] it allocates nothing,
+    /// which matters on a path every request takes.
+    pub fn shared(activity: Arc<dyn ActivityEnd>) -> Self {
+        Self(Held::Shared(activity))
+    }
+}
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        if let Held::Shared(activity) = &self.0 {
+            activity.end();
+        }
     }
 }
 
@@ -95,6 +120,8 @@ pub struct BodyStall {
     pub stalls: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
+// The builders are `#[inline]`: a request's context is built by a chain of them, and each call
+// out of line would copy the whole context once more.
 impl ForwardContext {
     /// A context for a request from `peer` over `scheme`, untrusted, with no activity guard.
     pub fn new(peer: SocketAddr, scheme: Scheme, request_id: impl Into<String>) -> Self {
@@ -111,32 +138,44 @@ impl ForwardContext {
     }
 
     /// Keeps incoming `X-Forwarded-Proto`/`-Host` (see [`ForwardContext::trust_forwarded`]).
+    #[inline]
     pub fn trusting_forwarded(mut self) -> Self {
         self.trust_forwarded = true;
         self
     }
 
     /// Hands the request back (see [`ForwardContext::hand_back_if`]) on answers matching `pred`.
+    #[inline]
     pub fn handing_back_if(mut self, pred: fn(&http::response::Parts) -> bool) -> Self {
         self.hand_back_if = Some(pred);
         self
     }
 
     /// Cuts a request body that stalls (see [`ForwardContext::body_stall`]).
+    #[inline]
     pub fn with_body_stall(mut self, stall: BodyStall) -> Self {
         self.body_stall = Some(stall);
         self
     }
 
     /// Adds the exchange's body bytes to `counts` (see [`ForwardContext::byte_counts`]).
+    #[inline]
     pub fn counting_bytes(mut self, counts: std::sync::Arc<ByteCounts>) -> Self {
         self.byte_counts = Some(counts);
         self
     }
 
     /// Attaches a token held until the exchange is over (see [`ActivityGuard`]).
+    #[inline]
     pub fn with_activity(mut self, token: impl Send + Sync + 'static) -> Self {
         self.activity = Some(ActivityGuard::new(token));
+        self
+    }
+
+    /// Attaches a guard held until the exchange is over.
+    #[inline]
+    pub fn with_guard(mut self, guard: ActivityGuard) -> Self {
+        self.activity = Some(guard);
         self
     }
 }

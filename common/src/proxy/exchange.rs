@@ -207,6 +207,15 @@ impl FieldSink for HeadBytes<'_> {
         self.out.extend_from_slice(value.as_bytes());
         self.out.extend_from_slice(b"\r\n");
     }
+
+    fn text_field(&mut self, name: &HeaderName, value: &str) {
+        if headers::is_valid_text_value(value) {
+            self.out.extend_from_slice(name.as_str().as_bytes());
+            self.out.extend_from_slice(b": ");
+            self.out.extend_from_slice(value.as_bytes());
+            self.out.extend_from_slice(b"\r\n");
+        }
+    }
 }
 
 /// The request line and header fields, into `out`. A POST, PUT or PATCH without a body says so
@@ -259,11 +268,14 @@ struct Head {
 
 /// What an answer head's fields include, as far as framing and reuse care.
 #[derive(Default)]
-struct Seen {
+struct Seen<'a> {
     hop_by_hop: bool,
     transfer_encoding: bool,
-    content_length: bool,
     connection: bool,
+    /// How many `Content-Length` fields, and the first one's value: the usual single field is
+    /// then read without a lookup.
+    content_lengths: usize,
+    first_length: &'a [u8],
 }
 
 /// Reads until a final (non-1xx, or 101) answer head is complete.
@@ -341,17 +353,24 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Answe
             seen.transfer_encoding |= name == header::TRANSFER_ENCODING;
             seen.connection |= name == header::CONNECTION;
         }
-        seen.content_length |= name == header::CONTENT_LENGTH;
+        if name == header::CONTENT_LENGTH {
+            if seen.content_lengths == 0 {
+                seen.first_length = field.value;
+            }
+            seen.content_lengths += 1;
+        }
         map.append(name, value);
     }
     if read.len() > len {
         buf.extend_from_slice(&read[len..]);
     }
     let (framing, mut reusable) = framing(head_only, status, &mut map, &seen)?;
-    let connection = map.get_all(header::CONNECTION);
+    // Looked up only when there is one: most answers carry no `Connection`.
+    let has =
+        |token| seen.connection && headers::has_token(&map.get_all(header::CONNECTION), token);
     reusable &= match version {
-        Version::HTTP_10 => seen.connection && headers::has_token(&connection, "keep-alive"),
-        _ => !(seen.connection && headers::has_token(&connection, "close")),
+        Version::HTTP_10 => has("keep-alive"),
+        _ => !has("close"),
     };
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = status;
@@ -391,35 +410,41 @@ fn framing(
             .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
         // A length beside a coding is a smuggling shape: the coding wins and the connection
         // is not trusted with another exchange.
-        let with_length = seen.content_length && headers.remove(header::CONTENT_LENGTH).is_some();
+        let with_length =
+            seen.content_lengths > 0 && headers.remove(header::CONTENT_LENGTH).is_some();
         return Ok(if chunked_last {
             (State::ChunkSize, !with_length)
         } else {
             (State::Close, false)
         });
     }
-    if !seen.content_length {
-        return Ok((State::Close, false));
-    }
     let mut length: Option<u64> = None;
     let mut fields = 0;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let text = value
-            .to_str()
-            .map_err(|_| AnswerError::Malformed("invalid content-length"))?;
-        for part in text.split(',') {
-            let part = part.trim();
+    let mut add = |value: &[u8]| -> Result<(), AnswerError> {
+        for part in value.split(|&b| b == b',') {
+            let part = part.trim_ascii();
             fields += 1;
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
                 return Err(AnswerError::Malformed("invalid content-length"));
             }
-            let n = part
-                .parse::<u64>()
-                .map_err(|_| AnswerError::Malformed("invalid content-length"))?;
+            let n = std::str::from_utf8(part)
+                .ok()
+                .and_then(|p| p.parse::<u64>().ok())
+                .ok_or(AnswerError::Malformed("invalid content-length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(AnswerError::Malformed("differing content-lengths"));
             }
             length = Some(n);
+        }
+        Ok(())
+    };
+    match seen.content_lengths {
+        0 => return Ok((State::Close, false)),
+        1 => add(seen.first_length)?,
+        _ => {
+            for value in headers.get_all(header::CONTENT_LENGTH) {
+                add(value.as_bytes())?;
+            }
         }
     }
     match length {
@@ -742,6 +767,18 @@ mod tests {
         let repeated = framing_of("HTTP/1.1 200 OK\r\nContent-Length: 4, 4\r\n\r\n");
         assert_eq!(repeated.framing, State::Length(4));
         assert_eq!(repeated.parts.headers[header::CONTENT_LENGTH], "4");
+        let two_fields =
+            framing_of("HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length:  4 \r\n\r\n");
+        assert_eq!(two_fields.framing, State::Length(4));
+        assert_eq!(
+            two_fields
+                .parts
+                .headers
+                .get_all(header::CONTENT_LENGTH)
+                .iter()
+                .count(),
+            1
+        );
         let closing =
             framing_of("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: Close\r\n\r\n");
         assert!(!closing.reusable);

@@ -146,13 +146,24 @@ impl Forwarder {
         ctx: ForwardContext,
     ) -> Result<Response<ProxyBody>, ForwardFailure> {
         let (parts, body) = req.into_parts();
-        let upgrade = headers::is_upgrade_request(&parts.headers);
+        // One walk over the few fields a request has, rather than two hashed lookups.
+        let (has_host, asks_upgrade) =
+            parts
+                .headers
+                .keys()
+                .fold((false, false), |(host, upgrade), name| {
+                    (
+                        host || *name == header::HOST,
+                        upgrade || *name == header::UPGRADE,
+                    )
+                });
+        let upgrade = asks_upgrade && headers::is_upgrade_request(&parts.headers);
         let target = match origin_target(&parts.uri) {
             Ok(target) => target,
             Err(error) => return Err(failure(error, None, None)),
         };
         // An HTTP/2 client names the host in the request target, not a header.
-        let missing_host = if parts.headers.contains_key(header::HOST) {
+        let missing_host = if has_host {
             None
         } else {
             match parts.uri.authority() {

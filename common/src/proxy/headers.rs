@@ -14,29 +14,28 @@ use http::uri::Scheme;
 
 use super::{addr_text, ForwardContext};
 
-/// Headers that belong to one connection only, dropped in both directions. A `static`: a
-/// `const` array would be built and dropped again at every use.
-static HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// Whether `name` is one of the fixed hop-by-hop headers.
+/// Whether `name` is one of the headers that belong to one connection only, dropped in both
+/// directions whatever `Connection` says. Matched on the name's text: it runs for every field of
+/// every message, and nine `HeaderName` comparisons cost several times one match on a string.
 pub(crate) fn is_fixed_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
 }
 
 /// Whether the `Connection` header values `connection` name `name` (compared without copying:
@@ -106,6 +105,22 @@ pub(crate) trait FieldSink {
     fn owned_field(&mut self, name: HeaderName, value: HeaderValue) {
         self.field(&name, &value);
     }
+    /// Adds one field whose value is text, if it is a valid header value (else nothing): a
+    /// sink that writes bytes needs no [`HeaderValue`] (a copy) for it.
+    fn text_field(&mut self, name: &HeaderName, value: &str) {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            self.field(name, &value);
+        }
+    }
+}
+
+/// Whether `value` is a valid header value as [`HeaderValue::from_str`] judges it: no control
+/// characters but the tab (bytes of UTF-8 past ASCII are allowed).
+pub(crate) fn is_valid_text_value(value: &str) -> bool {
+    // Folded rather than short-circuited: valid values are the rule, and the fold vectorizes.
+    value
+        .bytes()
+        .fold(true, |ok, b| ok & ((b >= 32 && b != 127) | (b == b'\t')))
 }
 
 impl FieldSink for HeaderMap {
@@ -143,31 +158,30 @@ pub(crate) fn write_request_fields(
     upgrade: bool,
     out: &mut impl FieldSink,
 ) {
-    let connection = src.get_all(header::CONNECTION);
-    let has_connection = src.contains_key(header::CONNECTION);
+    let seen = Survey::of(src);
+    let connection = seen.connection.then(|| src.get_all(header::CONNECTION));
     let dropped = |name: &HeaderName| {
-        is_fixed_hop_by_hop(name) || (has_connection && named_by_connection(&connection, name))
+        is_fixed_hop_by_hop(name)
+            || connection
+                .as_ref()
+                .is_some_and(|c| named_by_connection(c, name))
     };
     let trusted = ctx.trust_forwarded;
     // A trusted hop's value counts only if this hop's `Connection` did not name it away.
-    let kept = |name: &HeaderName| trusted && src.contains_key(name) && !dropped(name);
-    let keep_proto = kept(&X_FORWARDED_PROTO);
-    let keep_host = kept(&X_FORWARDED_HOST);
+    let kept = |present: bool, name: &HeaderName| trusted && present && !dropped(name);
+    let keep_proto = kept(seen.forwarded_proto, &X_FORWARDED_PROTO);
+    let keep_host = kept(seen.forwarded_host, &X_FORWARDED_HOST);
     // The id the proxy logs under: the client's when it was usable, else a new one that
     // replaces what the client sent. A trusted hop's id is kept.
-    let our_id = if ctx.request_id.is_empty() || kept(&X_REQUEST_ID) {
-        None
-    } else {
-        HeaderValue::from_str(&ctx.request_id).ok()
-    };
-    let earlier_for = kept(&X_FORWARDED_FOR);
+    let our_id = !(ctx.request_id.is_empty() || kept(seen.request_id, &X_REQUEST_ID));
+    let earlier_for = kept(seen.forwarded_for, &X_FORWARDED_FOR);
 
     // Every name set below is left out here, so the sink never has to replace a field.
     for (name, value) in src {
         let replaced = *name == X_FORWARDED_FOR
             || (*name == X_FORWARDED_PROTO && !keep_proto)
             || (*name == X_FORWARDED_HOST && !keep_host)
-            || (*name == X_REQUEST_ID && our_id.is_some())
+            || (*name == X_REQUEST_ID && our_id)
             || (!trusted && (*name == header::FORWARDED || *name == X_REAL_IP));
         if !replaced && !dropped(name) {
             out.field(name, value);
@@ -180,7 +194,7 @@ pub(crate) fn write_request_fields(
         }
     }
     if !trusted {
-        set_forwarded(out, src.get(header::HOST), ctx);
+        set_forwarded(out, seen.host, ctx);
     }
     let earlier = earlier_for.then(|| src.get_all(&X_FORWARDED_FOR));
     append_forwarded_for(out, earlier, ctx);
@@ -188,12 +202,48 @@ pub(crate) fn write_request_fields(
         out.owned_field(X_FORWARDED_PROTO, scheme_value(&ctx.scheme));
     }
     if !keep_host {
-        if let Some(host) = src.get(header::HOST) {
+        if let Some(host) = seen.host {
             out.field(&X_FORWARDED_HOST, host);
         }
     }
-    if let Some(id) = our_id {
-        out.owned_field(X_REQUEST_ID, id);
+    if our_id {
+        out.text_field(&X_REQUEST_ID, &ctx.request_id);
+    }
+}
+
+/// What [`write_request_fields`] needs to know of a request's headers before it writes any,
+/// found in one walk over them instead of a hashed lookup per name (most requests carry only a
+/// few headers, and none of the forwarding ones).
+#[derive(Default)]
+struct Survey<'a> {
+    /// The first `Host` value.
+    host: Option<&'a HeaderValue>,
+    connection: bool,
+    forwarded_for: bool,
+    forwarded_proto: bool,
+    forwarded_host: bool,
+    request_id: bool,
+}
+
+impl<'a> Survey<'a> {
+    fn of(src: &'a HeaderMap) -> Self {
+        let mut seen = Survey::default();
+        for (name, value) in src {
+            if *name == header::HOST {
+                seen.host.get_or_insert(value);
+            } else if *name == header::CONNECTION {
+                seen.connection = true;
+            } else if *name == X_FORWARDED_FOR {
+                seen.forwarded_for = true;
+            } else if *name == X_FORWARDED_PROTO {
+                seen.forwarded_proto = true;
+            } else if *name == X_FORWARDED_HOST {
+                seen.forwarded_host = true;
+            } else if *name == X_REQUEST_ID {
+                seen.request_id = true;
+            }
+        }
+        seen
     }
 }
 
@@ -282,6 +332,54 @@ mod tests {
 
     fn ctx() -> ForwardContext {
         ForwardContext::new(([192, 0, 2, 9], 4711).into(), Scheme::HTTPS, "req-1")
+    }
+
+    #[test]
+    fn the_fixed_hop_by_hop_names_are_these_nine() {
+        let fixed = [
+            header::CONNECTION,
+            HeaderName::from_static("keep-alive"),
+            HeaderName::from_static("proxy-connection"),
+            header::PROXY_AUTHENTICATE,
+            header::PROXY_AUTHORIZATION,
+            header::TE,
+            header::TRAILER,
+            header::TRANSFER_ENCODING,
+            header::UPGRADE,
+        ];
+        for name in &fixed {
+            assert!(is_fixed_hop_by_hop(name), "{name}");
+        }
+        for name in [
+            "host",
+            "content-length",
+            "keep-alive2",
+            "x-upgrade",
+            "t",
+            "tee",
+        ] {
+            let name = HeaderName::from_static(name);
+            assert!(!is_fixed_hop_by_hop(&name), "{name}");
+        }
+    }
+
+    #[test]
+    fn text_values_are_judged_as_header_value_judges_them() {
+        for text in [
+            "abc-123",
+            "a b\tc",
+            "",
+            "x\u{7f}",
+            "caf\u{e9}",
+            "a\nb",
+            "\u{1f}",
+        ] {
+            assert_eq!(
+                is_valid_text_value(text),
+                HeaderValue::from_str(text).is_ok(),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]

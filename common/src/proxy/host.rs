@@ -8,7 +8,7 @@
 
 use http::{header, HeaderValue, Request};
 
-use crate::task::{host_without_port, request_domain};
+use crate::task::host_without_port;
 
 /// Why a request's host was refused, said to the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -35,20 +35,25 @@ pub fn checked_domain<B>(req: &mut Request<B>) -> Result<String, HostError> {
         Some(v) => Some(v.to_str().map_err(|_| HostError::NotText)?),
         None => None,
     };
-    if let Some(authority) = req.uri().authority() {
-        match host {
-            Some(h) if host_without_port(h) != host_without_port(authority.host()) => {
-                return Err(HostError::Disagrees)
+    // The domain is read from the value found above (request_domain's rule, one lookup).
+    let domain = match (host, req.uri().authority()) {
+        (Some(h), Some(authority)) => {
+            let domain = host_without_port(h);
+            if domain != host_without_port(authority.host()) {
+                return Err(HostError::Disagrees);
             }
-            Some(_) => {}
-            None => {
-                let v =
-                    HeaderValue::from_str(authority.as_str()).map_err(|_| HostError::NotText)?;
-                req.headers_mut().insert(header::HOST, v);
-            }
+            domain
         }
-    }
-    Ok(request_domain(req))
+        (Some(h), None) => host_without_port(h),
+        (None, Some(authority)) => {
+            let v = HeaderValue::from_str(authority.as_str()).map_err(|_| HostError::NotText)?;
+            let domain = host_without_port(authority.as_str());
+            req.headers_mut().insert(header::HOST, v);
+            domain
+        }
+        (None, None) => String::new(),
+    };
+    Ok(domain)
 }
 
 #[cfg(test)]

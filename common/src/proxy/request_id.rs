@@ -31,25 +31,29 @@ pub fn request_id(headers: &HeaderMap) -> String {
 
 /// A new id, unique to this process and request.
 pub fn new_request_id() -> String {
-    static PREFIX: OnceLock<u64> = OnceLock::new();
+    // The prefix's digits are written once; a request writes only its counter's.
+    static PREFIX: OnceLock<[u8; 16]> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(|| {
+    let prefix = PREFIX.get_or_init(|| {
         let (high, _) = uuid::Uuid::new_v4().as_u64_pair();
-        high
+        hex(high)
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0u8; 32];
-    for (i, digit) in out.iter_mut().enumerate() {
-        let (word, shift) = if i < 16 {
-            (prefix, 15 - i)
-        } else {
-            (n, 31 - i)
-        };
-        *digit = DIGITS[((word >> (shift * 4)) & 0xf) as usize];
-    }
+    out[..16].copy_from_slice(prefix);
+    out[16..].copy_from_slice(&hex(n));
     // Hex digits are ASCII: the conversion cannot fail (and no `fmt` on the request path).
     String::from_utf8(out.to_vec()).unwrap_or_default()
+}
+
+/// `word`'s 16 hex digits, most significant first.
+fn hex(word: u64) -> [u8; 16] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 16];
+    for (i, digit) in out.iter_mut().enumerate() {
+        *digit = DIGITS[((word >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    out
 }
 
 #[cfg(test)]
@@ -65,6 +69,15 @@ mod tests {
         assert_ne!(a, b);
         // Same process: same prefix, the counter moves on.
         assert_eq!(a[..16], b[..16]);
+        let counter = |id: &str| u64::from_str_radix(&id[16..], 16).expect("hex");
+        assert!(counter(&b) > counter(&a));
+    }
+
+    #[test]
+    fn hex_digits_are_most_significant_first() {
+        assert_eq!(&hex(0x0123_4567_89ab_cdef), b"0123456789abcdef");
+        assert_eq!(&hex(u64::MAX), b"ffffffffffffffff");
+        assert_eq!(&hex(1), b"0000000000000001");
     }
 
     #[test]

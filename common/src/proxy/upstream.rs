@@ -80,16 +80,14 @@ impl Lent {
         }
         // Not checked for readiness here: the connection's task may not have seen the end of
         // the exchange yet. The checkout takes only ready ones.
+        let now = Instant::now();
         let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(upstream).or_default();
         if list.len() < pool.max_idle {
-            list.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            list.push(Idle { sender, since: now });
         }
         drop(idle);
-        pool.sweep_if_due();
+        pool.sweep_if_due(now);
     }
 }
 
@@ -132,28 +130,27 @@ impl Pool {
 
     /// Keeps `conn`, whose last exchange ended cleanly, for the next one to `upstream`.
     pub(crate) fn give_back_conn(&self, upstream: SocketAddr, conn: Conn) {
+        // One clock read serves both the entry and the sweep's check.
+        let now = Instant::now();
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         let list = conns.entry(upstream).or_default();
         if list.len() < self.max_idle {
-            list.push(IdleConn {
-                conn,
-                since: Instant::now(),
-            });
+            list.push(IdleConn { conn, since: now });
         }
         drop(conns);
-        self.sweep_if_due();
+        self.sweep_if_due(now);
     }
 
-    /// [`Pool::sweep`], at most once per idle timeout.
-    fn sweep_if_due(&self) {
+    /// [`Pool::sweep`], at most once per idle timeout; `now` is the time of the call.
+    fn sweep_if_due(&self, now: Instant) {
         {
             let Ok(mut swept) = self.swept.try_lock() else {
                 return;
             };
-            if swept.elapsed() < self.idle_timeout {
+            if now.saturating_duration_since(*swept) < self.idle_timeout {
                 return;
             }
-            *swept = Instant::now();
+            *swept = now;
         }
         self.sweep();
     }

@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use shadow_common::proxy::{ActivityEnd, ActivityGuard};
 use tokio::{sync::Notify, time::Instant};
 
 #[derive(Debug)]
@@ -25,9 +26,19 @@ pub struct Activity {
     changed: Notify,
 }
 
-/// Held for the length of one exchange.
+/// Held for the length of one exchange. `None` only once handed to an [`ActivityGuard`].
 #[derive(Debug)]
-pub struct ActivityToken(Arc<Activity>);
+pub struct ActivityToken(Option<Arc<Activity>>);
+
+impl ActivityToken {
+    /// The same hold as a proxy guard, without a box: the guard ends the exchange when it drops.
+    pub fn into_guard(mut self) -> ActivityGuard {
+        match self.0.take() {
+            Some(activity) => ActivityGuard::shared(activity),
+            None => ActivityGuard::new(()),
+        }
+    }
+}
 
 impl Activity {
     pub fn new() -> Arc<Self> {
@@ -41,7 +52,7 @@ impl Activity {
 
     pub fn enter(self: &Arc<Self>) -> ActivityToken {
         self.inflight.fetch_add(1, Ordering::SeqCst);
-        ActivityToken(self.clone())
+        ActivityToken(Some(self.clone()))
     }
 
     pub fn inflight(&self) -> usize {
@@ -86,13 +97,20 @@ impl Activity {
 
 impl Drop for ActivityToken {
     fn drop(&mut self) {
-        let a = &self.0;
-        let since = u64::try_from(a.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        a.last.fetch_max(since, Ordering::SeqCst);
+        if let Some(activity) = self.0.take() {
+            activity.end();
+        }
+    }
+}
+
+impl ActivityEnd for Activity {
+    fn end(&self) {
+        let since = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.fetch_max(since, Ordering::SeqCst);
         // Only the last exchange to end can make the app idle; waking the reaper on every
         // response would cost a cross-thread wake-up per request for nothing.
-        if a.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            a.changed.notify_waiters();
+        if self.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.changed.notify_waiters();
         }
     }
 }
@@ -119,6 +137,19 @@ mod tests {
         drop(token);
         let idle_at = waiter.await.expect("join");
         assert_eq!(idle_at - t0, Duration::from_secs(106));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_handed_to_a_guard_holds_until_the_guard_drops() {
+        let a = Activity::new();
+        let t0 = Instant::now();
+        let guard = a.enter().into_guard();
+        assert_eq!(a.inflight(), 1, "handing over is not an end");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(a.idle_since().is_none());
+        drop(guard);
+        assert_eq!(a.inflight(), 0);
+        assert_eq!(a.idle_since(), Some(t0 + Duration::from_secs(3)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,7 +2,9 @@
 //! `role::Server::encode` and `Conn::enforce_version`) for the requests the lean loop serves:
 //! HTTP/1.1, never CONNECT, never asking for trailers.
 
-use http::{header, response::Parts, StatusCode, Version};
+use std::iter::Peekable;
+
+use http::{header, response::Parts, HeaderName, HeaderValue, StatusCode, Version};
 
 use super::date;
 
@@ -105,8 +107,13 @@ pub(super) fn encode(
     let mut wrote_connection = false;
 
     // Map order keeps a field's values together, as hyper's `drain` does.
-    for name in parts.headers.keys() {
-        let mut values = parts.headers.get_all(name).iter();
+    let mut fields = parts.headers.iter().peekable();
+    while let Some((name, first)) = fields.next() {
+        let mut values = Values {
+            name,
+            first: Some(first),
+            rest: &mut fields,
+        };
         match *name {
             header::CONTENT_LENGTH => {
                 if wrote_len {
@@ -255,6 +262,33 @@ pub(super) fn encode(
 }
 
 /// Takes back what was written of a head hyper would refuse.
+/// The values of one field name, taken from a walk over the whole map (which yields a name's
+/// values in a row) instead of a hashed lookup per name. Dropping it skips what was not read,
+/// so the walk goes on at the next name.
+struct Values<'a, 'w> {
+    name: &'a HeaderName,
+    first: Option<&'a HeaderValue>,
+    rest: &'w mut Peekable<header::Iter<'a, HeaderValue>>,
+}
+
+impl<'a> Iterator for Values<'a, '_> {
+    type Item = &'a HeaderValue;
+
+    fn next(&mut self) -> Option<&'a HeaderValue> {
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
+        let name = self.name;
+        self.rest.next_if(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+}
+
+impl Drop for Values<'_, '_> {
+    fn drop(&mut self) {
+        for _ in self.by_ref() {}
+    }
+}
+
 fn invalid(out: &mut Vec<u8>, start: usize) -> Result<Plan, InvalidHead> {
     out.truncate(start);
     Err(InvalidHead)
