@@ -31,6 +31,7 @@
 //!   once per thread.
 //! - `request_id`: [`request_id`], the client's `X-Request-Id` (in a safe charset) or a new one.
 //! - `host`: [`checked_domain`], the request's host, refused when ambiguous.
+//! - `spare_maps`: header maps kept per thread for the next message.
 //! - `body`: the [`ProxyBody`] type and the body wrappers that stream and hold the guard.
 //! - `upgrade`: the tunnel spawned after a `101 Switching Protocols`.
 //! - `error`: [`ProxyError`] and the plain-text [`error_response`].
@@ -50,6 +51,7 @@ mod headers;
 mod host;
 mod request_id;
 mod serve;
+mod spare_maps;
 mod upgrade;
 mod upstream;
 mod workers;

@@ -39,6 +39,7 @@ use tokio::net::TcpStream;
 
 use super::error::BoxError;
 use super::headers::{self, FieldSink};
+use super::spare_maps;
 use super::upstream::Pool;
 
 /// The largest answer head (and trailer section) accepted, in bytes. nginx's default is 4 KiB;
@@ -340,7 +341,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Answe
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let mut map = HeaderMap::with_capacity(response.headers.len());
+    let mut map = spare_maps::take(response.headers.len());
     // Noted on the way, so the usual answer (none of these) costs no lookup after.
     let mut seen = Seen::default();
     for field in response.headers.iter() {

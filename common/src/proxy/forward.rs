@@ -21,7 +21,7 @@ use super::error::BoxError;
 use super::exchange::{self, Answer, Failed, HeadBytes};
 use super::headers::FieldSink;
 use super::upstream::{self, SendError};
-use super::{addr_text, headers, upgrade, ForwardContext, ProxyBody, ProxyError};
+use super::{addr_text, headers, spare_maps, upgrade, ForwardContext, ProxyBody, ProxyError};
 use crate::telemetry;
 
 /// Tuning of the [`Forwarder`]'s client.
@@ -200,7 +200,23 @@ impl Forwarder {
             };
             return bodiless_answer(answer, parts, body, upstream, ctx);
         }
+        // Boxed: hyper's client future is large, and a caller's future holds this one's. Most
+        // requests take the branch above, and every move of their future up the chain would
+        // copy room for this one (try_forward's future was 2.5 KB with it inline).
+        Box::pin(self.forward_with_hyper(parts, body, upstream, ctx, upgrade, missing_host)).await
+    }
 
+    /// [`Forwarder::try_forward`] for a request with a body or an upgrade: through hyper's
+    /// client, which sends the body up while the answer comes down.
+    async fn forward_with_hyper(
+        &self,
+        parts: http::request::Parts,
+        body: RequestBody,
+        upstream: SocketAddr,
+        ctx: ForwardContext,
+        upgrade: bool,
+        missing_host: Option<HeaderValue>,
+    ) -> Result<Response<ProxyBody>, ForwardFailure> {
         // The original parts stay here untouched: a retry needs them as they came, and an
         // upgrade needs their `OnUpgrade` extension once the upstream agrees.
         let mut headers = headers::request_headers(&parts.headers, &ctx, upgrade);
@@ -341,6 +357,8 @@ fn bodiless_answer(
                 headers::prepare_response(&mut head.headers, false);
             }
             head.version = Version::HTTP_11;
+            // The request's fields are written upstream: its map serves the next message.
+            spare_maps::give_back(parts.headers);
             let body = Guarded::new(answer_body, ctx.activity, ctx.byte_counts);
             Ok(Response::from_parts(head, ProxyBody::new(body)))
         }

@@ -4,10 +4,11 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+use http::{HeaderName, HeaderValue, Method, Request, Uri, Version};
 
 use super::response::has_token;
 use crate::proxy::body::RequestBody;
+use crate::proxy::spare_maps;
 
 /// The most header fields a head may carry here (hyper's default, which answers 431 past it).
 const MAX_HEADERS: usize = 100;
@@ -121,7 +122,7 @@ fn build(
     fields: &[Field],
 ) -> Option<Request<RequestBody>> {
     let uri = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1)).ok()?;
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    let mut headers = spare_maps::take(fields.len());
     for f in fields {
         let name = HeaderName::from_bytes(&head[f.name.0..f.name.0 + f.name.1]).ok()?;
         let value =

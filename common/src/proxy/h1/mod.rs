@@ -43,7 +43,7 @@ use response::{BodyLength, Framing};
 
 use super::body::RequestBody;
 use super::error::BoxError;
-use super::ProxyBody;
+use super::{spare_maps, ProxyBody};
 
 /// Room made in the read buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
@@ -240,7 +240,7 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(Broken);
         }
     };
-    drop(parts);
+    spare_maps::give_back(parts.headers);
 
     if plan.framing != Framing::Length(0) {
         let mut sent = 0u64;
