@@ -552,17 +552,6 @@ pub fn check_hostname(host: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The domain a request is for, as tasks are looked up by: its `Host` header (else the host of
-/// an absolute-form target) without port, lower-cased; empty when it has neither.
-pub fn request_domain<B>(req: &http::Request<B>) -> String {
-    req.headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().host())
-        .map(host_without_port)
-        .unwrap_or_default()
-}
-
 /// Strips the port from a Host header value and lower-cases it, for domain lookups.
 pub fn host_without_port(host: &str) -> String {
     let h = if let Some(rest) = host.strip_prefix('[') {
@@ -707,25 +696,5 @@ mod tests {
         assert_eq!(host_without_port("App.Example.com:8080"), "app.example.com");
         assert_eq!(host_without_port("app.example.com."), "app.example.com");
         assert_eq!(host_without_port("[::1]:80"), "::1");
-    }
-
-    #[test]
-    fn request_domain_comes_from_host_else_the_absolute_target() {
-        let with_host = http::Request::builder()
-            .uri("/x")
-            .header("host", "App.Example.com:8080")
-            .body(())
-            .expect("request");
-        assert_eq!(request_domain(&with_host), "app.example.com");
-        let absolute = http::Request::builder()
-            .uri("http://Other.example/x")
-            .body(())
-            .expect("request");
-        assert_eq!(request_domain(&absolute), "other.example");
-        let neither = http::Request::builder()
-            .uri("/x")
-            .body(())
-            .expect("request");
-        assert_eq!(request_domain(&neither), "");
     }
 }

@@ -23,8 +23,9 @@ pub enum HostError {
     Disagrees,
 }
 
-/// The request's domain (lower case, no port, no trailing dot), after the checks above; adds
-/// the `Host` header an absolute-form request lacks.
+/// The request's domain, as tasks are looked up by: its `Host` header (else the host of an
+/// absolute-form target), lower case, without port or trailing dot, empty when it has neither;
+/// after the checks above. Adds the `Host` header an absolute-form request lacks.
 pub fn checked_domain<B>(req: &mut Request<B>) -> Result<String, HostError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let first = hosts.next();
@@ -35,7 +36,6 @@ pub fn checked_domain<B>(req: &mut Request<B>) -> Result<String, HostError> {
         Some(v) => Some(v.to_str().map_err(|_| HostError::NotText)?),
         None => None,
     };
-    // The domain is read from the value found above (request_domain's rule, one lookup).
     let domain = match (host, req.uri().authority()) {
         (Some(h), Some(authority)) => {
             let domain = host_without_port(h);
@@ -82,6 +82,19 @@ mod tests {
             checked_domain(&mut req("/x", &["app.example."])),
             Ok("app.example".into())
         );
+    }
+
+    #[test]
+    fn the_domain_comes_from_host_else_the_absolute_target() {
+        assert_eq!(
+            checked_domain(&mut req("/x", &["App.Example.com:8080"])),
+            Ok("app.example.com".into())
+        );
+        assert_eq!(
+            checked_domain(&mut req("http://Other.example/x", &[])),
+            Ok("other.example".into())
+        );
+        assert_eq!(checked_domain(&mut req("/x", &[])), Ok(String::new()));
     }
 
     #[test]
