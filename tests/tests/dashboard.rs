@@ -24,13 +24,26 @@ async fn shot(b: &mut Browser, name: &str) {
     }
 }
 
-/// Signs in through the form, as a person would.
+/// Signs in through the form, as a person would: once the form is there to fill in. (Typed
+/// into a page still loading, the token was lost and the test waited for an answer that never
+/// came.)
 async fn sign_in(b: &mut Browser, token: &str) {
-    b.eval(&format!(
-        "document.querySelector('input[name=token]').value = {}; document.querySelector('form').submit(); true",
-        json!(token)
-    ))
+    b.wait_for(
+        "document.readyState == 'complete' && document.querySelector('form input[name=token]')",
+        "the sign-in form, loaded",
+    )
     .await;
+    let submitted = b
+        .eval(&format!(
+            "document.querySelector('input[name=token]').value = {}; document.querySelector('form').submit(); true",
+            json!(token)
+        ))
+        .await;
+    assert_eq!(
+        submitted,
+        json!(true),
+        "the sign-in form was filled in and sent"
+    );
 }
 
 #[tokio::test]
