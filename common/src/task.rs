@@ -557,9 +557,18 @@ pub fn host_without_port(host: &str) -> String {
     let h = if let Some(rest) = host.strip_prefix('[') {
         rest.split(']').next().unwrap_or(rest)
     } else {
-        host.rsplit_once(':')
-            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-            .map_or(host, |(h, _)| h)
+        // The port is the digits after the last ':'. Scanned from the end by hand: this runs on
+        // every request, and `rsplit_once`'s `memrchr` cost ~150 instructions on a short host.
+        let bytes = host.as_bytes();
+        let digits = bytes
+            .iter()
+            .rev()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        match (bytes.len() - digits).checked_sub(1) {
+            Some(colon) if bytes[colon] == b':' => &host[..colon],
+            _ => host,
+        }
     };
     h.trim_end_matches('.').to_ascii_lowercase()
 }
@@ -696,5 +705,43 @@ mod tests {
         assert_eq!(host_without_port("App.Example.com:8080"), "app.example.com");
         assert_eq!(host_without_port("app.example.com."), "app.example.com");
         assert_eq!(host_without_port("[::1]:80"), "::1");
+    }
+
+    #[test]
+    fn host_without_port_agrees_with_the_plain_rule() {
+        // The rule as first written (`rsplit_once`), against the hand-scanned one.
+        fn plain(host: &str) -> String {
+            let h = if let Some(rest) = host.strip_prefix('[') {
+                rest.split(']').next().unwrap_or(rest)
+            } else {
+                host.rsplit_once(':')
+                    .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+                    .map_or(host, |(h, _)| h)
+            };
+            h.trim_end_matches('.').to_ascii_lowercase()
+        }
+        for host in [
+            "",
+            ":",
+            "::",
+            ":80",
+            "a:",
+            "a:80",
+            "a:8x",
+            "a:b:80",
+            "a:80:b",
+            "80",
+            "A.B..:443",
+            "app.example.com",
+            "App.Example.COM.",
+            "[::1]",
+            "[::1]:80",
+            "[::1",
+            "x:-1",
+            "é:80",
+            "a.b:0000000000000000000080",
+        ] {
+            assert_eq!(host_without_port(host), plain(host), "{host:?}");
+        }
     }
 }

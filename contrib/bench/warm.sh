@@ -130,6 +130,26 @@ PY
   ngx=$(awk '$1=="nginx+nginx" {print $2}' "$WORK/warm.txt")
   WARM_RATIO_NGINX=$(ratio "$edge" "$ngx")
   WARM_CPU_RATIO=$(ratio "$(awk '$1=="nginx+nginx" {print $5}' "$WORK/warm.txt")" "$(awk '$1=="edge+node" {print $5}' "$WORK/warm.txt")")
+  # The same two comparisons paired by round: edge+node and nginx+nginx run one right after the
+  # other, so a round's ratio sees the machine in one state; the median of the rounds' ratios is
+  # steadier than the ratio of two medians picked from different rounds.
+  local paired
+  paired=$(python3 - "$WORK/warm-rounds.txt" <<'PY'
+import statistics, sys
+edge, ngx = [], []
+for line in open(sys.argv[1]):
+    name, rps, _p50, _p99, pus, _bus = line.split()
+    if name == "edge+node":
+        edge.append((float(rps), float(pus)))
+    elif name == "nginx+nginx":
+        ngx.append((float(rps), float(pus)))
+rps = [e[0] / n[0] for e, n in zip(edge, ngx)]
+cpu = [n[1] / e[1] for e, n in zip(edge, ngx) if e[1] > 0]
+fmt = lambda xs: " ".join(f"{x:.2f}" for x in xs)
+print(f"{statistics.median(rps):.2f}", f"{statistics.median(cpu):.2f}" if cpu else "-", fmt(rps).replace(" ", ","), fmt(cpu).replace(" ", ","))
+PY
+)
+  read -r WARM_PAIRED_RPS WARM_PAIRED_CPU paired_rps paired_cpu <<<"$paired"
 
   md "## 1. Warm path"
   md ""
@@ -146,5 +166,6 @@ PY
   md "- Shadow (node) / direct: **$(ratio "$node" "$direct")**; Shadow (edge+node) / direct: **$(ratio "$edge" "$direct")**"
   md "- CPU per request of the two hops, nginx's / Shadow's: **$WARM_CPU_RATIO** (above 1: Shadow spends less)"
   md "- Shadow's two hops / nginx's two hops: **$WARM_RATIO_NGINX** (target ≥ 1.3: $(awk -v r="$WARM_RATIO_NGINX" 'BEGIN { print (r >= 1.3 ? "met" : "**missed**") }'))"
+  md "- Paired by round (each round's edge+node against the nginx+nginx run right after it), median of the $WARM_ROUNDS rounds: nginx's / Shadow's CPU **$WARM_PAIRED_CPU** (rounds ${paired_cpu//,/, }); Shadow / nginx req/s **$WARM_PAIRED_RPS** (rounds ${paired_rps//,/, })"
   md ""
 }

@@ -94,8 +94,7 @@ pub async fn handle(
     }
     // Between nodes and this edge only: which node holds a lease is nobody else's business.
     resp.headers_mut().remove(HOLDER_HEADER);
-    edge.metrics
-        .request(&counted.id, &counted.spec.name, resp.status());
+    edge.metrics.request(&counted, resp.status());
     resp
 }
 

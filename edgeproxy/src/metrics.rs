@@ -1,14 +1,17 @@
 //! The edge's Prometheus metrics: requests by task and status, retries, node health.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use shadow_common::metrics::TaskRequests;
 use shadow_common::proxy::{BodyStall, ClientLimits};
+use shadow_common::task::Task;
 
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
-    requests: IntCounterVec,
+    requests: TaskRequests,
     retries: IntCounterVec,
     nodes_up: IntGauge,
     nodes_known: IntGauge,
@@ -20,12 +23,9 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "shadow_edge_requests_total",
-                "Requests by task (id and name) and status",
-            ),
-            &["task", "app", "status"],
+        let requests = TaskRequests::new(
+            "shadow_edge_requests_total",
+            "Requests by task (id and name) and status",
         )
         .expect("static metric definition");
         let retries = IntCounterVec::new(
@@ -62,7 +62,7 @@ impl Metrics {
         )
         .expect("static metric definition");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests.collector()) as Box<dyn prometheus::core::Collector>,
             Box::new(retries.clone()),
             Box::new(nodes_up.clone()),
             Box::new(nodes_known.clone()),
@@ -86,13 +86,11 @@ impl Metrics {
 
     /// Drops the request series of tasks `keep` refuses (deleted ones).
     pub fn retain_tasks(&self, keep: impl Fn(&str) -> bool) {
-        shadow_common::metrics::retain(&self.requests, "task", keep);
+        self.requests.retain(keep);
     }
 
-    pub fn request(&self, task: &str, app: &str, status: http::StatusCode) {
-        self.requests
-            .with_label_values(&[task, app, status.as_str()])
-            .inc();
+    pub fn request(&self, task: &Arc<Task>, status: http::StatusCode) {
+        self.requests.inc(task, status);
     }
     pub fn retry(&self, reason: &str) {
         self.retries.with_label_values(&[reason]).inc();

@@ -54,8 +54,7 @@ pub async fn handle(
     let resp = serve_app(&node, task, req, peer, request_id)
         .instrument(span)
         .await;
-    node.metrics
-        .request(&counted.id, &counted.spec.name, resp.status());
+    node.metrics.request(&counted, resp.status());
     resp
 }
 

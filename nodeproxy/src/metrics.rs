@@ -1,17 +1,20 @@
 //! The node's Prometheus metrics: requests by task and status, cold starts and their phases,
 //! running containers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use shadow_common::metrics::TaskRequests;
+use shadow_common::task::Task;
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntGauge, Registry, TextEncoder,
 };
 
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    requests: IntCounterVec,
+    requests: TaskRequests,
     cold_starts: HistogramVec,
     start_failures: IntCounter,
     stops: IntCounter,
@@ -28,12 +31,9 @@ fn buckets() -> Vec<f64> {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "shadow_node_requests_total",
-                "Requests by task (id and name) and status",
-            ),
-            &["task", "app", "status"],
+        let requests = TaskRequests::new(
+            "shadow_node_requests_total",
+            "Requests by task (id and name) and status",
         )
         .expect("static metric definition");
         let cold_starts = HistogramVec::new(
@@ -63,7 +63,7 @@ impl Metrics {
         )
         .expect("static metric definition");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests.collector()) as Box<dyn prometheus::core::Collector>,
             Box::new(cold_starts.clone()),
             Box::new(start_failures.clone()),
             Box::new(stops.clone()),
@@ -85,13 +85,11 @@ impl Metrics {
 
     /// Drops the request series of tasks `keep` refuses (deleted ones).
     pub fn retain_tasks(&self, keep: impl Fn(&str) -> bool) {
-        shadow_common::metrics::retain(&self.requests, "task", keep);
+        self.requests.retain(keep);
     }
 
-    pub fn request(&self, task: &str, app: &str, status: http::StatusCode) {
-        self.requests
-            .with_label_values(&[task, app, status.as_str()])
-            .inc();
+    pub fn request(&self, task: &Arc<Task>, status: http::StatusCode) {
+        self.requests.inc(task, status);
     }
     pub fn phase(&self, phase: &str, took: Duration) {
         self.cold_starts

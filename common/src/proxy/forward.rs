@@ -94,8 +94,8 @@ pub struct ForwardFailure {
     pub answer: Option<http::response::Parts>,
 }
 
-impl From<ForwardFailure> for ProxyError {
-    fn from(failure: ForwardFailure) -> Self {
+impl From<Box<ForwardFailure>> for ProxyError {
+    fn from(failure: Box<ForwardFailure>) -> Self {
         failure.error
     }
 }
@@ -139,12 +139,16 @@ impl Forwarder {
     /// Like [`Forwarder::forward`], but a failure that left the request unsent carries it back in
     /// [`ForwardFailure::unsent`], so the caller may send it again (for example once the app it
     /// just started listens, or to another upstream).
+    ///
+    /// The failure is boxed: it holds the whole request and its context (~450 bytes), and an
+    /// unboxed `Result` that size was copied at every step of the answer's way back, on the
+    /// path every request takes.
     pub async fn try_forward(
         &self,
         req: Request<RequestBody>,
         upstream: SocketAddr,
         ctx: ForwardContext,
-    ) -> Result<Response<ProxyBody>, ForwardFailure> {
+    ) -> Result<Response<ProxyBody>, Box<ForwardFailure>> {
         let (parts, body) = req.into_parts();
         // One walk over the few fields a request has, rather than two hashed lookups.
         let (has_host, asks_upgrade) =
@@ -216,7 +220,7 @@ impl Forwarder {
         ctx: ForwardContext,
         upgrade: bool,
         missing_host: Option<HeaderValue>,
-    ) -> Result<Response<ProxyBody>, ForwardFailure> {
+    ) -> Result<Response<ProxyBody>, Box<ForwardFailure>> {
         // The original parts stay here untouched: a retry needs them as they came, and an
         // upgrade needs their `OnUpgrade` extension once the upstream agrees.
         let mut headers = headers::request_headers(&parts.headers, &ctx, upgrade);
@@ -248,14 +252,14 @@ impl Forwarder {
                     request: Request::from_parts(parts, body),
                     ctx,
                 });
-                return Err(ForwardFailure {
-                    error: ProxyError::Connect {
+                return Err(failure(
+                    ProxyError::Connect {
                         upstream,
                         cause: error.into(),
                     },
                     unsent,
-                    answer: None,
-                });
+                    None,
+                ));
             }
             Err(SendError::Exchange(error)) => {
                 let cause = error.into();
@@ -300,17 +304,17 @@ impl Forwarder {
         if ctx.hand_back_if.is_some_and(|pred| pred(&head)) {
             // Only a request whose body hyper never touched can go elsewhere.
             if let Ok(unread) = reclaim_rx.try_recv() {
-                return Err(ForwardFailure {
-                    error: ProxyError::HandedBack {
+                return Err(failure(
+                    ProxyError::HandedBack {
                         upstream,
                         status: head.status,
                     },
-                    unsent: Some(Unsent {
+                    Some(Unsent {
                         request: Request::from_parts(parts, unread),
                         ctx,
                     }),
-                    answer: Some(head),
-                });
+                    Some(head),
+                ));
             }
         }
         headers::prepare_response(&mut head.headers, false);
@@ -326,16 +330,13 @@ impl Forwarder {
 
 /// The client's response to a bodiless request's [`exchange`], or why there is none (with the
 /// untouched request for a retry when that is safe).
-// The error is `try_forward`'s own, large because it carries the request back for a retry; it is
-// returned straight from there, so boxing it would only add an allocation per failure.
-#[allow(clippy::result_large_err)]
 fn bodiless_answer(
     answer: Result<Answer, Failed>,
     parts: http::request::Parts,
     body: RequestBody,
     upstream: SocketAddr,
     ctx: ForwardContext,
-) -> Result<Response<ProxyBody>, ForwardFailure> {
+) -> Result<Response<ProxyBody>, Box<ForwardFailure>> {
     match answer {
         Ok(Answer {
             mut head,
@@ -394,12 +395,12 @@ fn failure(
     error: ProxyError,
     unsent: Option<Unsent>,
     answer: Option<http::response::Parts>,
-) -> ForwardFailure {
-    ForwardFailure {
+) -> Box<ForwardFailure> {
+    Box::new(ForwardFailure {
         error,
         unsent,
         answer,
-    }
+    })
 }
 
 /// The target sent upstream: the path and query only (origin form), whatever form the client
