@@ -54,8 +54,11 @@ pub const MAX_HANDLES: usize = 4096;
 #[derive(Default)]
 struct Handles {
     generation: u64,
-    by_task: HashMap<(usize, u16), (Arc<Task>, IntCounter), BuildHasherDefault<AddressHasher>>,
+    by_task: HashMap<HandleKey, (Arc<Task>, IntCounter), BuildHasherDefault<AddressHasher>>,
 }
+
+/// The task's address and the status code.
+type HandleKey = (usize, u16);
 
 /// A multiply-and-rotate hash of the keys' words: the keys are addresses and status codes,
 /// not chosen by clients, so the default DoS-resistant hasher's cost buys nothing here.
