@@ -14,7 +14,8 @@ use thread_local::ThreadLocal;
 use crate::task::Task;
 
 /// Removes every series of `vec` whose `label` value `keep` refuses; says how many went.
-pub fn retain(vec: &IntCounterVec, label: &str, keep: impl Fn(&str) -> bool) -> usize {
+/// Its one caller is [`TaskRequests::retain`], which must also drop the threads' handles.
+fn retain(vec: &IntCounterVec, label: &str, keep: impl Fn(&str) -> bool) -> usize {
     let mut removed = 0;
     for family in vec.collect() {
         for m in family.get_metric() {
