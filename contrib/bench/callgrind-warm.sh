@@ -7,7 +7,8 @@
 #   contrib/bench/callgrind-warm.sh [seconds] [out-dir]   (release binaries, image and
 #   static shadow-pause built as run.sh builds them; needs valgrind, wrk, nginx)
 # Prints "who instructions-per-request requests"; the out-dir keeps each profile and its
-# inclusive top functions (callgrind_annotate) for a closer look.
+# inclusive top functions (callgrind_annotate) for a closer look. CALLGRIND_OPTS adds options,
+# e.g. CALLGRIND_OPTS=--cache-sim=yes for simulated cache misses (I1mr, D1mr, LLmr…) per request.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECONDS_=${1:-8}
@@ -24,7 +25,8 @@ source contrib/bench/warm.sh
 trap '[ -z "$NGINX_PID" ] || kill "$NGINX_PID" 2>/dev/null || true; stop_stack; rm -rf "$WORK"' EXIT
 command -v valgrind >/dev/null || fail "valgrind is not installed (apt-get install valgrind)"
 
-cg() { echo "valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=$OUT_DIR/$1.out"; }
+CALLGRIND_OPTS=${CALLGRIND_OPTS:-}
+cg() { echo "valgrind --tool=callgrind --instr-atstart=no $CALLGRIND_OPTS --callgrind-out-file=$OUT_DIR/$1.out"; }
 NODE_WRAP=$(cg node) EDGE_WRAP=$(cg edge) start_stack cg
 id=$(register warm warm.bench.test none 3600)
 wait_known warm.bench.test
@@ -46,7 +48,21 @@ measure() {
   callgrind_annotate "$file" >"$OUT_DIR/$who.self.txt" 2>/dev/null
   local total
   total=$(awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }' "$OUT_DIR/$who.self.txt")
-  echo "$who $(( total / requests )) $requests"
+  echo "$who $(( total / requests )) $requests$(per_request_misses "$OUT_DIR/$who.self.txt" "$requests")"
+}
+
+# per_request_misses ANNOTATION REQUESTS: " I1mr=… D1mr=… D1mw=…" per request when the profile
+# has cache events (CALLGRIND_OPTS=--cache-sim=yes), else nothing.
+per_request_misses() {
+  python3 - "$1" "$2" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+events = re.search(r"^Events recorded:\s+(.*)$", text, re.M).group(1).split()
+totals = [l for l in text.splitlines() if "PROGRAM TOTALS" in l][0]
+counts = [int(n.replace(",", "")) for n in re.findall(r"([\d,]+) \(", totals)]
+wanted = [e for e in ("I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw") if e in events]
+print("".join(f" {e}={counts[events.index(e)] / int(sys.argv[2]):.0f}" for e in wanted), end="")
+PY
 }
 
 measure node "$NODE_PID" "http://127.0.0.1:$NPORT/"
@@ -55,7 +71,8 @@ measure edge "$EDGE_PID" "http://127.0.0.1:$EPORT/"
 n1=$(free_port)
 nginx_conf "$WORK/nginx" "$n1" "$cport"
 sed -i 's/^worker_processes auto;/worker_processes 1; master_process off;/' "$WORK/nginx/nginx.conf"
-valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT_DIR/nginx.out" \
+# shellcheck disable=SC2086
+valgrind --tool=callgrind --instr-atstart=no $CALLGRIND_OPTS --callgrind-out-file="$OUT_DIR/nginx.out" \
   nginx -e stderr -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' 2>>"$WORK/nginx.log" &
 NGINX_PID=$!
 wait_http "http://127.0.0.1:$n1/" warm.bench.test 600 || fail "nginx does not answer ($WORK/nginx.log)"

@@ -4,6 +4,8 @@
 # node alone, each under the same wrk load as part 1 of run.sh. A by-hand diagnostic for the
 # warm path (docs/benchmarks.md, notes); needs perf (Debian's linux-perf).
 #   contrib/bench/cpu-split.sh [seconds]    (BIN_DIR defaults to target/release)
+# With SYSCALLS=1 it also prints which system calls each path makes per request (a second
+# table), to compare the kernel side call by call.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECONDS_=${1:-5}
@@ -44,19 +46,26 @@ user_system() {
 
 echo "| path | requests | user µs/req | system µs/req | syscalls/req | context switches/req |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+# The calls a proxy's warm path may make, for SYSCALLS=1.
+CALLS="read write readv writev recvfrom sendto recvmsg sendmsg epoll_wait epoll_pwait epoll_ctl futex sched_yield accept4 close setsockopt getsockopt ioctl mmap munmap madvise brk"
+EVENTS=raw_syscalls:sys_enter,context-switches
+if [ "${SYSCALLS:-0}" = 1 ]; then
+  for c in $CALLS; do EVENTS+=",syscalls:sys_enter_$c"; done
+fi
+: >"$WORK/calls"
 measure() { # NAME URL PIDS
   local u0 k0 u1 k1 out req hz
   hz=$(getconf CLK_TCK)
-  perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$3" -o "$WORK/stat" -- sleep "$SECONDS_" &
+  perf stat -x, -e "$EVENTS" -p "$3" -o "$WORK/stat" -- sleep "$SECONDS_" &
   local perf_pid=$!
   read -r u0 k0 < <(user_system "$3")
   out=$(wrk -t2 -c64 -d"${SECONDS_}s" -H 'Host: warm.bench.test' "$2")
   read -r u1 k1 < <(user_system "$3")
   wait "$perf_pid" || true
   req=$(echo "$out" | grep -oE '[0-9]+ requests in' | cut -d' ' -f1)
-  python3 - "$1" "$req" "$((u1 - u0))" "$((k1 - k0))" "$hz" "$WORK/stat" <<'PY'
+  python3 - "$1" "$req" "$((u1 - u0))" "$((k1 - k0))" "$hz" "$WORK/stat" "$WORK/calls" <<'PY'
 import sys
-name, req, user, system, hz, stat = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+name, req, user, system, hz, stat, calls = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], sys.argv[7]
 counts = {}
 for line in open(stat):
     f = line.strip().split(",")
@@ -65,8 +74,17 @@ for line in open(stat):
 us = lambda ticks: ticks * 1e6 / hz / req
 print(f"| {name} | {req} | {us(user):.1f} | {us(system):.1f} | "
       f"{counts.get('raw_syscalls:sys_enter', 0) / req:.2f} | {counts.get('context-switches', 0) / req:.2f} |")
+per_call = {k.split("sys_enter_")[1]: v / req for k, v in counts.items() if "sys_enter_" in k and v > 0}
+with open(calls, "a") as f:
+    f.write(name + "\t" + " ".join(f"{k}={v:.3f}" for k, v in sorted(per_call.items(), key=lambda kv: -kv[1])) + "\n")
 PY
 }
 measure "Shadow edge + node" "http://127.0.0.1:$EPORT/" "$EDGE_PID,$NODE_PID"
 measure "nginx + nginx" "http://127.0.0.1:$n1/" "$ngx"
 measure "Shadow node alone" "http://127.0.0.1:$NPORT/" "$NODE_PID"
+if [ "${SYSCALLS:-0}" = 1 ]; then
+  echo
+  echo "| path | system calls per request, by call |"
+  echo "| --- | --- |"
+  while IFS=$'\t' read -r name calls; do echo "| $name | ${calls:-none counted} |"; done <"$WORK/calls"
+fi
