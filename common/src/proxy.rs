@@ -32,6 +32,7 @@
 //! - `request_id`: [`request_id`], the client's `X-Request-Id` (in a safe charset) or a new one.
 //! - `host`: [`checked_domain`], the request's host, refused when ambiguous.
 //! - `spare_maps`: header maps kept per thread for the next message.
+//! - `raw_fields`: a plain upstream answer's header fields, passed on unparsed.
 //! - `body`: the [`ProxyBody`] type and the body wrappers that stream and hold the guard.
 //! - `upgrade`: the tunnel spawned after a `101 Switching Protocols`.
 //! - `error`: [`ProxyError`] and the plain-text [`error_response`].
@@ -49,6 +50,7 @@ mod forward;
 mod h1;
 mod headers;
 mod host;
+mod raw_fields;
 mod request_id;
 mod serve;
 mod spare_maps;

@@ -150,6 +150,11 @@ pub fn admin<B>(edge: &Edge, req: &Request<B>) -> Response<ProxyBody> {
     }
 }
 
+/// The answer fields this handler reads or changes (the lease holder's, to follow it and to
+/// remove it; HSTS, set per task): an answer carrying one is parsed whole, any other's fields
+/// reach the client unparsed.
+const ANSWER_FIELDS_READ: &[&str] = &["x-shadow-lease-holder", "strict-transport-security"];
+
 fn usable(edge: &Edge) -> impl Fn(&NodeStatus) -> bool + '_ {
     |n| n.healthy && edge.health.is_up(&n.id)
 }
@@ -199,7 +204,8 @@ async fn route(
             .handing_back_if(|head| {
                 head.status == StatusCode::SERVICE_UNAVAILABLE
                     && head.headers.contains_key(HOLDER_HEADER)
-            });
+            })
+            .passing_answer_fields_unread(ANSWER_FIELDS_READ);
         if edge.trusted_proxies.iter().any(|n| n.contains(&peer.ip())) {
             ctx = ctx.trusting_forwarded();
         }
@@ -310,4 +316,19 @@ async fn resolve(address: &str) -> Option<SocketAddr> {
         return Some(a);
     }
     tokio::net::lookup_host(address).await.ok()?.next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fields_read_are_the_ones_the_handler_touches() {
+        for name in [HOLDER_HEADER, header::STRICT_TRANSPORT_SECURITY] {
+            assert!(
+                ANSWER_FIELDS_READ.contains(&name.as_str()),
+                "{name} must be parsed into the answer's map"
+            );
+        }
+    }
 }

@@ -126,10 +126,12 @@ async fn serve_app(
         Ok(r) => r,
         Err(e) => return unavailable(&task, &request_id, e),
     };
+    // The node reads nothing of the answer but its status: its fields may pass unparsed.
     let ctx = ForwardContext::new(peer, Scheme::HTTP, request_id)
         .trusting_forwarded()
         .counting_bytes(route.meter.bytes.clone())
-        .with_guard(route.token.into_guard());
+        .with_guard(route.token.into_guard())
+        .passing_answer_fields_unread(&[]);
     // `try_forward` rather than `forward`: one future less to build and copy per request.
     match node.forwarder.try_forward(req, route.addr, ctx).await {
         Ok(resp) => resp,

@@ -192,9 +192,7 @@ pub fn answer(store: &Arc<LogStore>, task: &str, tail: usize, follow: bool) -> P
     let frames = first
         .chain(rest)
         .map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b)));
-    http_body_util::StreamBody::new(frames)
-        .map_err(|never| match never {})
-        .boxed()
+    ProxyBody::new(http_body_util::StreamBody::new(frames).map_err(|never| match never {}))
 }
 
 /// Now, in RFC 3339 as Docker stamps lines.

@@ -371,3 +371,135 @@ async fn https_picks_the_certificate_by_sni_and_tells_the_app() {
     e.stop().await;
     n.stop().await;
 }
+
+/// What a stand-in node answers to `GET /plain` (fields the edge passes on unparsed) and to
+/// `GET /holder` (a lease holder's field the client must not see).
+const PLAIN: &str = "HTTP/1.1 200 OK\r\nX-App: One\r\nSet-Cookie: a=1\r\nx-spaced:  a  b \r\n\
+                     set-cookie: b=2\r\nContent-Length: 2\r\n\r\nok";
+const HOLDER: &str = "HTTP/1.1 200 OK\r\nX-App: One\r\nx-shadow-lease-holder: n9\r\n\
+                      Content-Length: 2\r\n\r\nok";
+
+/// A node stand-in on a raw socket: every request gets [`PLAIN`], or [`HOLDER`] for a path
+/// with `/holder`, on kept connections.
+async fn stand_in_node() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                loop {
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match stream.read_u8().await {
+                            Ok(b) => head.push(b),
+                            Err(_) => return,
+                        }
+                    }
+                    let answer = if head.starts_with(b"GET /holder ") {
+                        HOLDER
+                    } else {
+                        PLAIN
+                    };
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `GET path` for `host` on `stream`; the answer's head (its 2-byte body checked).
+async fn read_answer(stream: &mut tokio::net::TcpStream, host: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("request");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await.expect("answer head"));
+    }
+    let mut body = [0; 2];
+    stream.read_exact(&mut body).await.expect("body");
+    assert_eq!(&body, b"ok");
+    String::from_utf8(head).expect("utf-8")
+}
+
+#[tokio::test]
+async fn an_answer_crosses_the_edge_as_the_app_wrote_it_but_for_the_lease_holder() {
+    let m = master::spawn(fast_master()).await;
+    let node_addr = stand_in_node().await;
+    let id = unique_id("stand-in");
+    m.client
+        .register_node(&NodeRegistration {
+            id: id.clone(),
+            address: node_addr.to_string(),
+            capacity: 10,
+            volume_kinds: None,
+        })
+        .await
+        .expect("register the stand-in");
+    let hb_client = m.client.clone();
+    let hb_id = id.clone();
+    let beating = tokio::spawn(async move {
+        loop {
+            let _ = hb_client.heartbeat(&hb_id, &Heartbeat::default()).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let e = edge::spawn(&m, |_| {}).await;
+    let d = format!("{}.test", unique_id("plain"));
+    task(&m, &d, |_| {}).await;
+    // The edge learns of the task from the master: ask until it routes it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = e.client().get(&d, "/plain").await.expect("answer");
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the edge never routed the task: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut stream = tokio::net::TcpStream::connect(e.addr)
+        .await
+        .expect("connect");
+    // Twice on one connection: names in their case and order, odd spacing kept, one length.
+    for _ in 0..2 {
+        let head = read_answer(&mut stream, &d, "/plain").await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(
+            head.contains(
+                "\r\nX-App: One\r\nSet-Cookie: a=1\r\nx-spaced:  a  b \r\nset-cookie: b=2\r\nContent-Length: 2\r\n"
+            ),
+            "{head}"
+        );
+        assert_eq!(
+            head.to_ascii_lowercase().matches("content-length").count(),
+            1,
+            "{head}"
+        );
+        assert_eq!(
+            head.to_ascii_lowercase().matches("\r\ndate: ").count(),
+            1,
+            "{head}"
+        );
+    }
+    let head = read_answer(&mut stream, &d, "/holder")
+        .await
+        .to_ascii_lowercase();
+    assert!(head.contains("\r\nx-app: one\r\n"), "{head}");
+    assert!(
+        !head.contains("lease-holder"),
+        "the holder reached the client: {head}"
+    );
+
+    beating.abort();
+    e.stop().await;
+}

@@ -4,6 +4,7 @@
 //! and delegate `size_hint`/`is_end_stream` so hyper keeps `Content-Length` framing when it can.
 
 use std::convert::Infallible;
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,7 +13,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
@@ -21,17 +21,123 @@ use tokio::sync::oneshot;
 
 use super::{
     context::{BodyStall, ByteCounts},
+    raw_fields::RawFields,
     ActivityGuard,
 };
 
 /// A streaming response body, usable as a hyper server response body.
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
+///
+/// It may also carry an upstream answer's header fields unparsed ([`RawFields`]), which only
+/// the proxies' own HTTP/1.1 loop writes; see `raw_fields` for when. They live in the body's
+/// box: a response is moved many times on its way out, and a larger `ProxyBody` made every move
+/// copy more.
+pub struct ProxyBody(Pin<Box<dyn Boxed>>);
+
+/// What a [`ProxyBody`] boxes: a body, and maybe fields (see [`Inner`]).
+trait Boxed: Body<Data = Bytes, Error = BoxError> + Send + Sync {
+    fn take_fields(self: Pin<&mut Self>) -> Option<RawFields>;
+}
+
+pin_project_lite::pin_project! {
+    /// A body, and the unparsed fields of the answer it belongs to, if any.
+    struct Inner<B> {
+        #[pin]
+        body: B,
+        fields: Option<RawFields>,
+    }
+}
+
+impl<B> Boxed for Inner<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Send + Sync,
+{
+    fn take_fields(self: Pin<&mut Self>) -> Option<RawFields> {
+        self.project().fields.take()
+    }
+}
+
+impl<B> Body for Inner<B>
+where
+    B: Body<Data = Bytes, Error = BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl ProxyBody {
+    /// Boxes `body`.
+    pub fn new<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes, Error = BoxError> + Send + Sync + 'static,
+    {
+        Self(Box::pin(Inner { body, fields: None }))
+    }
+
+    /// `body`, after whose head the answer's `fields` are to be written as they came.
+    pub(crate) fn with_fields<B>(body: B, fields: RawFields) -> Self
+    where
+        B: Body<Data = Bytes, Error = BoxError> + Send + Sync + 'static,
+    {
+        Self(Box::pin(Inner {
+            body,
+            fields: Some(fields),
+        }))
+    }
+
+    /// The unparsed fields this body carries, if any; the writer takes them before the body.
+    pub(crate) fn take_fields(&mut self) -> Option<RawFields> {
+        self.0.as_mut().take_fields()
+    }
+}
+
+impl fmt::Debug for ProxyBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ProxyBody")
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.get_mut().0.as_mut().poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
+    }
+}
 
 /// The body of a request the proxies serve: none (a head the proxies' own HTTP/1.1 loop read,
 /// see `h1`), or hyper's, streaming from the client.
 #[derive(Debug)]
 pub enum RequestBody {
-    /// The request has no body (no `Content-Length` nor `Transfer-Encoding`).
+    /// The request has no body (no `Content-Length` nor `Transfer-Encoding`). Only the lean
+    /// loop makes these, and it writes their answers: so the forwarder may leave a plain
+    /// answer's fields unparsed for them (see `raw_fields`).
     Empty,
     /// The body as hyper's server reads it from the client.
     Hyper(Incoming),
@@ -74,16 +180,12 @@ impl Body for RequestBody {
 
 /// A body holding `data` whole (for small answers such as errors).
 pub fn full(data: impl Into<Bytes>) -> ProxyBody {
-    Full::new(data.into())
-        .map_err(|never: Infallible| match never {})
-        .boxed()
+    ProxyBody::new(Full::new(data.into()).map_err(|never: Infallible| match never {}))
 }
 
 /// An empty body.
 pub fn empty() -> ProxyBody {
-    Empty::<Bytes>::new()
-        .map_err(|never: Infallible| match never {})
-        .boxed()
+    ProxyBody::new(Empty::<Bytes>::new().map_err(|never: Infallible| match never {}))
 }
 
 /// A response body that holds an [`ActivityGuard`] until the body is over.

@@ -89,6 +89,12 @@ pub struct ForwardContext {
     pub body_stall: Option<BodyStall>,
     /// Where the body bytes of the exchange are added up, both ways (upgraded tunnels too).
     pub byte_counts: Option<std::sync::Arc<ByteCounts>>,
+    /// Lets a plain answer's header fields go to the client unparsed, when the proxies' own
+    /// HTTP/1.1 loop read the request (it writes them; see `raw_fields`): the response's map
+    /// is then empty but for what the caller adds. The list names, in lower case, the fields
+    /// the caller reads or changes in the answer's map; an answer carrying any of them is
+    /// parsed whole. `None` (the default): every answer is parsed into the map.
+    pub raw_answer_fields: Option<&'static [&'static str]>,
 }
 
 /// Body bytes a proxy passed, for accounting: `received` from the client, `sent` to it.
@@ -134,6 +140,7 @@ impl ForwardContext {
             hand_back_if: None,
             body_stall: None,
             byte_counts: None,
+            raw_answer_fields: None,
         }
     }
 
@@ -176,6 +183,14 @@ impl ForwardContext {
     #[inline]
     pub fn with_guard(mut self, guard: ActivityGuard) -> Self {
         self.activity = Some(guard);
+        self
+    }
+
+    /// Lets plain answers' fields go to the client unparsed, unless they carry one of `reads`
+    /// (see [`ForwardContext::raw_answer_fields`]).
+    #[inline]
+    pub fn passing_answer_fields_unread(mut self, reads: &'static [&'static str]) -> Self {
+        self.raw_answer_fields = Some(reads);
         self
     }
 }

@@ -39,6 +39,7 @@ use tokio::net::TcpStream;
 
 use super::error::BoxError;
 use super::headers::{self, FieldSink};
+use super::raw_fields::{self, RawFields};
 use super::spare_maps;
 use super::upstream::Pool;
 
@@ -125,6 +126,8 @@ pub(crate) struct Answer {
     pub(crate) body: RawBody,
     /// Whether the head has hop-by-hop fields to strip before it goes to the client.
     pub(crate) hop_by_hop: bool,
+    /// A plain answer's fields, unparsed (then `head` has an empty map); see [`raw_fields`].
+    pub(crate) fields: Option<RawFields>,
 }
 
 /// RFC 9110 §9.2.2: the methods a client may repeat with the same effect.
@@ -137,13 +140,16 @@ fn is_idempotent(method: &Method) -> bool {
 
 /// Sends a request without a body to `upstream` on this thread's kept connections (or a new one)
 /// and reads the answer's head. `target` is the origin-form path and query; `fields` writes the
-/// header fields (already rewritten for the hop), again for each connection tried.
+/// header fields (already rewritten for the hop), again for each connection tried. With `raw`
+/// (the answer fields the caller reads), a plain answer's fields stay unparsed
+/// ([`Answer::fields`]).
 pub(crate) async fn exchange(
     pool: &Arc<Pool>,
     upstream: SocketAddr,
     method: &Method,
     target: &str,
     fields: &impl Fn(&mut HeadBytes<'_>),
+    raw: Option<&[&str]>,
 ) -> Result<Answer, Failed> {
     let head_only = *method == Method::HEAD;
     loop {
@@ -164,12 +170,13 @@ pub(crate) async fn exchange(
             }
             return Err(Failed::Connect(e));
         }
-        match read_head(&mut conn, head_only).await {
+        match read_head(&mut conn, head_only, raw).await {
             Ok(Head {
                 parts,
                 framing,
                 reusable,
                 hop_by_hop,
+                fields,
             }) => {
                 if parts.status == StatusCode::SWITCHING_PROTOCOLS {
                     return Err(Failed::UnexpectedUpgrade);
@@ -184,6 +191,7 @@ pub(crate) async fn exchange(
                     head: parts,
                     body,
                     hop_by_hop,
+                    fields,
                 });
             }
             // The upstream closed a kept connection as the request went out. An idempotent
@@ -265,6 +273,8 @@ struct Head {
     reusable: bool,
     /// Whether the head has a hop-by-hop field (else there is nothing to strip for the client).
     hop_by_hop: bool,
+    /// A plain answer's fields, unparsed (`parts` then has an empty map).
+    fields: Option<RawFields>,
 }
 
 /// What an answer head's fields include, as far as framing and reuse care.
@@ -280,13 +290,17 @@ struct Seen<'a> {
 }
 
 /// Reads until a final (non-1xx, or 101) answer head is complete.
-async fn read_head(conn: &mut Conn, head_only: bool) -> Result<Head, AnswerError> {
+async fn read_head(
+    conn: &mut Conn,
+    head_only: bool,
+    raw: Option<&[&str]>,
+) -> Result<Head, AnswerError> {
     // After an interim answer the upstream has read the request: a close is no longer one
     // that a retry may paper over.
     let mut interim = false;
     loop {
         if !conn.buf.is_empty() {
-            if let Some(head) = parse_head(&mut conn.buf, head_only)? {
+            if let Some(head) = parse_head(&mut conn.buf, head_only, raw)? {
                 let informational = head.parts.status.is_informational()
                     && head.parts.status != StatusCode::SWITCHING_PROTOCOLS;
                 if !informational {
@@ -310,11 +324,16 @@ async fn read_head(conn: &mut Conn, head_only: bool) -> Result<Head, AnswerError
     }
 }
 
-/// Parses one answer head off the front of `buf`, or `None` when more bytes are needed.
+/// Parses one answer head off the front of `buf`, or `None` when more bytes are needed. With
+/// `raw`, a plain answer's fields are kept unparsed (see [`raw_fields::plain`]).
 ///
 /// Header values share the bytes read (no copy): the buffer is frozen, values are sliced from
 /// it, and what follows the head goes back into `buf`.
-fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, AnswerError> {
+fn parse_head(
+    buf: &mut BytesMut,
+    head_only: bool,
+    raw: Option<&[&str]>,
+) -> Result<Option<Head>, AnswerError> {
     let read = buf.split().freeze();
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut []);
@@ -341,6 +360,29 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Answe
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
+    let plain = match raw {
+        Some(reads) if !head_only && has_plain_status(status) => {
+            raw_fields::plain(&read, len, response.headers, reads)
+        }
+        _ => None,
+    };
+    if let Some(plain) = plain {
+        if read.len() > len {
+            buf.extend_from_slice(&read[len..]);
+        }
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = status;
+        parts.version = version;
+        return Ok(Some(Head {
+            parts,
+            framing: State::Length(plain.length()),
+            // An HTTP/1.0 answer keeps the connection only with `Connection: keep-alive`,
+            // which a plain answer does not carry.
+            reusable: version == Version::HTTP_11,
+            hop_by_hop: false,
+            fields: Some(plain),
+        }));
+    }
     let mut map = spare_maps::take(response.headers.len());
     // Noted on the way, so the usual answer (none of these) costs no lookup after.
     let mut seen = Seen::default();
@@ -382,7 +424,15 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Answe
         framing,
         reusable,
         hop_by_hop: seen.hop_by_hop,
+        fields: None,
     }))
+}
+
+/// Whether an answer with `status` may be plain: one with a body (not 1xx, 204 or 304).
+fn has_plain_status(status: StatusCode) -> bool {
+    !(status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED)
 }
 
 /// How the body after `status` is framed (RFC 9112 §6.3), and whether the framing leaves the
@@ -694,7 +744,7 @@ mod tests {
 
     fn head(text: &str) -> Result<Option<Head>, AnswerError> {
         let mut buf = BytesMut::from(text);
-        parse_head(&mut buf, false)
+        parse_head(&mut buf, false, None)
     }
 
     fn body_of(
@@ -720,7 +770,7 @@ mod tests {
         let mut buf = BytesMut::from(
             "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\n\r\nhel",
         );
-        let head = parse_head(&mut buf, false)
+        let head = parse_head(&mut buf, false, None)
             .expect("valid")
             .expect("complete");
         assert_eq!(head.parts.status, StatusCode::OK);
@@ -738,9 +788,64 @@ mod tests {
     }
 
     #[test]
+    fn a_plain_answer_keeps_its_fields_unparsed_when_asked() {
+        let wire = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nSet-Cookie: a=1\r\n\r\nhel";
+        let mut buf = BytesMut::from(wire);
+        let head = parse_head(&mut buf, false, Some(&[]))
+            .expect("valid")
+            .expect("complete");
+        assert!(
+            head.parts.headers.is_empty(),
+            "no map: {:?}",
+            head.parts.headers
+        );
+        let fields = head.fields.expect("raw fields");
+        assert_eq!(fields.bytes(), b"Content-Length: 5\r\nSet-Cookie: a=1\r\n");
+        assert_eq!(head.framing, State::Length(5));
+        assert!(head.reusable);
+        assert_eq!(&buf[..], b"hel");
+
+        // The same answer to a HEAD, a 204 or 304, with a field the caller reads, or from an
+        // HTTP/1.0 server keeping the connection, goes through the map.
+        for (head_only, reads, wire) in [
+            (true, &[][..], wire),
+            (false, &["set-cookie"][..], wire),
+            (
+                false,
+                &[][..],
+                "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+            ),
+            (
+                false,
+                &[][..],
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+            ),
+            (
+                false,
+                &[][..],
+                "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\r\n",
+            ),
+        ] {
+            let mut buf = BytesMut::from(wire);
+            let head = parse_head(&mut buf, head_only, Some(reads))
+                .expect("valid")
+                .expect("complete");
+            assert!(head.fields.is_none(), "{wire:?}");
+            assert!(!head.parts.headers.is_empty(), "{wire:?}");
+        }
+        // A plain HTTP/1.0 answer is plain, and its connection is not kept.
+        let mut buf = BytesMut::from("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n");
+        let head = parse_head(&mut buf, false, Some(&[]))
+            .expect("valid")
+            .expect("complete");
+        assert!(head.fields.is_some());
+        assert!(!head.reusable);
+    }
+
+    #[test]
     fn a_partial_head_waits_for_more() {
         let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Len");
-        assert!(parse_head(&mut buf, false).expect("valid").is_none());
+        assert!(parse_head(&mut buf, false, None).expect("valid").is_none());
         assert_eq!(&buf[..], b"HTTP/1.1 200 OK\r\nContent-Len");
     }
 
@@ -789,7 +894,7 @@ mod tests {
             framing_of("HTTP/1.0 200 OK\r\nContent-Length: 1\r\nConnection: keep-alive\r\n\r\n");
         assert!(old_kept.reusable);
         let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n");
-        let for_head = parse_head(&mut buf, true)
+        let for_head = parse_head(&mut buf, true, None)
             .expect("valid")
             .expect("complete");
         assert_eq!(for_head.framing, State::Length(0));

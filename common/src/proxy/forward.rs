@@ -180,6 +180,12 @@ impl Forwarder {
             // Only the exchange's future joins this one's state: the request's parts, body and
             // context stay where they are (each move into a callee's future is a copy).
             let pool = self.pool();
+            // Unparsed fields only for a request the lean loop read: it writes the answer, and
+            // hyper's server (which wrote the rest) knows only the map.
+            let raw = match &body {
+                RequestBody::Empty => ctx.raw_answer_fields,
+                RequestBody::Hyper(_) => None,
+            };
             let answer = if telemetry::is_exporting() {
                 // The trace context replaces the client's: built as a map, then written.
                 let mut headers = headers::request_headers(&parts.headers, &ctx, false);
@@ -191,7 +197,7 @@ impl Forwarder {
                         head.field(name, value);
                     }
                 };
-                exchange::exchange(pool, upstream, &parts.method, target, &fields).await
+                exchange::exchange(pool, upstream, &parts.method, target, &fields, raw).await
             } else {
                 // The usual case: the rewritten fields go straight into the head's bytes.
                 let fields = |head: &mut HeadBytes<'_>| {
@@ -200,7 +206,7 @@ impl Forwarder {
                         head.field(&header::HOST, host);
                     }
                 };
-                exchange::exchange(pool, upstream, &parts.method, target, &fields).await
+                exchange::exchange(pool, upstream, &parts.method, target, &fields, raw).await
             };
             return bodiless_answer(answer, parts, body, upstream, ctx);
         }
@@ -342,6 +348,7 @@ fn bodiless_answer(
             mut head,
             body: answer_body,
             hop_by_hop,
+            fields,
         }) => {
             if ctx.hand_back_if.is_some_and(|pred| pred(&head)) {
                 let error = ProxyError::HandedBack {
@@ -361,7 +368,11 @@ fn bodiless_answer(
             // The request's fields are written upstream: its map serves the next message.
             spare_maps::give_back(parts.headers);
             let body = Guarded::new(answer_body, ctx.activity, ctx.byte_counts);
-            Ok(Response::from_parts(head, ProxyBody::new(body)))
+            let body = match fields {
+                Some(fields) => ProxyBody::with_fields(body, fields),
+                None => ProxyBody::new(body),
+            };
+            Ok(Response::from_parts(head, body))
         }
         Err(Failed::Connect(cause)) => {
             let error = ProxyError::Connect {

@@ -409,7 +409,14 @@ async fn serve_connection<S, H, F>(
     };
     let service = service_fn(move |req: Request<Incoming>| {
         let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handler(req.map(RequestBody::Hyper), peer).await) }
+        async move {
+            let mut response = handler(req.map(RequestBody::Hyper), peer).await;
+            // hyper writes only the map (see `raw_fields`).
+            if let Some(raw) = response.body_mut().take_fields() {
+                raw.append_to(response.headers_mut());
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     // One builder for both protocols: it tells HTTP/2 from HTTP/1.1 by the connection preface
     // (after ALPN `h2` on TLS, or prior knowledge in the clear).

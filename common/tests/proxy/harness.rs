@@ -60,7 +60,8 @@ pub async fn start_proxy(upstream: SocketAddr) -> (SocketAddr, oneshot::Receiver
     let forwarder = Forwarder::default();
     let addr = start(move |req, peer| {
         let forwarder = forwarder.clone();
-        let mut ctx = ForwardContext::new(peer, Scheme::HTTPS, "req-42");
+        let mut ctx =
+            ForwardContext::new(peer, Scheme::HTTPS, "req-42").passing_answer_fields_unread(&[]);
         if let Some(token) = token.lock().expect("token lock").take() {
             ctx = ctx.with_activity(token);
         }

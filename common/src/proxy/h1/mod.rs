@@ -225,6 +225,7 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     keep_alive: bool,
 ) -> Result<bool, Broken> {
     let (parts, mut body) = response.into_parts();
+    let raw = body.take_fields();
     let length = if body.is_end_stream() {
         BodyLength::None
     } else {
@@ -233,7 +234,7 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
             .map_or(BodyLength::Unknown, BodyLength::Known)
     };
     out.clear();
-    let plan = match response::encode(&parts, length, head_method, keep_alive, out) {
+    let plan = match response::encode(&parts, raw.as_ref(), length, head_method, keep_alive, out) {
         Ok(plan) => plan,
         Err(response::InvalidHead) => {
             debug!(status = %parts.status, "an answer head with conflicting lengths; closing");

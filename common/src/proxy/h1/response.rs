@@ -7,6 +7,7 @@ use std::iter::Peekable;
 use http::{header, response::Parts, HeaderName, HeaderValue, StatusCode, Version};
 
 use super::date;
+use crate::proxy::raw_fields::RawFields;
 
 /// How the body after a head is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,9 +56,11 @@ fn can_have_content_length(status: StatusCode) -> bool {
 }
 
 /// Writes the head of `parts` into `out` and says how to frame the body. `keep_alive` is false
-/// when the request asked to close or the server is stopping.
+/// when the request asked to close or the server is stopping. `raw` fields (a forwarded plain
+/// answer's, see `raw_fields`) follow the map's, and their `Content-Length` frames the body.
 pub(super) fn encode(
     parts: &Parts,
+    raw: Option<&RawFields>,
     body: BodyLength,
     head_method: bool,
     keep_alive: bool,
@@ -221,6 +224,16 @@ pub(super) fn encode(
                 }
             }
         }
+    }
+    if let Some(raw) = raw {
+        // Only lengths in the map could conflict: the raw lines carry no other framing field.
+        if wrote_len {
+            return invalid(out, start);
+        }
+        out.extend_from_slice(raw.bytes());
+        framing = Framing::Length(raw.length());
+        wrote_len = true;
+        wrote_date |= raw.has_date();
     }
     if !keep_alive && !wrote_connection {
         out.extend_from_slice(b"connection: close\r\n");
