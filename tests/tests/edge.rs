@@ -28,6 +28,32 @@ async fn task(m: &MasterHandle, domain: &str, tweak: impl FnOnce(&mut Value)) ->
         .expect("create")
 }
 
+/// Registers a node named after `name` at `address` that is no Shadow node, and heartbeats
+/// for it every 50 ms (so the master keeps it healthy) until the returned task is aborted.
+async fn heartbeating_node(
+    m: &MasterHandle,
+    name: &str,
+    address: std::net::SocketAddr,
+) -> tokio::task::JoinHandle<()> {
+    let id = unique_id(name);
+    m.client
+        .register_node(&NodeRegistration {
+            id: id.clone(),
+            address: address.to_string(),
+            capacity: 10,
+            volume_kinds: None,
+        })
+        .await
+        .expect("register the node");
+    let client = m.client.clone();
+    tokio::spawn(async move {
+        loop {
+            let _ = client.heartbeat(&id, &Heartbeat::default()).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
 fn fast_master() -> MasterOptions {
     MasterOptions {
         heartbeat_interval: Duration::from_millis(100),
@@ -130,25 +156,7 @@ async fn a_refused_connection_is_retried_on_the_next_node() {
     let m = master::spawn(fast_master()).await;
     let real = node::spawn(&m, |_| {}).await;
     // A node the master believes alive (it heartbeats) but whose port refuses connections.
-    let ghost = unique_id("ghost");
-    let dead_addr = procs::free_addr();
-    m.client
-        .register_node(&NodeRegistration {
-            id: ghost.clone(),
-            address: dead_addr.to_string(),
-            capacity: 10,
-            volume_kinds: None,
-        })
-        .await
-        .expect("register ghost");
-    let hb_client = m.client.clone();
-    let ghost_id = ghost.clone();
-    let beating = tokio::spawn(async move {
-        loop {
-            let _ = hb_client.heartbeat(&ghost_id, &Heartbeat::default()).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
+    let beating = heartbeating_node(&m, "ghost", procs::free_addr()).await;
     // Health checks slow enough that the ghost is still "up" when requests come.
     let e = edge::spawn(&m, |c| c.health_interval_ms = 60_000).await;
     // Each new task prefers one of the two nodes by rendezvous hashing; register tasks until one
@@ -431,25 +439,7 @@ async fn read_answer(stream: &mut tokio::net::TcpStream, host: &str, path: &str)
 #[tokio::test]
 async fn an_answer_crosses_the_edge_as_the_app_wrote_it_but_for_the_lease_holder() {
     let m = master::spawn(fast_master()).await;
-    let node_addr = stand_in_node().await;
-    let id = unique_id("stand-in");
-    m.client
-        .register_node(&NodeRegistration {
-            id: id.clone(),
-            address: node_addr.to_string(),
-            capacity: 10,
-            volume_kinds: None,
-        })
-        .await
-        .expect("register the stand-in");
-    let hb_client = m.client.clone();
-    let hb_id = id.clone();
-    let beating = tokio::spawn(async move {
-        loop {
-            let _ = hb_client.heartbeat(&hb_id, &Heartbeat::default()).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
+    let beating = heartbeating_node(&m, "stand-in", stand_in_node().await).await;
     let e = edge::spawn(&m, |_| {}).await;
     let d = format!("{}.test", unique_id("plain"));
     task(&m, &d, |_| {}).await;
