@@ -19,7 +19,8 @@ use crate::{
 pub struct ClusterState {
     pub revision: u64,
     tasks: HashMap<String, Arc<Task>>,
-    by_domain: HashMap<String, String>,
+    /// The task itself rather than its id: one lookup per request, not two.
+    by_domain: HashMap<String, Arc<Task>>,
     /// Shared, so a request path can hold one without copying its list of running tasks.
     nodes: HashMap<String, Arc<NodeStatus>>,
     leases: HashMap<String, Lease>,
@@ -48,11 +49,11 @@ impl ClusterState {
                         self.by_domain.remove(d);
                     }
                 }
+                let task = Arc::new((**task).clone());
                 for d in &task.spec.domains {
-                    self.by_domain.insert(d.clone(), task.id.clone());
+                    self.by_domain.insert(d.clone(), task.clone());
                 }
-                self.tasks
-                    .insert(task.id.clone(), Arc::new((**task).clone()));
+                self.tasks.insert(task.id.clone(), task);
             }
             WatchEvent::TaskDeleted { id } => {
                 if let Some(old) = self.tasks.remove(id) {
@@ -96,10 +97,7 @@ impl ClusterState {
 
     /// The task serving `domain` (already lower-case, without port).
     pub fn task_by_domain(&self, domain: &str) -> Option<Arc<Task>> {
-        self.by_domain
-            .get(domain)
-            .and_then(|id| self.tasks.get(id))
-            .cloned()
+        self.by_domain.get(domain).cloned()
     }
     pub fn task(&self, id: &str) -> Option<Arc<Task>> {
         self.tasks.get(id).cloned()

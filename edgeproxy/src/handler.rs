@@ -12,7 +12,6 @@ use shadow_common::{
     proxy::{self, error_response, full, ForwardContext, Forwarder, ProxyBody, ProxyError},
     task::Task,
 };
-use tracing::Instrument;
 
 use crate::{health::Health, metrics::Metrics, placement};
 
@@ -85,15 +84,18 @@ pub async fn handle(
     let span = tracing::info_span!("request", task = %task.id, app = %task.spec.name, request_id = %request_id);
     shadow_common::telemetry::continue_trace(&span, req.headers());
     let counted = task.clone();
-    let mut resp = route(&edge, task, req, peer, request_id, scheme)
-        .instrument(span)
-        .await;
+    let routing = std::pin::pin!(route(&edge, task, req, peer, request_id, scheme));
+    let mut resp = shadow_common::telemetry::in_span(&span, routing).await;
     if let Some(v) = hsts {
         resp.headers_mut()
             .insert(header::STRICT_TRANSPORT_SECURITY, v);
     }
     // Between nodes and this edge only: which node holds a lease is nobody else's business.
-    resp.headers_mut().remove(HOLDER_HEADER);
+    // (An answer whose fields pass unparsed has an empty map, and none of this field: see
+    // `ANSWER_FIELDS_READ`. The check spares that common case a hashed lookup.)
+    if !resp.headers().is_empty() {
+        resp.headers_mut().remove(HOLDER_HEADER);
+    }
     edge.metrics.request(&counted, resp.status());
     resp
 }
@@ -182,7 +184,9 @@ async fn route(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
         return r;
     };
-    let mut plan = vec![first];
+    // A success on the node the sticky map already names needs no write to it (a lock).
+    let already_sticky = first.sticky;
+    let mut plan = vec![first.node];
     let mut ranked = false;
     let mut req = req;
     let mut unreachable: Vec<String> = Vec::new();
@@ -211,7 +215,9 @@ async fn route(
         }
         match edge.forwarder.try_forward(req, addr, ctx).await {
             Ok(resp) => {
-                edge.sticky.set(&task.id, &node.id);
+                if !(i == 0 && already_sticky) {
+                    edge.sticky.set(&task.id, &node.id);
+                }
                 return resp;
             }
             Err(failure) => {

@@ -72,6 +72,13 @@ pub fn candidates(
     out
 }
 
+/// The node to try first for a task, and why.
+pub struct FirstChoice {
+    pub node: Arc<NodeStatus>,
+    /// Chosen because the sticky map names it: a success there need not be written back.
+    pub sticky: bool,
+}
+
 /// The node to try first for `task`: the head of [`candidates`], without ranking every node
 /// or copying anything but a pointer (the request path needs the rest only when this one fails).
 pub fn first_choice(
@@ -79,14 +86,17 @@ pub fn first_choice(
     sticky: &Sticky,
     task: &str,
     usable: impl Fn(&NodeStatus) -> bool,
-) -> Option<Arc<NodeStatus>> {
+) -> Option<FirstChoice> {
     let holder = state.lease(task).and_then(|l| state.node(&l.node));
     if let Some(n) = holder.filter(|n| usable(n)) {
-        return Some(n.clone());
+        return Some(FirstChoice {
+            node: n.clone(),
+            sticky: false,
+        });
     }
     let chosen = sticky.with(task, |id| id.and_then(|id| state.node(id)).cloned());
-    if let Some(n) = chosen.filter(|n| usable(n)) {
-        return Some(n);
+    if let Some(node) = chosen.filter(|n| usable(n)) {
+        return Some(FirstChoice { node, sticky: true });
     }
     // The best of the rendezvous order: highest score, then the smallest id, as `rendezvous`
     // sorts.
@@ -95,7 +105,10 @@ pub fn first_choice(
         .filter(|n| usable(n))
         .map(|n| (score(task, &n.id, weight(n)), n))
         .max_by(|a, b| a.0.total_cmp(&b.0).then_with(|| b.1.id.cmp(&a.1.id)))
-        .map(|(_, n)| n.clone())
+        .map(|(_, n)| FirstChoice {
+            node: n.clone(),
+            sticky: false,
+        })
 }
 
 #[cfg(test)]
@@ -121,7 +134,7 @@ mod tests {
             });
         }
         let sticky = Sticky::default();
-        let mut seen_holder = 0;
+        let (mut seen_holder, mut seen_sticky) = (0, 0);
         for t in 0..400 {
             let task = format!("task-{t}");
             if t % 3 == 0 {
@@ -142,13 +155,17 @@ mod tests {
             }
             let all = candidates(&state, &sticky, &task, |n| n.healthy);
             let first = first_choice(&state, &sticky, &task, |n| n.healthy);
+            if let Some(FirstChoice { node, sticky: true }) = &first {
+                assert_eq!(sticky.get(&task).as_ref(), Some(&node.id), "{task}");
+                seen_sticky += 1;
+            }
             assert_eq!(
-                first.map(|n| n.id.clone()),
+                first.map(|c| c.node.id.clone()),
                 all.first().map(|n| n.id.clone()),
                 "{task}"
             );
         }
-        assert!(seen_holder > 0);
+        assert!(seen_holder > 0 && seen_sticky > 0);
         assert!(first_choice(&state, &sticky, "x", |_| false).is_none());
     }
 }

@@ -13,7 +13,6 @@ use shadow_common::{
     proxy::{self, ForwardContext, Forwarder, ProxyBody},
     task::{ColdStart, Task},
 };
-use tracing::Instrument;
 
 use crate::{
     lifecycle::{Apps, Kick, StartError, Unavailable},
@@ -51,9 +50,8 @@ pub async fn handle(
     let span = tracing::info_span!("request", task = %task.id, app = %task.spec.name, request_id = %request_id);
     shadow_common::telemetry::continue_trace(&span, req.headers());
     let counted = task.clone();
-    let resp = serve_app(&node, task, req, peer, request_id)
-        .instrument(span)
-        .await;
+    let serving = std::pin::pin!(serve_app(&node, task, req, peer, request_id));
+    let resp = shadow_common::telemetry::in_span(&span, serving).await;
     node.metrics.request(&counted, resp.status());
     resp
 }

@@ -225,6 +225,18 @@ impl FieldSink for HeadBytes<'_> {
             self.out.extend_from_slice(b"\r\n");
         }
     }
+
+    fn joined_field(&mut self, name: &HeaderName, parts: &[&[u8]]) {
+        if parts.iter().all(|p| headers::is_valid_value(p)) {
+            self.content_length |= *name == header::CONTENT_LENGTH;
+            self.out.extend_from_slice(name.as_str().as_bytes());
+            self.out.extend_from_slice(b": ");
+            for part in parts {
+                self.out.extend_from_slice(part);
+            }
+            self.out.extend_from_slice(b"\r\n");
+        }
+    }
 }
 
 /// The request line and header fields, into `out`. A POST, PUT or PATCH without a body says so
@@ -988,12 +1000,15 @@ mod tests {
                 HeaderValue::from_static(value),
             );
         }
-        for trusted in [false, true] {
-            let mut ctx = ForwardContext::new(
-                SocketAddr::from(([192, 0, 2, 7], 4000)),
-                http::uri::Scheme::HTTPS,
-                "req-1",
-            );
+        let peers = [
+            SocketAddr::from(([192, 0, 2, 7], 4000)),
+            SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, 7], 4000)),
+        ];
+        for (trusted, peer) in [false, true]
+            .into_iter()
+            .flat_map(|t| peers.map(|p| (t, p)))
+        {
+            let mut ctx = ForwardContext::new(peer, http::uri::Scheme::HTTPS, "req-1");
             ctx.trust_forwarded = trusted;
             let map = headers::request_headers(&src, &ctx, false);
             let mut out = Vec::new();
@@ -1012,8 +1027,18 @@ mod tests {
                 .iter()
                 .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
                 .collect();
-            assert_eq!(written, expected, "trusted: {trusted}");
+            assert_eq!(written, expected, "trusted: {trusted}, peer {peer}");
             assert!(written.iter().all(|(n, _)| n != "x-hop" && n != "te"));
+            if !trusted {
+                let forwarded = written.iter().find(|(n, _)| n == "forwarded");
+                let by = if peer.is_ipv6() {
+                    "for=\"[2001:db8::7]\""
+                } else {
+                    "for=192.0.2.7"
+                };
+                let ours = format!("{by};proto=https;host=\"app.example:8080\"");
+                assert_eq!(forwarded.map(|(_, v)| &v[..]), Some(ours.as_bytes()));
+            }
         }
     }
 

@@ -112,15 +112,28 @@ pub(crate) trait FieldSink {
             self.field(name, &value);
         }
     }
+    /// Adds one field whose value is `parts` joined, if that is a valid header value (else
+    /// nothing): a sink that writes bytes copies the parts as they are, where a
+    /// [`HeaderValue`] would first be built (an allocation) and then copied.
+    fn joined_field(&mut self, name: &HeaderName, parts: &[&[u8]]) {
+        if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(parts.concat())) {
+            self.owned_field(name.clone(), value);
+        }
+    }
 }
 
 /// Whether `value` is a valid header value as [`HeaderValue::from_str`] judges it: no control
 /// characters but the tab (bytes of UTF-8 past ASCII are allowed).
 pub(crate) fn is_valid_text_value(value: &str) -> bool {
+    is_valid_value(value.as_bytes())
+}
+
+/// Whether `value` is valid in a header value: what [`HeaderValue::from_bytes`] checks.
+pub(crate) fn is_valid_value(value: &[u8]) -> bool {
     // Folded rather than short-circuited: valid values are the rule, and the fold vectorizes.
     value
-        .bytes()
-        .fold(true, |ok, b| ok & ((b >= 32 && b != 127) | (b == b'\t')))
+        .iter()
+        .fold(true, |ok, &b| ok & ((b >= 32 && b != 127) | (b == b'\t')))
 }
 
 impl FieldSink for HeaderMap {
@@ -193,11 +206,13 @@ pub(crate) fn write_request_fields(
             out.field(&header::UPGRADE, protocol);
         }
     }
+    // Looked up once for both fields that carry it.
+    let peer_ip = addr_text::forwarded_ip(ctx.peer.ip());
     if !trusted {
-        set_forwarded(out, seen.host, ctx);
+        set_forwarded(out, seen.host, ctx, &peer_ip);
     }
     let earlier = earlier_for.then(|| src.get_all(&X_FORWARDED_FOR));
-    append_forwarded_for(out, earlier, ctx);
+    append_forwarded_for(out, earlier, peer_ip);
     if !keep_proto {
         out.owned_field(X_FORWARDED_PROTO, scheme_value(&ctx.scheme));
     }
@@ -258,9 +273,14 @@ fn scheme_value(scheme: &Scheme) -> HeaderValue {
     }
 }
 
-/// `Forwarded: for=…;proto=…;host=…` (RFC 7239), from what this proxy saw itself.
-fn set_forwarded(out: &mut impl FieldSink, host: Option<&HeaderValue>, ctx: &ForwardContext) {
-    let ip = addr_text::forwarded_ip(ctx.peer.ip());
+/// `Forwarded: for=…;proto=…;host=…` (RFC 7239), from what this proxy saw itself; `ip` is the
+/// peer's, as [`addr_text::forwarded_ip`] writes it.
+fn set_forwarded(
+    out: &mut impl FieldSink,
+    host: Option<&HeaderValue>,
+    ctx: &ForwardContext,
+    ip: &HeaderValue,
+) {
     let host = host
         .map(HeaderValue::as_bytes)
         // A host is a token or a quoted string; quote it so a port's ':' is allowed.
@@ -268,24 +288,31 @@ fn set_forwarded(out: &mut impl FieldSink, host: Option<&HeaderValue>, ctx: &For
             h.iter()
                 .all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
         });
-    let mut value = Vec::with_capacity(64);
-    value.extend_from_slice(b"for=");
-    if ctx.peer.ip().to_canonical().is_ipv6() {
-        value.extend_from_slice(b"\"[");
-        value.extend_from_slice(ip.as_bytes());
-        value.extend_from_slice(b"]\"");
+    let (open, close): (&[u8], &[u8]) = if ctx.peer.ip().to_canonical().is_ipv6() {
+        (b"\"[", b"]\"")
     } else {
-        value.extend_from_slice(ip.as_bytes());
-    }
-    value.extend_from_slice(b";proto=");
-    value.extend_from_slice(ctx.scheme.as_str().as_bytes());
-    if let Some(host) = host {
-        value.extend_from_slice(b";host=\"");
-        value.extend_from_slice(host);
-        value.push(b'"');
-    }
-    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
-        out.owned_field(header::FORWARDED, v);
+        (b"", b"")
+    };
+    let (ip, proto) = (ip.as_bytes(), ctx.scheme.as_str().as_bytes());
+    match host {
+        Some(host) => out.joined_field(
+            &header::FORWARDED,
+            &[
+                b"for=",
+                open,
+                ip,
+                close,
+                b";proto=",
+                proto,
+                b";host=\"",
+                host,
+                b"\"",
+            ],
+        ),
+        None => out.joined_field(
+            &header::FORWARDED,
+            &[b"for=", open, ip, close, b";proto=", proto],
+        ),
     }
 }
 
@@ -298,9 +325,8 @@ pub(crate) fn prepare_response(headers: &mut HeaderMap, upgrade: bool) {
 fn append_forwarded_for(
     out: &mut impl FieldSink,
     earlier: Option<GetAll<'_, HeaderValue>>,
-    ctx: &ForwardContext,
+    peer: HeaderValue,
 ) {
-    let peer = addr_text::forwarded_ip(ctx.peer.ip());
     let mut earlier = earlier.into_iter().flatten().peekable();
     if earlier.peek().is_none() {
         // The usual case at the edge: nothing to join, the remembered value goes in as it is.
