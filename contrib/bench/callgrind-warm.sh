@@ -7,7 +7,8 @@
 #   contrib/bench/callgrind-warm.sh [seconds] [out-dir]   (release binaries, image and
 #   static shadow-pause built as run.sh builds them; needs valgrind, wrk, nginx)
 # Prints "who instructions-per-request requests"; the out-dir keeps each profile and its
-# inclusive top functions (callgrind_annotate) for a closer look. CALLGRIND_OPTS adds options,
+# inclusive top functions (callgrind_annotate) for a closer look (the measured profile is
+# WHO.out.1; WHO.out is valgrind's nearly empty dump at exit). CALLGRIND_OPTS adds options,
 # e.g. CALLGRIND_OPTS=--cache-sim=yes for simulated cache misses (I1mr, D1mr, LLmr…) per request.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
