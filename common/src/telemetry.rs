@@ -194,3 +194,28 @@ pub fn inject(headers: &mut HeaderMap) {
     let cx = tracing::Span::current().context();
     TraceContextPropagator::new().inject_context(&cx, &mut HeadersMut(headers));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// The span is the current one on every poll of the future, not only the first, and is
+    /// left again between polls and after the end.
+    #[tokio::test]
+    async fn in_span_enters_the_span_on_every_poll() {
+        let _default = tracing::subscriber::set_default(
+            tracing_subscriber::registry().with(tracing_subscriber::filter::LevelFilter::INFO),
+        );
+        let current = || tracing::Span::current().metadata().map(|m| m.name());
+        let span = tracing::info_span!("request");
+        let work = std::pin::pin!(async {
+            let first = current();
+            tokio::task::yield_now().await;
+            (first, current())
+        });
+        let polls = in_span(&span, work);
+        assert_eq!(polls.await, (Some("request"), Some("request")));
+        assert_eq!(current(), None, "the span is left once the future is done");
+    }
+}
