@@ -23,6 +23,10 @@ pub struct Follower {
     revision: watch::Receiver<u64>,
 }
 
+/// How long a request for a domain no task serves waits for this copy to learn one that does
+/// (see [`Follower::task_by_domain_within`]). The watch brings a new task within milliseconds.
+pub const NEW_DOMAIN_GRACE: Duration = Duration::from_millis(500);
+
 /// How long one long poll waits on the master before asking again.
 const POLL: Duration = Duration::from_secs(25);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -84,6 +88,28 @@ impl Follower {
         }
     }
 
+    /// The task serving `domain`, waiting up to `grace` for the copy to learn it.
+    ///
+    /// A task registered a moment ago reaches this copy a moment later, by the master's watch:
+    /// a client that registers an app and sends it a request at once must not be told that no
+    /// app serves it. A domain that stays unknown costs its request `grace`, nothing more.
+    pub async fn task_by_domain_within(
+        &self,
+        domain: &str,
+        grace: Duration,
+    ) -> Option<Arc<crate::task::Task>> {
+        let mut found = None;
+        let _ = tokio::time::timeout(
+            grace,
+            self.wait_until(|s| {
+                found = s.task_by_domain(domain);
+                found.is_some()
+            }),
+        )
+        .await;
+        found
+    }
+
     /// Whether the first answer from the master has been applied.
     pub fn is_synced(&self) -> bool {
         *self.revision.borrow() > 0
@@ -139,5 +165,68 @@ async fn follow(client: MasterClient, state: Arc<RwLock<ClusterState>>, tx: watc
                 tokio::time::sleep(wait).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{task::Task, watch::WatchEvent};
+
+    fn task(id: &str, domain: &str) -> Task {
+        let spec = serde_json::json!({"name": id, "domains": [domain], "image": "app:1"});
+        Task {
+            id: id.into(),
+            spec: crate::task::TaskSpec::from_json(spec.to_string().as_bytes()).expect("spec"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_domain_learned_within_the_grace_is_served() {
+        let (follower, feed) = Follower::local();
+        let started = tokio::time::Instant::now();
+        let asking = tokio::spawn({
+            let follower = follower.clone();
+            async move {
+                follower
+                    .task_by_domain_within("new.example", Duration::from_millis(500))
+                    .await
+            }
+        });
+        // Another change first: the wait goes on through it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        feed.apply(&WatchEvent::TaskPut {
+            task: Box::new(task("other", "other.example")),
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        feed.apply(&WatchEvent::TaskPut {
+            task: Box::new(task("t1", "new.example")),
+        });
+        let found = asking.await.expect("joined").expect("the new task");
+        assert_eq!(found.id, "t1");
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(200),
+            "answered when learned"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_known_domain_costs_no_wait_and_an_unknown_one_the_grace() {
+        let (follower, feed) = Follower::local();
+        feed.apply(&WatchEvent::TaskPut {
+            task: Box::new(task("t1", "known.example")),
+        });
+        let started = tokio::time::Instant::now();
+        let known = follower
+            .task_by_domain_within("known.example", Duration::from_millis(500))
+            .await;
+        assert_eq!(known.map(|t| t.id.clone()).as_deref(), Some("t1"));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        let unknown = follower
+            .task_by_domain_within("unknown.example", Duration::from_millis(500))
+            .await;
+        assert!(unknown.is_none());
+        assert_eq!(started.elapsed(), Duration::from_millis(500));
     }
 }

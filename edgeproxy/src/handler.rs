@@ -7,7 +7,7 @@ use std::{net::SocketAddr, sync::Arc};
 use http::{header, uri::Scheme, HeaderValue, Request, Response, StatusCode};
 use shadow_common::proxy::RequestBody;
 use shadow_common::{
-    follower::Follower,
+    follower::{Follower, NEW_DOMAIN_GRACE},
     node::NodeStatus,
     proxy::{self, error_response, full, ForwardContext, Forwarder, ProxyBody, ProxyError},
     task::Task,
@@ -65,13 +65,15 @@ pub async fn handle(
         return answer;
     }
     let task = edge.follower.read().task_by_domain(&host);
-    let Some(task) = task else {
-        // The public listener serves apps and nothing else: the edge's own routes are on the
-        // admin listener.
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("no app is registered for {host:?}; check the address\n"),
-        );
+    let task = match task {
+        Some(task) => task,
+        // Boxed: the request path's future does not carry this rare wait.
+        None => {
+            match Box::pin(edge.follower.task_by_domain_within(&host, NEW_DOMAIN_GRACE)).await {
+                Some(task) => task,
+                None => return no_app(&host),
+            }
+        }
     };
     if scheme == Scheme::HTTP && task.spec.https_redirect {
         if let Some(port) = edge.https_port {
@@ -98,6 +100,15 @@ pub async fn handle(
     }
     edge.metrics.request(&counted, resp.status());
     resp
+}
+
+/// The public listener serves apps and nothing else: the edge's own routes are on the admin
+/// listener.
+fn no_app(host: &str) -> Response<ProxyBody> {
+    text(
+        StatusCode::NOT_FOUND,
+        format!("no app is registered for {host:?}; check the address\n"),
+    )
 }
 
 fn text(status: StatusCode, body: String) -> Response<ProxyBody> {

@@ -9,7 +9,7 @@ use std::{net::SocketAddr, sync::Arc};
 use http::{header, uri::Scheme, HeaderValue, Request, Response, StatusCode};
 use shadow_common::proxy::RequestBody;
 use shadow_common::{
-    follower::Follower,
+    follower::{Follower, NEW_DOMAIN_GRACE},
     proxy::{self, ForwardContext, Forwarder, ProxyBody},
     task::{ColdStart, Task},
 };
@@ -44,8 +44,18 @@ pub async fn handle(
     };
     let request_id = proxy::request_id(req.headers());
     let task = node.follower.read().task_by_domain(&host);
-    let Some(task) = task else {
-        return own_route(&node, &req, &host);
+    let task = match task {
+        Some(task) => task,
+        None => match own_route(&node, &req) {
+            Some(answer) => return answer,
+            // Boxed: the request path's future does not carry this rare wait.
+            None => {
+                match Box::pin(node.follower.task_by_domain_within(&host, NEW_DOMAIN_GRACE)).await {
+                    Some(task) => task,
+                    None => return no_app(&host),
+                }
+            }
+        },
     };
     let span = tracing::info_span!("request", task = %task.id, app = %task.spec.name, request_id = %request_id);
     shadow_common::telemetry::continue_trace(&span, req.headers());
@@ -56,11 +66,12 @@ pub async fn handle(
     resp
 }
 
-fn own_route(node: &Node, req: &Request<RequestBody>, host: &str) -> Response<ProxyBody> {
+/// The node's own routes, for a Host no task serves; `None` for any other path.
+fn own_route(node: &Node, req: &Request<RequestBody>) -> Option<Response<ProxyBody>> {
     if let Some(rest) = req.uri().path().strip_prefix("/_shadow/") {
-        return crate::control::route(node, req, rest);
+        return Some(crate::control::route(node, req, rest));
     }
-    match req.uri().path() {
+    Some(match req.uri().path() {
         "/healthz" => {
             if node.follower.is_synced() {
                 pages::text(StatusCode::OK, "ok\n".into())
@@ -70,16 +81,23 @@ fn own_route(node: &Node, req: &Request<RequestBody>, host: &str) -> Response<Pr
         }
         "/metrics" => {
             let mut r = pages::text(StatusCode::OK, node.metrics.render());
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
             r
         }
-        _ => pages::text(
-            StatusCode::NOT_FOUND,
-            format!(
-                "no app serves the host {host:?} here; register a task with this domain (POST /tasks/ on the master) or check the Host header\n"
-            ),
+        _ => return None,
+    })
+}
+
+fn no_app(host: &str) -> Response<ProxyBody> {
+    pages::text(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no app serves the host {host:?} here; register a task with this domain (POST /tasks/ on the master) or check the Host header\n"
         ),
-    }
+    )
 }
 
 fn wants_html(req: &Request<RequestBody>) -> bool {
