@@ -50,56 +50,60 @@ fn acme_challenge<B>(edge: &Edge, req: &Request<B>, host: &str) -> Option<Respon
 }
 
 /// Serves one request that arrived over `scheme` (http or https).
-pub async fn handle(
+#[allow(clippy::manual_async_fn)] // on purpose: see the comment in the body
+pub fn handle(
     edge: Arc<Edge>,
     mut req: Request<RequestBody>,
     peer: SocketAddr,
     scheme: Scheme,
-) -> Response<ProxyBody> {
-    let host = match proxy::checked_domain(&mut req) {
-        Ok(h) => h,
-        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
-    };
-    let request_id = proxy::request_id(req.headers());
-    if let Some(answer) = acme_challenge(&edge, &req, &host) {
-        return answer;
-    }
-    let task = edge.follower.read().task_by_domain(&host);
-    let task = match task {
-        Some(task) => task,
-        // Boxed: the request path's future does not carry this rare wait.
-        None => {
-            match Box::pin(edge.follower.task_by_domain_within(&host, NEW_DOMAIN_GRACE)).await {
-                Some(task) => task,
-                None => return no_app(&host),
+) -> impl std::future::Future<Output = Response<ProxyBody>> {
+    // An `async move` block, not an `async fn`: see `Forwarder::try_forward`.
+    async move {
+        let host = match proxy::checked_domain(&mut req) {
+            Ok(h) => h,
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        };
+        let request_id = proxy::request_id(req.headers());
+        if let Some(answer) = acme_challenge(&edge, &req, &host) {
+            return answer;
+        }
+        let task = edge.follower.read().task_by_domain(&host);
+        let task = match task {
+            Some(task) => task,
+            // Boxed: the request path's future does not carry this rare wait.
+            None => {
+                match Box::pin(edge.follower.task_by_domain_within(&host, NEW_DOMAIN_GRACE)).await {
+                    Some(task) => task,
+                    None => return no_app(&host),
+                }
+            }
+        };
+        if scheme == Scheme::HTTP && task.spec.https_redirect {
+            if let Some(port) = edge.https_port {
+                return to_https(&req, &host, port);
             }
         }
-    };
-    if scheme == Scheme::HTTP && task.spec.https_redirect {
-        if let Some(port) = edge.https_port {
-            return to_https(&req, &host, port);
+        let hsts = (scheme == Scheme::HTTPS && task.spec.hsts_max_age_s > 0)
+            .then(|| HeaderValue::from_str(&format!("max-age={}", task.spec.hsts_max_age_s)).ok())
+            .flatten();
+        let span = tracing::info_span!("request", task = %task.id, app = %task.spec.name, request_id = %request_id);
+        shadow_common::telemetry::continue_trace(&span, req.headers());
+        let counted = task.clone();
+        let routing = std::pin::pin!(route(&edge, task, req, peer, request_id, scheme));
+        let mut resp = shadow_common::telemetry::in_span(&span, routing).await;
+        if let Some(v) = hsts {
+            resp.headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, v);
         }
+        // Between nodes and this edge only: which node holds a lease is nobody else's business.
+        // (An answer whose fields pass unparsed has an empty map, and none of this field: see
+        // `ANSWER_FIELDS_READ`. The check spares that common case a hashed lookup.)
+        if !resp.headers().is_empty() {
+            resp.headers_mut().remove(HOLDER_HEADER);
+        }
+        edge.metrics.request(&counted, resp.status());
+        resp
     }
-    let hsts = (scheme == Scheme::HTTPS && task.spec.hsts_max_age_s > 0)
-        .then(|| HeaderValue::from_str(&format!("max-age={}", task.spec.hsts_max_age_s)).ok())
-        .flatten();
-    let span = tracing::info_span!("request", task = %task.id, app = %task.spec.name, request_id = %request_id);
-    shadow_common::telemetry::continue_trace(&span, req.headers());
-    let counted = task.clone();
-    let routing = std::pin::pin!(route(&edge, task, req, peer, request_id, scheme));
-    let mut resp = shadow_common::telemetry::in_span(&span, routing).await;
-    if let Some(v) = hsts {
-        resp.headers_mut()
-            .insert(header::STRICT_TRANSPORT_SECURITY, v);
-    }
-    // Between nodes and this edge only: which node holds a lease is nobody else's business.
-    // (An answer whose fields pass unparsed has an empty map, and none of this field: see
-    // `ANSWER_FIELDS_READ`. The check spares that common case a hashed lookup.)
-    if !resp.headers().is_empty() {
-        resp.headers_mut().remove(HOLDER_HEADER);
-    }
-    edge.metrics.request(&counted, resp.status());
-    resp
 }
 
 /// The public listener serves apps and nothing else: the edge's own routes are on the admin
@@ -172,124 +176,132 @@ fn usable(edge: &Edge) -> impl Fn(&NodeStatus) -> bool + '_ {
     |n| n.healthy && edge.health.is_up(&n.id)
 }
 
-async fn route(
+#[allow(clippy::manual_async_fn)] // on purpose: see the comment in the body
+fn route(
     edge: &Edge,
     task: Arc<Task>,
     req: Request<RequestBody>,
     peer: SocketAddr,
     mut request_id: String,
     scheme: Scheme,
-) -> Response<ProxyBody> {
-    // Usually the first node answers: rank the others only if it does not.
-    let first = {
-        let state = edge.follower.read();
-        placement::first_choice(&state, &edge.sticky, &task.id, usable(edge))
-    };
-    let Some(first) = first else {
-        tracing::warn!("no healthy node for the app");
-        let mut r = error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "No server can run this app right now. Please try again shortly.",
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
-        return r;
-    };
-    // A success on the node the sticky map already names needs no write to it (a lock).
-    let already_sticky = first.sticky;
-    let mut plan = vec![first.node];
-    let mut ranked = false;
-    let mut req = req;
-    let mut unreachable: Vec<String> = Vec::new();
-    let mut followed = false;
-    let mut i = 0;
-    loop {
-        let node = plan[i].clone();
-        let Some(addr) = resolve(&node.address).await else {
-            tracing::error!(node = %node.id, address = %node.address, "node address does not resolve");
-            return error_response(
-                StatusCode::BAD_GATEWAY,
-                "The app's server is misconfigured.",
-            );
+) -> impl std::future::Future<Output = Response<ProxyBody>> + '_ {
+    // An `async move` block, not an `async fn`: see `Forwarder::try_forward`.
+    async move {
+        // Usually the first node answers: rank the others only if it does not.
+        let first = {
+            let state = edge.follower.read();
+            placement::first_choice(&state, &edge.sticky, &task.id, usable(edge))
         };
-        mark_holder_down(edge, &task.id, &node.id, &unreachable, req.headers_mut());
-        // The id moves into the context and comes back with an unsent request: no copy per try.
-        let mut ctx = ForwardContext::new(peer, scheme.clone(), std::mem::take(&mut request_id))
-            .with_body_stall(edge.body_stall.clone())
-            .handing_back_if(|head| {
-                head.status == StatusCode::SERVICE_UNAVAILABLE
-                    && head.headers.contains_key(HOLDER_HEADER)
-            })
-            .passing_answer_fields_unread(ANSWER_FIELDS_READ);
-        if edge.trusted_proxies.iter().any(|n| n.contains(&peer.ip())) {
-            ctx = ctx.trusting_forwarded();
-        }
-        match edge.forwarder.try_forward(req, addr, ctx).await {
-            Ok(resp) => {
-                if !(i == 0 && already_sticky) {
-                    edge.sticky.set(&task.id, &node.id);
-                }
-                return resp;
+        let Some(first) = first else {
+            tracing::warn!("no healthy node for the app");
+            let mut r = error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "No server can run this app right now. Please try again shortly.",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            return r;
+        };
+        // A success on the node the sticky map already names needs no write to it (a lock).
+        let already_sticky = first.sticky;
+        let mut plan = vec![first.node];
+        let mut ranked = false;
+        let mut req = req;
+        let mut unreachable: Vec<String> = Vec::new();
+        let mut followed = false;
+        let mut i = 0;
+        loop {
+            let node = plan[i].clone();
+            let Some(addr) = resolve(&node.address).await else {
+                tracing::error!(node = %node.id, address = %node.address, "node address does not resolve");
+                return error_response(
+                    StatusCode::BAD_GATEWAY,
+                    "The app's server is misconfigured.",
+                );
+            };
+            mark_holder_down(edge, &task.id, &node.id, &unreachable, req.headers_mut());
+            // The id moves into the context and comes back with an unsent request: no copy per try.
+            let mut ctx =
+                ForwardContext::new(peer, scheme.clone(), std::mem::take(&mut request_id))
+                    .with_body_stall(edge.body_stall.clone())
+                    .handing_back_if(|head| {
+                        head.status == StatusCode::SERVICE_UNAVAILABLE
+                            && head.headers.contains_key(HOLDER_HEADER)
+                    })
+                    .passing_answer_fields_unread(ANSWER_FIELDS_READ);
+            if edge.trusted_proxies.iter().any(|n| n.contains(&peer.ip())) {
+                ctx = ctx.trusting_forwarded();
             }
-            Err(failure) => {
-                let retry_on = match &failure.error {
-                    ProxyError::Connect { .. } => {
-                        edge.health.record(&node.id, false);
-                        unreachable.push(node.id.clone());
-                        tracing::warn!(node = %node.id, error = %failure.error, "node unreachable; trying the next");
-                        edge.metrics.retry("connect");
-                        if !ranked {
-                            ranked = true;
-                            let state = edge.follower.read();
-                            for n in
-                                placement::candidates(&state, &edge.sticky, &task.id, usable(edge))
-                            {
-                                if !plan.iter().any(|p| p.id == n.id) {
-                                    plan.push(n);
+            match edge.forwarder.try_forward(req, addr, ctx).await {
+                Ok(resp) => {
+                    if !(i == 0 && already_sticky) {
+                        edge.sticky.set(&task.id, &node.id);
+                    }
+                    return resp;
+                }
+                Err(failure) => {
+                    let retry_on = match &failure.error {
+                        ProxyError::Connect { .. } => {
+                            edge.health.record(&node.id, false);
+                            unreachable.push(node.id.clone());
+                            tracing::warn!(node = %node.id, error = %failure.error, "node unreachable; trying the next");
+                            edge.metrics.retry("connect");
+                            if !ranked {
+                                ranked = true;
+                                let state = edge.follower.read();
+                                for n in placement::candidates(
+                                    &state,
+                                    &edge.sticky,
+                                    &task.id,
+                                    usable(edge),
+                                ) {
+                                    if !plan.iter().any(|p| p.id == n.id) {
+                                        plan.push(n);
+                                    }
                                 }
                             }
+                            plan.get(i + 1).cloned()
                         }
-                        plan.get(i + 1).cloned()
-                    }
-                    ProxyError::HandedBack { .. } if !followed => {
-                        followed = true;
-                        let holder = failure
-                            .answer
-                            .as_ref()
-                            .and_then(|a| a.headers.get(HOLDER_HEADER))
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_string);
-                        edge.metrics.retry("lease-holder");
-                        let state = edge.follower.read();
-                        holder
-                            .and_then(|h| state.node(&h).cloned())
-                            .filter(|n| usable(edge)(n))
-                    }
-                    ProxyError::Upstream { .. } => {
-                        // A reset after sending: the app may have acted, so no retry, but it is
-                        // evidence against the node.
-                        edge.health.record(&node.id, false);
-                        None
-                    }
-                    _ => None,
-                };
-                match (retry_on, failure.unsent) {
-                    (Some(next), Some(unsent)) if i + 1 < MAX_TRIES => {
-                        req = unsent.request;
-                        request_id = unsent.ctx.request_id;
-                        i += 1;
-                        if plan.get(i).map(|n| &n.id) != Some(&next.id) {
-                            plan.insert(i, next);
+                        ProxyError::HandedBack { .. } if !followed => {
+                            followed = true;
+                            let holder = failure
+                                .answer
+                                .as_ref()
+                                .and_then(|a| a.headers.get(HOLDER_HEADER))
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_string);
+                            edge.metrics.retry("lease-holder");
+                            let state = edge.follower.read();
+                            holder
+                                .and_then(|h| state.node(&h).cloned())
+                                .filter(|n| usable(edge)(n))
                         }
-                    }
-                    _ => {
-                        tracing::warn!(node = %node.id, error = %failure.error, "request failed");
-                        let mut r = failure.error.to_response();
-                        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
-                            r.headers_mut()
-                                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                        ProxyError::Upstream { .. } => {
+                            // A reset after sending: the app may have acted, so no retry, but it is
+                            // evidence against the node.
+                            edge.health.record(&node.id, false);
+                            None
                         }
-                        return r;
+                        _ => None,
+                    };
+                    match (retry_on, failure.unsent) {
+                        (Some(next), Some(unsent)) if i + 1 < MAX_TRIES => {
+                            req = unsent.request;
+                            request_id = unsent.ctx.request_id;
+                            i += 1;
+                            if plan.get(i).map(|n| &n.id) != Some(&next.id) {
+                                plan.insert(i, next);
+                            }
+                        }
+                        _ => {
+                            tracing::warn!(node = %node.id, error = %failure.error, "request failed");
+                            let mut r = failure.error.to_response();
+                            if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+                                r.headers_mut()
+                                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                            }
+                            return r;
+                        }
                     }
                 }
             }

@@ -33,37 +33,43 @@ pub struct Node {
 
 pub use shadow_common::lease::{HOLDER_DOWN_HEADER, HOLDER_HEADER};
 
-pub async fn handle(
+#[allow(clippy::manual_async_fn)] // on purpose: see the comment in the body
+pub fn handle(
     node: Arc<Node>,
     mut req: Request<RequestBody>,
     peer: SocketAddr,
-) -> Response<ProxyBody> {
-    let host = match proxy::checked_domain(&mut req) {
-        Ok(h) => h,
-        Err(e) => return pages::text(StatusCode::BAD_REQUEST, format!("{e}\n")),
-    };
-    let request_id = proxy::request_id(req.headers());
-    let task = node.follower.read().task_by_domain(&host);
-    let task = match task {
-        Some(task) => task,
-        None => match own_route(&node, &req) {
-            Some(answer) => return answer,
-            // Boxed: the request path's future does not carry this rare wait.
-            None => {
-                match Box::pin(node.follower.task_by_domain_within(&host, NEW_DOMAIN_GRACE)).await {
-                    Some(task) => task,
-                    None => return no_app(&host),
+) -> impl std::future::Future<Output = Response<ProxyBody>> {
+    // An `async move` block, not an `async fn`: see `Forwarder::try_forward`.
+    async move {
+        let host = match proxy::checked_domain(&mut req) {
+            Ok(h) => h,
+            Err(e) => return pages::text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        };
+        let request_id = proxy::request_id(req.headers());
+        let task = node.follower.read().task_by_domain(&host);
+        let task = match task {
+            Some(task) => task,
+            None => match own_route(&node, &req) {
+                Some(answer) => return answer,
+                // Boxed: the request path's future does not carry this rare wait.
+                None => {
+                    match Box::pin(node.follower.task_by_domain_within(&host, NEW_DOMAIN_GRACE))
+                        .await
+                    {
+                        Some(task) => task,
+                        None => return no_app(&host),
+                    }
                 }
-            }
-        },
-    };
-    let span = tracing::info_span!("request", task = %task.id, app = %task.spec.name, request_id = %request_id);
-    shadow_common::telemetry::continue_trace(&span, req.headers());
-    let counted = task.clone();
-    let serving = std::pin::pin!(serve_app(&node, task, req, peer, request_id));
-    let resp = shadow_common::telemetry::in_span(&span, serving).await;
-    node.metrics.request(&counted, resp.status());
-    resp
+            },
+        };
+        let span = tracing::info_span!("request", task = %task.id, app = %task.spec.name, request_id = %request_id);
+        shadow_common::telemetry::continue_trace(&span, req.headers());
+        let counted = task.clone();
+        let serving = std::pin::pin!(serve_app(&node, task, req, peer, request_id));
+        let resp = shadow_common::telemetry::in_span(&span, serving).await;
+        node.metrics.request(&counted, resp.status());
+        resp
+    }
 }
 
 /// The node's own routes, for a Host no task serves; `None` for any other path.
@@ -100,6 +106,21 @@ fn no_app(host: &str) -> Response<ProxyBody> {
     )
 }
 
+/// A route to the app once it runs: started (told which lease holder the edge found down),
+/// thawed, or awaited.
+async fn start_route(
+    node: &Node,
+    task: &Arc<Task>,
+    req: &Request<RequestBody>,
+) -> Result<crate::lifecycle::Route, Unavailable> {
+    let holder_down = req
+        .headers()
+        .get(HOLDER_DOWN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    node.apps.route(task, holder_down.as_deref()).await
+}
+
 fn wants_html(req: &Request<RequestBody>) -> bool {
     req.headers()
         .get(header::ACCEPT)
@@ -107,54 +128,57 @@ fn wants_html(req: &Request<RequestBody>) -> bool {
         .is_some_and(|a| a.contains("text/html"))
 }
 
-async fn serve_app(
+#[allow(clippy::manual_async_fn)] // on purpose: see the comment in the body
+fn serve_app(
     node: &Node,
     task: Arc<Task>,
     req: Request<RequestBody>,
     peer: SocketAddr,
     request_id: String,
-) -> Response<ProxyBody> {
-    if task.spec.cold_start == ColdStart::Page && req.method() == http::Method::GET {
-        if req.headers().contains_key(pages::LOADING_HEADER) {
-            return Box::pin(loading_poll(node, &task)).await;
-        }
-        // Only a browser's page load gets the page; any other request (a form POST, an API
-        // call) waits for the start, so nothing it sends is lost.
-        if wants_html(&req) {
-            match node.apps.kick(&task) {
-                Kick::Running => {}
-                Kick::Starting => {
-                    let (phase, elapsed) = starting(node, &task);
-                    return pages::loading(&task.spec.name, phase, elapsed);
-                }
-                Kick::BackingOff(wait, _) => {
-                    return pages::failed(&task.spec.name, retry_after(wait))
+) -> impl std::future::Future<Output = Response<ProxyBody>> + '_ {
+    // An `async move` block, not an `async fn`: see `Forwarder::try_forward`.
+    async move {
+        if task.spec.cold_start == ColdStart::Page && req.method() == http::Method::GET {
+            if req.headers().contains_key(pages::LOADING_HEADER) {
+                return Box::pin(loading_poll(node, &task)).await;
+            }
+            // Only a browser's page load gets the page; any other request (a form POST, an API
+            // call) waits for the start, so nothing it sends is lost.
+            if wants_html(&req) {
+                match node.apps.kick(&task) {
+                    Kick::Running => {}
+                    Kick::Starting => {
+                        let (phase, elapsed) = starting(node, &task);
+                        return pages::loading(&task.spec.name, phase, elapsed);
+                    }
+                    Kick::BackingOff(wait, _) => {
+                        return pages::failed(&task.spec.name, retry_after(wait))
+                    }
                 }
             }
         }
-    }
-    let holder_down = req
-        .headers()
-        .get(HOLDER_DOWN_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let route = match node.apps.route(&task, holder_down.as_deref()).await {
-        Ok(r) => r,
-        Err(e) => return unavailable(&task, &request_id, e),
-    };
-    // The node reads nothing of the answer but its status: its fields may pass unparsed.
-    let ctx = ForwardContext::new(peer, Scheme::HTTP, request_id)
-        .trusting_forwarded()
-        .counting_bytes(route.meter.bytes.clone())
-        .with_guard(route.token.into_guard())
-        .passing_answer_fields_unread(&[]);
-    // `try_forward` rather than `forward`: one future less to build and copy per request.
-    match node.forwarder.try_forward(req, route.addr, ctx).await {
-        Ok(resp) => resp,
-        Err(failure) => {
-            let e = proxy::ProxyError::from(failure);
-            tracing::warn!(error = %e, upstream = %route.addr, "forwarding to the app failed");
-            e.to_response()
+        let route = match node.apps.running_route(&task) {
+            Some(route) => route,
+            // Boxed: starting, thawing or waiting is the rare way, and its future is large.
+            None => match Box::pin(start_route(node, &task, &req)).await {
+                Ok(r) => r,
+                Err(e) => return unavailable(&task, &request_id, e),
+            },
+        };
+        // The node reads nothing of the answer but its status: its fields may pass unparsed.
+        let ctx = ForwardContext::new(peer, Scheme::HTTP, request_id)
+            .trusting_forwarded()
+            .counting_bytes(route.meter.bytes.clone())
+            .with_guard(route.token.into_guard())
+            .passing_answer_fields_unread(&[]);
+        // `try_forward` rather than `forward`: one future less to build and copy per request.
+        match node.forwarder.try_forward(req, route.addr, ctx).await {
+            Ok(resp) => resp,
+            Err(failure) => {
+                let e = proxy::ProxyError::from(failure);
+                tracing::warn!(error = %e, upstream = %route.addr, "forwarding to the app failed");
+                e.to_response()
+            }
         }
     }
 }

@@ -170,14 +170,20 @@ pub(crate) async fn exchange(
             }
             return Err(Failed::Connect(e));
         }
-        match read_head(&mut conn, head_only, raw).await {
-            Ok(Head {
-                parts,
-                framing,
-                reusable,
-                hop_by_hop,
-                fields,
-            }) => {
+        let mut head = None;
+        match read_head(&mut conn, head_only, raw, &mut head).await {
+            Ok(()) => {
+                let Some(Head {
+                    parts,
+                    framing,
+                    reusable,
+                    hop_by_hop,
+                    fields,
+                }) = head.take()
+                else {
+                    // `read_head` returns `Ok` only with the head in its slot.
+                    return Err(Failed::Upstream(AnswerError::Malformed("no answer head")));
+                };
                 if parts.status == StatusCode::SWITCHING_PROTOCOLS {
                     return Err(Failed::UnexpectedUpgrade);
                 }
@@ -301,23 +307,28 @@ struct Seen<'a> {
     first_length: &'a [u8],
 }
 
-/// Reads until a final (non-1xx, or 101) answer head is complete.
+/// Reads until a final (non-1xx, or 101) answer head is complete, and puts it in `slot` (a
+/// head returned was moved through each caller's future on its way: four copies an answer).
 async fn read_head(
     conn: &mut Conn,
     head_only: bool,
     raw: Option<&[&str]>,
-) -> Result<Head, AnswerError> {
+    slot: &mut Option<Head>,
+) -> Result<(), AnswerError> {
     // After an interim answer the upstream has read the request: a close is no longer one
     // that a retry may paper over.
     let mut interim = false;
     loop {
         if !conn.buf.is_empty() {
-            if let Some(head) = parse_head(&mut conn.buf, head_only, raw)? {
-                let informational = head.parts.status.is_informational()
-                    && head.parts.status != StatusCode::SWITCHING_PROTOCOLS;
+            if parse_head_into(&mut conn.buf, head_only, raw, slot)? {
+                let informational = slot.as_ref().is_some_and(|head| {
+                    head.parts.status.is_informational()
+                        && head.parts.status != StatusCode::SWITCHING_PROTOCOLS
+                });
                 if !informational {
-                    return Ok(head);
+                    return Ok(());
                 }
+                *slot = None;
                 interim = true;
                 continue;
             }
@@ -336,16 +347,30 @@ async fn read_head(
     }
 }
 
-/// Parses one answer head off the front of `buf`, or `None` when more bytes are needed. With
-/// `raw`, a plain answer's fields are kept unparsed (see [`raw_fields::plain`]).
-///
-/// Header values share the bytes read (no copy): the buffer is frozen, values are sliced from
-/// it, and what follows the head goes back into `buf`.
+/// [`parse_head_into`], returning the head.
+#[cfg(test)]
 fn parse_head(
     buf: &mut BytesMut,
     head_only: bool,
     raw: Option<&[&str]>,
 ) -> Result<Option<Head>, AnswerError> {
+    let mut slot = None;
+    parse_head_into(buf, head_only, raw, &mut slot)?;
+    Ok(slot)
+}
+
+/// Parses one answer head off the front of `buf` into `slot`, or returns false when more bytes
+/// are needed. With `raw`, a plain answer's fields are kept unparsed (see
+/// [`raw_fields::plain`]).
+///
+/// Header values share the bytes read (no copy): the buffer is frozen, values are sliced from
+/// it, and what follows the head goes back into `buf`.
+fn parse_head_into(
+    buf: &mut BytesMut,
+    head_only: bool,
+    raw: Option<&[&str]>,
+    slot: &mut Option<Head>,
+) -> Result<bool, AnswerError> {
     let read = buf.split().freeze();
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut []);
@@ -359,7 +384,7 @@ fn parse_head(
         Ok(httparse::Status::Partial) => {
             // Nothing consumed: put the bytes back (shared, not copied) for the next read.
             *buf = BytesMut::from(read);
-            return Ok(None);
+            return Ok(false);
         }
         Err(httparse::Error::TooManyHeaders) => return Err(AnswerError::TooManyHeaders),
         Err(e) => return Err(AnswerError::Malformed(describe(e))),
@@ -385,7 +410,7 @@ fn parse_head(
         let (mut parts, ()) = http::Response::new(()).into_parts();
         parts.status = status;
         parts.version = version;
-        return Ok(Some(Head {
+        *slot = Some(Head {
             parts,
             framing: State::Length(plain.length()),
             // An HTTP/1.0 answer keeps the connection only with `Connection: keep-alive`,
@@ -393,7 +418,8 @@ fn parse_head(
             reusable: version == Version::HTTP_11,
             hop_by_hop: false,
             fields: Some(plain),
-        }));
+        });
+        return Ok(true);
     }
     let mut map = spare_maps::take(response.headers.len());
     // Noted on the way, so the usual answer (none of these) costs no lookup after.
@@ -431,13 +457,14 @@ fn parse_head(
     parts.status = status;
     parts.version = version;
     parts.headers = map;
-    Ok(Some(Head {
+    *slot = Some(Head {
         parts,
         framing,
         reusable,
         hop_by_hop: seen.hop_by_hop,
         fields: None,
-    }))
+    });
+    Ok(true)
 }
 
 /// Whether an answer with `status` may be plain: one with a body (not 1xx, 204 or 304).

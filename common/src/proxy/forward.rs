@@ -4,6 +4,7 @@
 //! upgrade, through hyper's client.
 
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -143,77 +144,85 @@ impl Forwarder {
     /// The failure is boxed: it holds the whole request and its context, and the unboxed
     /// `Result` (576 bytes) was copied at every step of the answer's way back, on the path every
     /// request takes.
-    pub async fn try_forward(
+    ///
+    /// A plain function returning an `async move` block, not an `async fn`: an `async fn`
+    /// moves its arguments once more, into its body's locals, when first polled (the request
+    /// and its context, 424 bytes, on every request).
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    pub fn try_forward(
         &self,
         req: Request<RequestBody>,
         upstream: SocketAddr,
         ctx: ForwardContext,
-    ) -> Result<Response<ProxyBody>, Box<ForwardFailure>> {
-        let (parts, body) = req.into_parts();
-        // One walk over the few fields a request has, rather than two hashed lookups.
-        let (has_host, asks_upgrade) =
-            parts
-                .headers
-                .keys()
-                .fold((false, false), |(host, upgrade), name| {
-                    (
-                        host || *name == header::HOST,
-                        upgrade || *name == header::UPGRADE,
-                    )
-                });
-        let upgrade = asks_upgrade && headers::is_upgrade_request(&parts.headers);
-        let target = match origin_target(&parts.uri) {
-            Ok(target) => target,
-            Err(error) => return Err(failure(error, None, None)),
-        };
-        // An HTTP/2 client names the host in the request target, not a header.
-        let missing_host = if has_host {
-            None
-        } else {
-            match parts.uri.authority() {
-                Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-                None => HeaderValue::from_str(addr_text::authority(upstream).as_str()).ok(),
-            }
-        };
-
-        if !upgrade && body.is_end_stream() {
-            // Only the exchange's future joins this one's state: the request's parts, body and
-            // context stay where they are (each move into a callee's future is a copy).
-            let pool = self.pool();
-            // Unparsed fields only for a request the lean loop read: it writes the answer, and
-            // hyper's server (which wrote the rest) knows only the map.
-            let raw = match &body {
-                RequestBody::Empty => ctx.raw_answer_fields,
-                RequestBody::Hyper(_) => None,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, Box<ForwardFailure>>> + '_ {
+        async move {
+            let (parts, body) = req.into_parts();
+            // One walk over the few fields a request has, rather than two hashed lookups.
+            let (has_host, asks_upgrade) =
+                parts
+                    .headers
+                    .keys()
+                    .fold((false, false), |(host, upgrade), name| {
+                        (
+                            host || *name == header::HOST,
+                            upgrade || *name == header::UPGRADE,
+                        )
+                    });
+            let upgrade = asks_upgrade && headers::is_upgrade_request(&parts.headers);
+            let target = match origin_target(&parts.uri) {
+                Ok(target) => target,
+                Err(error) => return Err(failure(error, None, None)),
             };
-            let answer = if telemetry::is_exporting() {
-                // The trace context replaces the client's: built as a map, then written.
-                let mut headers = headers::request_headers(&parts.headers, &ctx, false);
-                if let Some(host) = &missing_host {
-                    headers.insert(header::HOST, host.clone());
-                }
-                let fields = |head: &mut HeadBytes<'_>| {
-                    for (name, value) in &headers {
-                        head.field(name, value);
-                    }
-                };
-                exchange::exchange(pool, upstream, &parts.method, target, &fields, raw).await
+            // An HTTP/2 client names the host in the request target, not a header.
+            let missing_host = if has_host {
+                None
             } else {
-                // The usual case: the rewritten fields go straight into the head's bytes.
-                let fields = |head: &mut HeadBytes<'_>| {
-                    headers::write_request_fields(&parts.headers, &ctx, false, head);
-                    if let Some(host) = &missing_host {
-                        head.field(&header::HOST, host);
-                    }
-                };
-                exchange::exchange(pool, upstream, &parts.method, target, &fields, raw).await
+                match parts.uri.authority() {
+                    Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+                    None => HeaderValue::from_str(addr_text::authority(upstream).as_str()).ok(),
+                }
             };
-            return bodiless_answer(answer, parts, body, upstream, ctx);
+
+            if !upgrade && body.is_end_stream() {
+                // Only the exchange's future joins this one's state: the request's parts, body and
+                // context stay where they are (each move into a callee's future is a copy).
+                let pool = self.pool();
+                // Unparsed fields only for a request the lean loop read: it writes the answer, and
+                // hyper's server (which wrote the rest) knows only the map.
+                let raw = match &body {
+                    RequestBody::Empty => ctx.raw_answer_fields,
+                    RequestBody::Hyper(_) => None,
+                };
+                let answer = if telemetry::is_exporting() {
+                    // The trace context replaces the client's: built as a map, then written.
+                    let mut headers = headers::request_headers(&parts.headers, &ctx, false);
+                    if let Some(host) = &missing_host {
+                        headers.insert(header::HOST, host.clone());
+                    }
+                    let fields = |head: &mut HeadBytes<'_>| {
+                        for (name, value) in &headers {
+                            head.field(name, value);
+                        }
+                    };
+                    exchange::exchange(pool, upstream, &parts.method, target, &fields, raw).await
+                } else {
+                    // The usual case: the rewritten fields go straight into the head's bytes.
+                    let fields = |head: &mut HeadBytes<'_>| {
+                        headers::write_request_fields(&parts.headers, &ctx, false, head);
+                        if let Some(host) = &missing_host {
+                            head.field(&header::HOST, host);
+                        }
+                    };
+                    exchange::exchange(pool, upstream, &parts.method, target, &fields, raw).await
+                };
+                return bodiless_answer(answer, parts, body, upstream, ctx);
+            }
+            // Boxed: hyper's client future is large, and a caller's future holds this one's. Most
+            // requests take the branch above, and every move of their future up the chain would
+            // copy room for this one (try_forward's future was 2.5 KB with it inline).
+            Box::pin(self.forward_with_hyper(parts, body, upstream, ctx, upgrade, missing_host))
+                .await
         }
-        // Boxed: hyper's client future is large, and a caller's future holds this one's. Most
-        // requests take the branch above, and every move of their future up the chain would
-        // copy room for this one (try_forward's future was 2.5 KB with it inline).
-        Box::pin(self.forward_with_hyper(parts, body, upstream, ctx, upgrade, missing_host)).await
     }
 
     /// [`Forwarder::try_forward`] for a request with a body or an upgrade: through hyper's

@@ -23,6 +23,7 @@ use super::{
     error::StartError,
     run::Shared,
     slot::{Slot, StartOutcome, State},
+    start::Running,
 };
 
 /// Why a request could not be given a running app.
@@ -58,6 +59,19 @@ pub struct Route {
     pub token: ActivityToken,
     /// Where the request and its body bytes are counted.
     pub meter: Arc<crate::usage::AppMeter>,
+}
+
+/// A request routed to the running app `r` of `slot`: counted, and holding it busy.
+fn enter(slot: &Slot, r: &Running) -> Route {
+    slot.last_request.tick();
+    slot.meter
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Route {
+        addr: r.container.host_addr,
+        token: r.activity.enter(),
+        meter: slot.meter.clone(),
+    }
 }
 
 enum Step {
@@ -104,6 +118,22 @@ impl Apps {
         *self.shared.shutdown.borrow()
     }
 
+    /// The route to `task`'s app if it runs here with this spec: the way nearly every request
+    /// takes, without building [`Apps::route`]'s future (whose copies showed in the warm
+    /// profile) or reading the clock for a deadline it never needs.
+    pub fn running_route(&self, task: &Arc<Task>) -> Option<Route> {
+        let slot = self.existing(&task.id)?;
+        let st = slot.lock();
+        match &*st {
+            State::Running(r)
+                if Arc::ptr_eq(&r.task, task) || r.task.spec.runs_like(&task.spec) =>
+            {
+                Some(enter(&slot, r))
+            }
+            _ => None,
+        }
+    }
+
     /// A running app for `task`, starting or thawing it if needed; waits at most
     /// `start_timeout_s`. `holder_down` is a node the edge could not reach (see
     /// [`super::start::start`]).
@@ -123,15 +153,7 @@ impl Apps {
                     State::Running(r)
                         if Arc::ptr_eq(&r.task, task) || r.task.spec.runs_like(&task.spec) =>
                     {
-                        slot.last_request.tick();
-                        slot.meter
-                            .requests
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        return Ok(Route {
-                            addr: r.container.host_addr,
-                            token: r.activity.enter(),
-                            meter: slot.meter.clone(),
-                        });
+                        return Ok(enter(&slot, r));
                     }
                     State::Frozen(r) if r.task.spec.runs_like(&task.spec) => {
                         let r = r.clone();

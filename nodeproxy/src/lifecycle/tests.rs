@@ -47,6 +47,33 @@ async fn a_herd_of_requests_shares_one_start() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_running_route_is_taken_only_to_a_running_app_and_holds_it_busy() {
+    let node = Node::new(1024, |_| {});
+    let t = task("a", 128, true);
+    node.publish(&t);
+    // Not running: no route, and nothing is started by asking.
+    assert!(node.apps.running_route(&t).is_none());
+    assert_eq!(node.journal.count(is_create), 0);
+    assert_eq!(state(&node, "a"), None);
+
+    let started = node.apps.route(&t, None).await.unwrap();
+    let fast = node
+        .apps
+        .running_route(&t)
+        .expect("a route to the running app");
+    assert_eq!(fast.addr, started.addr);
+    drop(started.token);
+    // The fast route's token keeps the app from going idle, as a routed request's does.
+    sleep(IDLE + PAST).await;
+    assert_eq!(state(&node, "a"), Some(AppState::Running));
+    drop(fast.token);
+    sleep(IDLE + PAST).await;
+    assert_eq!(state(&node, "a"), Some(AppState::Frozen));
+    // Frozen is not running: the request takes the slow way, which thaws it.
+    assert!(node.apps.running_route(&t).is_none());
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_idle_app_is_frozen_and_a_request_thaws_the_same_container() {
     let node = Node::new(1024, |_| {});
     let t = task("a", 128, true);

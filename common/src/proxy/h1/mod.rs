@@ -78,6 +78,8 @@ where
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     let mut fields = Vec::new();
+    // Where each request's head is built, and whence it goes straight to the handler.
+    let mut slot = None;
     // One timer for the connection's life: moved only when it fires before the current
     // deadline, not re-armed per request (each re-arm can cost the runtime a wake-up).
     let timer = tokio::time::sleep(header_timeout);
@@ -95,16 +97,16 @@ where
             stop,
             stopped: stopped.as_mut(),
         };
-        let head = match next_head(&mut io, &mut buf, &mut fields, waits).await {
-            Next::Head(head) => head,
-            Next::Hyper => return Served::Hyper(Prefixed::new(buf, io)),
-            Next::Closed => return Served::Done,
+        let head::Head { close, head_method } =
+            match next_head(&mut io, &mut buf, &mut fields, &mut slot, waits).await {
+                Next::Head(head) => head,
+                Next::Hyper => return Served::Hyper(Prefixed::new(buf, io)),
+                Next::Closed => return Served::Done,
+            };
+        let Some(request) = slot.take() else {
+            // `Next::Head` is returned only with the request in the slot.
+            return Served::Done;
         };
-        let head::Head {
-            request,
-            close,
-            head_method,
-        } = head;
         // Pinned where it is made: a handler's future is large, and moving it costs a copy.
         let handling = std::pin::pin!(handler(request, peer));
         let response = tokio::select! {
@@ -135,8 +137,6 @@ where
 }
 
 /// What the client sent next.
-// As `head::Parsed`: a box would cost an allocation per request.
-#[allow(clippy::large_enum_variant)]
 enum Next {
     Head(head::Head),
     Hyper,
@@ -157,6 +157,7 @@ async fn next_head<S: AsyncRead + Unpin, W: Future<Output = ()>>(
     io: &mut S,
     buf: &mut BytesMut,
     fields: &mut Vec<head::Field>,
+    slot: &mut Option<Request<RequestBody>>,
     waits: Waits<'_, W>,
 ) -> Next {
     let Waits {
@@ -168,7 +169,7 @@ async fn next_head<S: AsyncRead + Unpin, W: Future<Output = ()>>(
     let deadline = Instant::now() + header_timeout;
     loop {
         if !buf.is_empty() {
-            match head::parse(buf, fields) {
+            match head::parse(buf, fields, slot) {
                 head::Parsed::Request(head) => return Next::Head(head),
                 head::Parsed::Other => return Next::Hyper,
                 head::Parsed::Partial if buf.len() >= MAX_HEAD => return Next::Hyper,
