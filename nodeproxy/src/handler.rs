@@ -276,3 +276,71 @@ fn unavailable(task: &Task, request_id: &str, e: Unavailable) -> Response<ProxyB
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use shadow_common::proxy::ForwarderConfig;
+
+    use super::*;
+    use crate::lifecycle::fakes::{self, Call};
+
+    fn node_on(fake: &fakes::Node) -> Arc<Node> {
+        Arc::new(Node {
+            apps: fake.apps.clone(),
+            follower: fake.ctx.follower.clone(),
+            forwarder: Forwarder::new(&ForwarderConfig::default()),
+            metrics: Metrics::new(),
+            logs: fake.ctx.logs.clone(),
+            api_token: None,
+        })
+    }
+
+    fn get(host: &str) -> Request<RequestBody> {
+        Request::builder()
+            .uri("/")
+            .header(header::HOST, host)
+            .body(RequestBody::Empty)
+            .expect("a request")
+    }
+
+    const PEER: ([u8; 4], u16) = ([127, 0, 0, 1], 5000);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_host_learned_within_the_grace_is_served_not_refused() {
+        let fake = fakes::Node::new(1024, |_| {});
+        let node = node_on(&fake);
+        let t = fakes::task("a", 128, false);
+        let asking = tokio::spawn(handle(node, get("a.test"), PEER.into()));
+        // The request arrived before the watch brought the task.
+        tokio::time::sleep(NEW_DOMAIN_GRACE / 5).await;
+        assert!(!asking.is_finished(), "answered before the task was known");
+        fake.publish(&t);
+        let answer = asking.await.expect("handled");
+        assert_ne!(answer.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            fake.journal.count(|c| matches!(c, Call::Create(_))),
+            1,
+            "the app was started for it"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_host_no_task_serves_is_refused_after_the_grace() {
+        let fake = fakes::Node::new(1024, |_| {});
+        let node = node_on(&fake);
+        let started = tokio::time::Instant::now();
+        let answer = handle(node, get("nobody.test"), PEER.into()).await;
+        assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+        assert_eq!(started.elapsed(), NEW_DOMAIN_GRACE);
+        // The node's own routes answer at once, whatever the Host.
+        let fake = fakes::Node::new(1024, |_| {});
+        let started = tokio::time::Instant::now();
+        let mut health = get("nobody.test");
+        *health.uri_mut() = "/healthz".parse().expect("a path");
+        let answer = handle(node_on(&fake), health, PEER.into()).await;
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+}

@@ -28,7 +28,7 @@ pub mod start;
 pub mod stop;
 
 #[cfg(test)]
-mod fakes;
+pub(crate) mod fakes;
 #[cfg(test)]
 mod tests;
 
