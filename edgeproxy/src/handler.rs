@@ -180,7 +180,7 @@ fn usable(edge: &Edge) -> impl Fn(&NodeStatus) -> bool + '_ {
 fn route(
     edge: &Edge,
     task: Arc<Task>,
-    req: Request<RequestBody>,
+    mut req: Request<RequestBody>,
     peer: SocketAddr,
     mut request_id: String,
     scheme: Scheme,
@@ -206,7 +206,6 @@ fn route(
         let already_sticky = first.sticky;
         let mut plan = vec![first.node];
         let mut ranked = false;
-        let mut req = req;
         let mut unreachable: Vec<String> = Vec::new();
         let mut followed = false;
         let mut i = 0;
